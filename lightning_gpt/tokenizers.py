@@ -1,0 +1,185 @@
+"""Tokenizers: characters, bytes, or any tiktoken encoding, behind one small interface.
+
+A tokenizer is described by a JSON-able dict (`to_dict`), stored with the prepared data and in
+every checkpoint, so sampling decodes exactly as training encoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from lightning_gpt.errors import UserError
+
+TIKTOKEN_ENCODINGS = ("gpt2", "r50k_base", "p50k_base", "p50k_edit", "cl100k_base", "o200k_base")
+# tiktoken builds `gpt2` from these two files; `r50k_base` holds the same ranks and special token.
+_GPT2_FILES = (
+    "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+    "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+)
+
+
+class Tokenizer(ABC):
+    name: str
+    vocab_size: int
+    eot_id: int | None  # end-of-text token: separates documents, starts an empty prompt
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]: ...
+
+    @abstractmethod
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def encode_documents(self, texts: list[str]) -> list[list[int]]:
+        """Encode documents for a training stream: each ends with end-of-text when there is one."""
+        ids = self.encode_batch(texts)
+        if self.eot_id is not None:
+            for doc in ids:
+                doc.append(self.eot_id)
+        return ids
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size})"
+
+
+class CharTokenizer(Tokenizer):
+    """One token per character of a vocabulary built from the corpus (nanoGPT's shakespeare_char).
+
+    There is no end-of-text token; documents are joined as text, each ending with a newline.
+    """
+
+    name = "char"
+    eot_id = None
+
+    def __init__(self, chars: Iterable[str]):
+        self.chars = sorted(set(chars))
+        if not self.chars:
+            raise UserError("the character vocabulary is empty: the corpus has no text")
+        self.vocab_size = len(self.chars)
+        codepoints = np.array([ord(c) for c in self.chars], dtype=np.int64)
+        self._lookup = np.full(int(codepoints.max()) + 1, -1, dtype=np.int64)  # codepoint -> id
+        self._lookup[codepoints] = np.arange(len(codepoints))
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str]) -> CharTokenizer:
+        chars: set[str] = set()
+        for text in texts:
+            chars.update(text)
+        return cls(chars)
+
+    def encode(self, text: str) -> list[int]:
+        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        known = codepoints < len(self._lookup)
+        ids = np.where(known, self._lookup[np.where(known, codepoints, 0)], -1)
+        if (ids < 0).any():
+            unknown = sorted({text[i] for i in np.flatnonzero(ids < 0)[:100]})
+            raise UserError(
+                f"characters {''.join(unknown)!r} are not in the character vocabulary "
+                f"({self.vocab_size} chars seen in training); use only characters from the training text"
+            )
+        return ids.tolist()
+
+    def encode_documents(self, texts: list[str]) -> list[list[int]]:
+        return self.encode_batch([t if t.endswith("\n") else t + "\n" for t in texts])
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "chars": "".join(self.chars)}
+
+
+class ByteTokenizer(Tokenizer):
+    """The 256 byte values of UTF-8 plus end-of-text (id 256): any text, no files."""
+
+    name = "byte"
+    vocab_size = 257
+    eot_id = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+class TiktokenTokenizer(Tokenizer):
+    """A tiktoken BPE encoding by name; GPT-2's is `gpt2` (50,257 tokens, end-of-text 50256)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.encoding = _load_tiktoken(name)
+        self.vocab_size = self.encoding.n_vocab
+        self.eot_id = self.encoding.eot_token
+
+    def encode(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.encoding.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.encoding.decode(list(ids))
+
+
+def _tiktoken_cache_dir() -> str:
+    # The same lookup tiktoken itself does.
+    return os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") or os.path.join(
+        tempfile.gettempdir(), "data-gym-cache"
+    )
+
+
+def _is_cached(url: str) -> bool:
+    return os.path.exists(os.path.join(_tiktoken_cache_dir(), hashlib.sha1(url.encode()).hexdigest()))
+
+
+def _load_tiktoken(name: str):
+    import tiktoken
+
+    if name not in tiktoken.list_encoding_names():
+        raise UserError(
+            f"unknown tiktoken encoding {name!r}; choose one of {', '.join(tiktoken.list_encoding_names())}"
+        )
+    source = name
+    if name == "gpt2" and not all(_is_cached(url) for url in _GPT2_FILES):
+        source = "r50k_base"  # identical ranks and special token, one cached file instead of two
+    try:
+        encoding = tiktoken.get_encoding(source)
+    except Exception as e:  # requests' ConnectionError and friends: tiktoken only downloads here
+        raise UserError(
+            f"could not load tiktoken encoding {name!r}: no network and no cached copy in "
+            f"{_tiktoken_cache_dir()} ({type(e).__name__}); set TIKTOKEN_CACHE_DIR to a folder that holds it"
+        ) from e
+    return encoding
+
+
+def build_tokenizer(name: str, texts: Iterable[str] | None = None) -> Tokenizer:
+    """A tokenizer by config name; a char tokenizer needs the corpus texts to build its vocabulary."""
+    if name == "char":
+        if texts is None:
+            raise ValueError("a char tokenizer is built from the corpus: pass texts")
+        return CharTokenizer.from_texts(texts)
+    if name == "byte":
+        return ByteTokenizer()
+    if name in TIKTOKEN_ENCODINGS or name.endswith("_base"):
+        return TiktokenTokenizer(name)
+    raise UserError(f"unknown tokenizer {name!r}; use char, byte or a tiktoken encoding ({', '.join(TIKTOKEN_ENCODINGS)})")
+
+
+def tokenizer_from_dict(spec: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer saved with `to_dict` (in meta.json or a checkpoint)."""
+    if spec["name"] == "char":
+        return CharTokenizer(spec["chars"])
+    return build_tokenizer(spec["name"])
