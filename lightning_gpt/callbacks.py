@@ -1,0 +1,74 @@
+"""Callbacks specific to GPTs: token throughput and a text sample at each validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+
+def _batch_size(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    return batch[0].size(0)
+
+
+def _tokens(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    return batch[0].numel()
+
+
+class TokenThroughputMonitor(ThroughputMonitor):
+    """Lightning's ThroughputMonitor, counting sequences as samples and tokens as items (so
+    `train|items_per_sec` is tokens/s across all devices), and MFU where Lightning knows the GPU."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(batch_size_fn=_batch_size, length_fn=_tokens, **kwargs)
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """An empty prompt starts from end-of-text, or a newline for tokenizers without one (char)."""
+    if prompt:
+        return tokenizer.encode(prompt)
+    return [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n")
+
+
+class SampleText(L.Callback):
+    """Generates a short sample after each validation and logs it as text, so a dashboard shows the
+    model learning. Every process generates (a sharded FSDP model needs them all); rank 0 logs."""
+
+    def __init__(self, prompt: str = "", max_new_tokens: int = 200, temperature: float = 0.8,
+                 top_k: int | None = 200, seed: int = 0):  # fmt: skip
+        self.prompt, self.max_new_tokens = prompt, max_new_tokens
+        self.temperature, self.top_k, self.seed = temperature, top_k, seed
+
+    def generate(self, pl_module: L.LightningModule) -> str:
+        tokenizer = pl_module.tokenizer
+        idx = torch.tensor([prompt_ids(tokenizer, self.prompt)], device=pl_module.device)
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        was_training = pl_module.training
+        pl_module.eval()
+        tokens = [
+            t.item()
+            for t in pl_module.model.generate(idx, self.max_new_tokens, self.temperature, self.top_k,
+                                              stop_token=tokenizer.eot_id, generator=generator)  # fmt: skip
+        ]
+        pl_module.train(was_training)
+        return self.prompt + tokenizer.decode(t for t in tokens if t != tokenizer.eot_id)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        text = self.generate(pl_module)
+        if not trainer.is_global_zero:
+            return
+        step = trainer.global_step
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("samples", f"```\n{text}\n```", step)
+            elif isinstance(logger, WandbLogger):
+                logger.log_text(key="samples", columns=["step", "text"], data=[[step, text]])
+        if trainer.default_root_dir:
+            with open(Path(trainer.default_root_dir) / "samples.md", "a", encoding="utf-8") as f:
+                f.write(f"## step {step}\n\n```\n{text}\n```\n\n")

@@ -1,0 +1,100 @@
+"""What the command-line apps share: where the configs are, run folders, and one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lightning_gpt.errors import UserError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Inside an installed wheel the configs live in the package; in a source checkout, beside it.
+CONF_DIR = str(PACKAGE_DIR / "conf" if (PACKAGE_DIR / "conf").is_dir() else PACKAGE_DIR.parent / "conf")
+
+
+def run_stamp() -> str:
+    """A run folder name unique to this launch, shared by every process of it.
+
+    Time plus a random suffix, so two runs started in the same second never share a folder. Kept in
+    the environment so processes launched by this one (DDP ranks) agree; under SLURM or torchrun the
+    job id names the folder, so all nodes and a requeued job land in the same one.
+    """
+    if "LGPT_RUN_STAMP" not in os.environ:
+        job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "none")
+        suffix = f"job{job}" if job != "none" else secrets.token_hex(2)
+        os.environ["LGPT_RUN_STAMP"] = time.strftime("%Y-%m-%d_%H-%M-%S_") + suffix if job == "none" else suffix
+    return os.environ["LGPT_RUN_STAMP"]
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    from lightning_gpt.config import register_configs
+
+    register_configs()
+    OmegaConf.register_new_resolver("lgpt_run_stamp", run_stamp, replace=True)
+
+
+def run_app(hydra_main: Callable[[], Any]) -> None:
+    """Run a Hydra app, turning user mistakes into one line on stderr and exit code 2.
+
+    Set HYDRA_FULL_ERROR=1 for the full traceback. Errors that are not the user's (bugs) keep theirs.
+    """
+    if "_LGPT_TRACEBACK" not in os.environ:  # decided once, inherited by DDP ranks
+        os.environ["_LGPT_TRACEBACK"] = os.environ.get("HYDRA_FULL_ERROR", "0")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra raise, so the error reaches us as an exception
+    try:
+        hydra_main()
+    except Exception as e:
+        message = describe(e)
+        if message is None or os.environ["_LGPT_TRACEBACK"] == "1":
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def describe(e: BaseException) -> str | None:
+    """One line for a user mistake (bad input, bad config); None for anything else."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+    chain = []
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for err in chain:
+        if isinstance(err, UserError):
+            return str(err)
+        if isinstance(err, ConfigKeyError) and getattr(err, "full_key", None):
+            return f"unknown config key '{err.full_key}'{_suggest(err)}; list the keys with --cfg job"
+        if isinstance(err, MissingMandatoryValue) and getattr(err, "full_key", None):
+            return f"'{err.full_key}' needs a value: add {err.full_key}=... to the command line"
+        if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
+            return f"bad value for '{err.full_key}': {_first_line(err)}"
+    if any(isinstance(err, (HydraException, OmegaConfBaseException)) for err in chain):
+        return " ".join(line.strip() for err in chain for line in str(err).splitlines() if line.strip())
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0]
+
+
+def _suggest(err: Any) -> str:
+    """', did you mean ...?' with the closest key of the config node the typo was in."""
+    node_type = getattr(err, "object_type", None)
+    if not dataclasses.is_dataclass(node_type):
+        return ""
+    names = [f.name for f in dataclasses.fields(node_type)]
+    match = difflib.get_close_matches(str(err.key), names, n=1)
+    if not match:
+        return f" (valid keys: {', '.join(names)})"
+    prefix = err.full_key.rsplit(".", 1)[0] + "." if "." in err.full_key else ""
+    return f"; did you mean '{prefix}{match[0]}'?"

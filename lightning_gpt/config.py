@@ -1,0 +1,142 @@
+"""Typed schema behind the Hydra configs: a typo'd key or a wrong type fails at composition, naming the key.
+
+The YAML files under conf/ fill these in; `register_configs` puts the schema in Hydra's ConfigStore
+as `lgpt_schema`, the first entry of every app's defaults list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class TokenizerConfig:
+    name: str = "char"  # char, byte, or a tiktoken encoding: gpt2, r50k_base, p50k_base, cl100k_base, o200k_base
+
+
+@dataclass
+class DataConfig:
+    source: str = "embedded"  # embedded (Shakespeare, no download), local or hub
+    path: str | None = None  # local: file, folder or glob (.txt/.md, .jsonl/.json, .csv, .parquet)
+    val_path: str | None = None  # local: validation files, instead of val_fraction
+    name: str | None = None  # hub: dataset name
+    config_name: str | None = None  # hub: dataset configuration
+    split: str = "train"
+    val_split: str | None = None  # hub: validation split, instead of val_fraction
+    revision: str | None = None
+    text_column: str = "text"
+    sample_by: str = "document"  # text files: document, paragraph or line
+    val_fraction: float = 0.1  # the last 10% of the token stream, as nanoGPT
+    block_size: int = "${model.block_size}"  # type: ignore[assignment]
+    batch_size: int = 12  # per device; the global batch is batch_size x devices x accumulate_grad_batches
+    val_batches: int = 20  # fixed validation windows: val_batches x batch_size
+    num_workers: int = 0
+    num_proc: int | None = None  # tokenizing processes; null: one per core
+    cache_dir: str = "${paths.cache_dir}"
+    seed: int = "${seed}"  # type: ignore[assignment]
+
+
+@dataclass
+class ModelConfig:
+    block_size: int = 64
+    vocab_size: int | None = None  # null: the tokenizer's vocabulary size
+    vocab_multiple: int = 1  # pad the embedding table to a multiple (64 is faster on GPUs)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+    compile: bool = False  # torch.compile the model
+    init_from: str | None = None  # start from GPT-2 weights: gpt2, gpt2-medium, ... or a local HF folder
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    decay_steps: int = "${trainer.max_steps}"  # type: ignore[assignment]  # cosine from lr to min_lr
+    weight_decay: float = 0.1  # only on tensors of 2 or more dims
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-8
+    fused: bool | None = None  # null: fused AdamW on CUDA
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments of lightning.Trainer (the common ones; see its docs)."""
+
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: Any = "auto"
+    precision: str | None = None  # null: 32-true; bf16-mixed on GPUs
+    max_steps: int = 2000
+    max_epochs: int = -1
+    val_check_interval: Any = 250
+    check_val_every_n_epoch: int | None = None
+    limit_val_batches: Any = None
+    limit_train_batches: Any = None
+    num_sanity_val_steps: int = 0
+    log_every_n_steps: int = 10
+    gradient_clip_val: float | None = 1.0
+    gradient_clip_algorithm: str = "norm"
+    accumulate_grad_batches: int = 1
+    deterministic: Any = False
+    benchmark: bool | None = None
+    fast_dev_run: Any = False
+    overfit_batches: Any = 0.0
+    profiler: str | None = None
+    detect_anomaly: bool = False
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = True
+    use_distributed_sampler: bool = True
+    default_root_dir: str | None = "${paths.output_dir}"
+    plugins: Any = None
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    log_dir: str = "${paths.root_dir}/outputs"
+    output_dir: str = "${hydra:runtime.output_dir}"
+    cache_dir: str = "~/.cache/lightning_gpt"
+
+
+@dataclass
+class SampleConfig:
+    """The sample printed at the end of training and logged at each validation."""
+
+    prompt: str = ""
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int | None = 200
+
+
+@dataclass
+class TrainConfig:
+    tokenizer: TokenizerConfig = MISSING
+    data: DataConfig = MISSING
+    model: ModelConfig = MISSING
+    optim: OptimConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    paths: PathsConfig = MISSING
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    logger: dict[str, Any] = field(default_factory=dict)  # name -> {_target_: a Lightning logger, ...}
+    callbacks: dict[str, Any] = field(default_factory=dict)  # name -> {_target_: a Lightning callback, ...}
+    task_name: str = "train"
+    tags: list[str] = field(default_factory=list)
+    seed: int = 1337
+    ckpt_path: str | None = None  # resume: a .ckpt file, a run folder, or "latest"
+
+
+SCHEMAS = {cls.__name__: cls for cls in (TokenizerConfig, DataConfig, ModelConfig, OptimConfig, TrainerConfig,
+                                         PathsConfig, SampleConfig, TrainConfig)}  # fmt: skip
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="lgpt_schema", node=TrainConfig)

@@ -1,0 +1,93 @@
+"""The LightningModule around `GPT`: loss, optimizer and LR schedule. Everything else is Lightning's."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from lightning_gpt.model import GPT, Block, GPTConfig
+from lightning_gpt.tokenizers import Tokenizer, tokenizer_from_dict
+
+
+def cosine_lr(step: int, lr: float, min_lr: float, warmup_steps: int, decay_steps: int) -> float:
+    """Linear warmup to lr, cosine decay to min_lr at decay_steps, then min_lr (nanoGPT's schedule)."""
+    if step < warmup_steps:
+        return lr * (step + 1) / (warmup_steps + 1)
+    if step >= decay_steps:
+        return min_lr
+    progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+class GPTLightningModule(L.LightningModule):
+    """Holds a GPT and everything a checkpoint needs to rebuild it: model config, tokenizer, optimizer."""
+
+    def __init__(self, model: dict[str, Any], tokenizer: dict[str, Any], optim: dict[str, Any], compile: bool = False,
+                 config: dict[str, Any] | None = None):  # fmt: skip
+        super().__init__()
+        # Model config, tokenizer and the whole run config travel inside every checkpoint (and to the loggers).
+        self.save_hyperparameters()
+        self.model = GPT(GPTConfig(**model))
+        self.tokenizer_spec = tokenizer
+        self.optim = optim
+        self.compile_model = compile
+        self.val_loss = MeanMetric()
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if not hasattr(self, "_tokenizer"):
+            self._tokenizer = tokenizer_from_dict(self.tokenizer_spec)
+        return self._tokenizer
+
+    @property
+    def flops_per_batch(self) -> int | None:
+        """Training FLOPs of one batch, for Lightning's ThroughputMonitor (MFU)."""
+        return getattr(self, "_flops_per_batch", None)
+
+    def configure_model(self) -> None:
+        if self.compile_model:
+            self.model.compile()  # in place: parameter names (and checkpoints) stay free of _orig_mod.
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.flops_per_batch is None:
+            self._flops_per_batch = self.model.flops_per_token() * x.numel()
+        _, loss = self.model(x, y)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        _, loss = self.model(x, y)
+        self.val_loss.update(loss, weight=x.size(0))
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()  # mean over every window of every process
+        self.val_loss.reset()
+        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=False)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim
+        fused = o["fused"] if o.get("fused") is not None else self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(
+            self.model.optimizer_groups(o["weight_decay"]), lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
+            fused=fused,
+        )  # fmt: skip
+
+        def factor(step: int) -> float:
+            return cosine_lr(step, o["lr"], o["min_lr"], o["warmup_steps"], o["decay_steps"]) / o["lr"]
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def fsdp_strategy(activation_checkpointing: bool = False, **kwargs: Any):
+    """FSDP with one unit per Transformer block (what `trainer=fsdp` builds)."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    policy = {Block} if activation_checkpointing else None
+    return FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy=policy, **kwargs)

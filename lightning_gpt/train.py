@@ -1,0 +1,144 @@
+"""lgpt-train: compose the config, build data + model + Trainer, fit, print a sample.
+
+    lgpt-train                                   # char model on the embedded Shakespeare, ~2 min on CPU
+    lgpt-train experiment=nanogpt_baby data=local data.path=input.txt
+    lgpt-train -m optim.lr=1e-3,3e-4             # a sweep: one run folder per job
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_gpt.cli import CONF_DIR, register_resolvers, run_app
+from lightning_gpt.errors import UserError
+
+register_resolvers()
+
+
+def build_datamodule(cfg: DictConfig):
+    from lightning_gpt.data import GPTDataModule
+
+    return GPTDataModule(tokenizer=cfg.tokenizer.name, **OmegaConf.to_container(cfg.data, resolve=True))
+
+
+def build_model_config(cfg: DictConfig, tokenizer) -> dict[str, Any]:
+    """The GPT shape from the model config, its vocabulary following the tokenizer's by default."""
+    from lightning_gpt.model import GPTConfig
+
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    for key in ("compile", "init_from"):
+        model.pop(key)
+    if model["vocab_size"] is None:
+        model["vocab_size"] = tokenizer.vocab_size
+    elif model["vocab_size"] < tokenizer.vocab_size:
+        raise UserError(
+            f"model.vocab_size={model['vocab_size']} is smaller than the {tokenizer.name} tokenizer's "
+            f"{tokenizer.vocab_size} tokens; remove the override (null follows the tokenizer)"
+        )
+    try:
+        return GPTConfig(**model).to_dict()
+    except ValueError as e:
+        raise UserError(str(e)) from e
+
+
+def build_trainer(cfg: DictConfig):
+    import lightning as L
+    from hydra.utils import instantiate
+
+    def instantiate_all(group: DictConfig) -> list:
+        try:
+            return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
+        except Exception as e:
+            raise UserError(f"could not create {group._key()}: {e.__cause__ or e}".splitlines()[0]) from e
+
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if isinstance(trainer_kwargs["strategy"], dict):
+        trainer_kwargs["strategy"] = instantiate(cfg.trainer.strategy)
+    loggers = instantiate_all(cfg.logger)
+    return L.Trainer(**trainer_kwargs, logger=loggers or False, callbacks=instantiate_all(cfg.callbacks))
+
+
+def resolve_ckpt_path(value: str | None, log_dir: str) -> str | None:
+    """A checkpoint file, a run folder (its last.ckpt), or "latest": the newest last.ckpt under log_dir."""
+    if value is None:
+        return None
+    if value == "latest":
+        found = sorted(Path(log_dir).glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise UserError(f"ckpt_path=latest: no checkpoints/last.ckpt under {log_dir}; train first")
+        return str(found[-1])
+    path = Path(value).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt" if (path / "checkpoints").is_dir() else path / "last.ckpt"
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {value}; give a .ckpt file, a run folder or ckpt_path=latest")
+    return str(path)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit once. `cfg` is fully resolved, so DDP ranks can run it without Hydra."""
+    import lightning as L
+
+    from lightning_gpt.callbacks import SampleText
+    from lightning_gpt.module import GPTLightningModule
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule = build_datamodule(cfg)
+    tokenizer = datamodule.tokenizer
+    module = GPTLightningModule(
+        model=build_model_config(cfg, tokenizer),
+        tokenizer=tokenizer.to_dict(),
+        optim=OmegaConf.to_container(cfg.optim),
+        compile=cfg.model.compile,
+        config=OmegaConf.to_container(cfg),
+    )
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir)
+    trainer = build_trainer(cfg)
+    os.environ["LGPT_RUN_DIR"] = str(output_dir)  # DDP ranks started by Lightning read their config here
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    finally:
+        os.environ.pop("LGPT_RUN_DIR", None)
+        if "wandb" in sys.modules:  # one W&B run per job of a multirun
+            sys.modules["wandb"].finish()
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.is_global_zero and not trainer.fast_dev_run:
+        sample = SampleText(cfg.sample.prompt, cfg.sample.max_new_tokens, cfg.sample.temperature, cfg.sample.top_k)
+        print(f"\nstep {trainer.global_step}: val/loss {metrics.get('val/loss', float('nan')):.4f} | run folder {output_dir}")
+        print(f"--- sample ---\n{sample.generate(module)}\n--------------")
+    return metrics
+
+
+def task(cfg: DictConfig) -> float | None:
+    """One Hydra job: resolve the config, save it in the run folder, train. Returns val/loss for sweepers."""
+    OmegaConf.resolve(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))  # the resolved config of this run
+    except OSError as e:
+        raise UserError(f"cannot write to the run folder {output_dir} ({e.strerror}); set paths.log_dir") from e
+    metrics = train(cfg)
+    return metrics.get("val/loss")
+
+
+_hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")(task)
+
+
+def main() -> None:
+    run_dir = os.environ.get("LGPT_RUN_DIR")
+    if run_dir and "LOCAL_RANK" in os.environ:  # a DDP rank launched by Lightning: same config as rank 0
+        run_app(lambda: train(OmegaConf.load(Path(run_dir) / "config.yaml")))
+    else:
+        run_app(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Shared fixtures: the shared data beside the project, a private cache, Hydra composition."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+
+from lightning_gpt.cli import CONF_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LGPT_SHARED", ROOT.parent / "shared")).resolve()
+TINY_SHAKESPEARE = SHARED / "data" / "tinyshakespeare" / "input.txt"
+os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "data" / "tiktoken"))
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+# A tiny model that trains in seconds on a CPU.
+TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "data.batch_size=8",
+        "data.val_batches=2", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false", "sample.max_new_tokens=20"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One token cache for the whole session: each corpus is tokenized once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def compose_train(tmp_path, cache_dir):
+    """Compose the lgpt-train config as the CLI would, writing under tmp_path."""
+
+    def _compose(*overrides: str, output_dir: Path | None = None):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(
+                "train",
+                overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={output_dir or tmp_path / 'run'}",
+                           f"paths.cache_dir={cache_dir}", *overrides],  # fmt: skip
+                return_hydra_config=True,
+            )
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+def run_cli(*args: str, module: str = "lightning_gpt.train", cwd: Path | None = None, env: dict | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run one of our apps in a fresh process, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
