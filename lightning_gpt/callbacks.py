@@ -51,8 +51,9 @@ class SampleText(L.Callback):
         pl_module.eval()
         tokens = [
             t.item()
-            for t in pl_module.model.generate(idx, self.max_new_tokens, self.temperature, self.top_k,
-                                              stop_token=tokenizer.eot_id, generator=generator)  # fmt: skip
+            for t in pl_module.model.generate(
+                idx, self.max_new_tokens, self.temperature, self.top_k, stop_token=tokenizer.eot_id, generator=generator
+            )  # fmt: skip
         ]
         pl_module.train(was_training)
         return self.prompt + tokenizer.decode(t for t in tokens if t != tokenizer.eot_id)

@@ -150,7 +150,9 @@ def fingerprint(source: Source, tokenizer_name: str, val_fraction: float) -> str
     if source.kind == "local":
         for key in ("path", "val_path"):
             if getattr(source, key):
-                spec[key] = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in _local_files(getattr(source, key))]
+                spec[key] = [
+                    (f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in _local_files(getattr(source, key))
+                ]
     if source.kind == "embedded":
         from lightning_gpt.shakespeare import corpus_version
 
@@ -243,7 +245,9 @@ class TokenCache:
 
     def split(self, name: str) -> tuple[int, int]:
         """[start, end) of a split in the token file."""
-        return (0, self.meta["train_tokens"]) if name == "train" else (self.meta["train_tokens"], self.meta["num_tokens"])
+        return (
+            (0, self.meta["train_tokens"]) if name == "train" else (self.meta["train_tokens"], self.meta["num_tokens"])
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -363,7 +367,8 @@ class GPTDataModule(L.LightningDataModule):
                 start, end = self.cache.split(split)
                 if end - start < self.block_size + 1:
                     raise UserError(
-                        f"the {split} split has {end - start} tokens, fewer than block_size + 1 = {self.block_size + 1}; "
+                        f"the {split} split has {end - start} tokens, fewer than "
+                        f"block_size + 1 = {self.block_size + 1}; "
                         "use more text, a smaller model.block_size or a larger data.val_fraction"
                     )
         return self.cache

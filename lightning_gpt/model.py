@@ -98,7 +98,9 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(layer, k, v)
         # A query at position t sees keys 0..t. With a cache, one new query sees every stored key.
         y = F.scaled_dot_product_attention(
-            q, k, v,
+            q,
+            k,
+            v,
             attn_mask=_causal_mask(T, past, x.device) if past and T > 1 else None,
             is_causal=past == 0 and T > 1,
             dropout_p=self.dropout if self.training else 0.0,

@@ -136,8 +136,10 @@ class TiktokenTokenizer(Tokenizer):
 
 def _tiktoken_cache_dir() -> str:
     # The same lookup tiktoken itself does.
-    return os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") or os.path.join(
-        tempfile.gettempdir(), "data-gym-cache"
+    return (
+        os.environ.get("TIKTOKEN_CACHE_DIR")
+        or os.environ.get("DATA_GYM_CACHE_DIR")
+        or os.path.join(tempfile.gettempdir(), "data-gym-cache")
     )
 
 
@@ -175,7 +177,9 @@ def build_tokenizer(name: str, texts: Iterable[str] | None = None) -> Tokenizer:
         return ByteTokenizer()
     if name in TIKTOKEN_ENCODINGS or name.endswith("_base"):
         return TiktokenTokenizer(name)
-    raise UserError(f"unknown tokenizer {name!r}; use char, byte or a tiktoken encoding ({', '.join(TIKTOKEN_ENCODINGS)})")
+    raise UserError(
+        f"unknown tokenizer {name!r}; use char, byte or a tiktoken encoding ({', '.join(TIKTOKEN_ENCODINGS)})"
+    )
 
 
 def tokenizer_from_dict(spec: dict[str, Any]) -> Tokenizer:

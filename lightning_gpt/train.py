@@ -1,8 +1,8 @@
 """lgpt-train: compose the config, build data + model + Trainer, fit, print a sample.
 
-    lgpt-train                                   # char model on the embedded Shakespeare, ~2 min on CPU
-    lgpt-train experiment=nanogpt_baby data=local data.path=input.txt
-    lgpt-train -m optim.lr=1e-3,3e-4             # a sweep: one run folder per job
+lgpt-train                                   # char model on the embedded Shakespeare, ~2 min on CPU
+lgpt-train experiment=nanogpt_baby data=local data.path=input.txt
+lgpt-train -m optim.lr=1e-3,3e-4             # a sweep: one run folder per job
 """
 
 from __future__ import annotations
@@ -111,7 +111,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.is_global_zero and not trainer.fast_dev_run:
         sample = SampleText(cfg.sample.prompt, cfg.sample.max_new_tokens, cfg.sample.temperature, cfg.sample.top_k)
-        print(f"\nstep {trainer.global_step}: val/loss {metrics.get('val/loss', float('nan')):.4f} | run folder {output_dir}")
+        val_loss = metrics.get("val/loss", float("nan"))
+        print(f"\nstep {trainer.global_step}: val/loss {val_loss:.4f} | run folder {output_dir}")
         print(f"--- sample ---\n{sample.generate(module)}\n--------------")
     return metrics
 

@@ -43,8 +43,12 @@ def compose_train(tmp_path, cache_dir):
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = compose(
                 "train",
-                overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={output_dir or tmp_path / 'run'}",
-                           f"paths.cache_dir={cache_dir}", *overrides],  # fmt: skip
+                overrides=[
+                    f"paths.root_dir={tmp_path}",
+                    f"paths.output_dir={output_dir or tmp_path / 'run'}",
+                    f"paths.cache_dir={cache_dir}",
+                    *overrides,
+                ],  # fmt: skip
                 return_hydra_config=True,
             )
         HydraConfig.instance().set_config(cfg)
