@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from lightning_gpt.errors import UserError
 from lightning_gpt.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_dict
 
+log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 _FORMATS = {".txt": "text", ".md": "text", ".text": "text", "": "text", ".json": "json", ".jsonl": "json",
             ".csv": "csv", ".parquet": "parquet"}  # fmt: skip
@@ -97,10 +99,10 @@ def _load_hub(source: Source, split: str):
     try:
         return datasets.load_dataset(source.name, source.config_name, split=split, revision=source.revision)
     except Exception as e:
+        reason = str(_root_cause(e)).strip().splitlines()[0][:200] if str(_root_cause(e)).strip() else type(e).__name__
         raise UserError(
-            f"could not load hub dataset {source.name!r} (split {split!r}): {type(_root_cause(e)).__name__}; "
-            "with no network, download it where there is one, or point at local files: "
-            "data=local data.path=/path/to/files"
+            f"could not load hub dataset {source.name!r} (split {split!r}): {reason}. Check the name; with no "
+            "network, download it where there is one, or point at local files: data=local data.path=/path/to/files"
         ) from e
 
 
@@ -166,7 +168,8 @@ def _token_dtype(vocab_size: int) -> np.dtype:
 
 def _tokenize(ds, tokenizer: Tokenizer, text_column: str, num_proc: int | None):
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        return {"ids": tokenizer.encode_documents(batch[text_column])}
+        documents = [text for text in batch[text_column] if text and not text.isspace()]  # blank ones say nothing
+        return {"ids": tokenizer.encode_documents(documents)}
 
     if num_proc is None:  # one process per core, but never more than there are documents
         num_proc = min(os.cpu_count() or 1, len(ds))
@@ -180,7 +183,7 @@ def _write_tokens(parts: list, path: Path, dtype: np.dtype) -> list[int]:
     with open(path, "wb") as f:
         for ds in parts:
             n = 0
-            for chunk in ds.data.column("ids").chunks:
+            for chunk in ds.data.column("ids").chunks if "ids" in ds.column_names else []:  # none: all blank
                 values = chunk.flatten().to_numpy().astype(dtype, copy=False)
                 f.write(values.tobytes())
                 n += len(values)
@@ -207,6 +210,7 @@ def prepare_tokens(source: Source, tokenizer_name: str, val_fraction: float, cac
     with FileLock(str(folder) + ".lock"):
         if (folder / "meta.json").exists():
             return folder
+        log.info(f"tokenizing the {source.kind} corpus with {tokenizer_name} into {folder}")
         train, val = load_splits(source)
         for ds in (train, val):
             if ds is not None:

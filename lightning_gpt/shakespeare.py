@@ -14,8 +14,12 @@ from pathlib import Path
 
 from lightning_gpt.errors import UserError
 
-_SPEAKER = re.compile(r"^\*\*(.+?)\*\*$")
-_STAGE_DIRECTION = re.compile(r"_[^_]*_|\*[^*]+\*", re.DOTALL)  # _Exit_, *Drum within.*, _\[Aside]_
+_SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$", re.MULTILINE)  # **HAMLET**
+# Stage directions are italic: _Exit_, __\[Awaking]_, *Drum within.*, possibly over several lines of one
+# paragraph; a few lost their opening underscore: [Within]_
+_STAGE_DIRECTION = re.compile(
+    r"_+(?:[^_\n]|\n(?![ \t]*\n))*?_+|\*(?:[^*\n]|\n(?![ \t]*\n))+?\*|^\\?\[[^\]\n]*\]_+", re.MULTILINE
+)
 _ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!])")
 
 
@@ -32,20 +36,27 @@ def corpus_version() -> str:
 
 def markdown_to_text(markdown: str) -> str:
     """One play in the Tiny Shakespeare layout."""
-    speeches = []
-    speaker = None
-    for paragraph in re.split(r"\n[ \t]*\n", markdown):
-        lines = [line.rstrip() for line in paragraph.strip("\n").splitlines()]
-        if not lines or lines[0].startswith("#"):
-            speaker = None  # act and scene headings end the current speech
-            continue
-        match = _SPEAKER.match(lines[0])
-        if match:
-            speaker, lines = match.group(1).strip(), lines[1:]
-        body = _ESCAPE.sub(r"\1", _STAGE_DIRECTION.sub("", "\n".join(lines)))
-        lines = [line.strip() for line in body.splitlines() if line.strip()]
+    marked = _SPEAKER.sub(lambda m: f"\0{m.group(1).strip()}", markdown)  # keep speakers safe from the next step
+    text = _ESCAPE.sub(r"\1", _STAGE_DIRECTION.sub("", marked))
+    speeches: list[str] = []
+    speaker, lines = None, []
+
+    def end_speech() -> None:
         if lines:
             speeches.append("\n".join([f"{speaker}:", *lines] if speaker else lines))
+            lines.clear()
+
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or line.startswith("\0"):
+            end_speech()
+            if line.startswith("#"):
+                speaker = None  # act and scene headings end the current speaker's turn
+            elif line:
+                speaker = line[1:]
+        else:
+            lines.append(line)
+    end_speech()
     return "\n\n".join(speeches) + "\n"
 
 
