@@ -50,6 +50,7 @@ class ModelConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = True
+    activation: str = "gelu_tanh"  # GPT-2's tanh-approximate GELU, or gelu (exact, as nanoGPT)
     compile: bool = False  # torch.compile the model
     init_from: str | None = None  # start from GPT-2 weights: gpt2, gpt2-medium, ... or a local HF folder
 

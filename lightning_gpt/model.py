@@ -31,6 +31,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as in GPT-2
     vocab_multiple: int = 1  # pad the embedding table to a multiple of this (64 is faster on GPUs)
+    activation: str = "gelu_tanh"  # GPT-2's tanh-approximate GELU; "gelu" is the exact one (nanoGPT's)
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
@@ -43,6 +44,8 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.activation not in ("gelu", "gelu_tanh"):
+            raise ValueError(f"model.activation must be gelu or gelu_tanh, got {self.activation!r}")
 
     @property
     def head_dim(self) -> int:
@@ -118,7 +121,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()  # exact GELU; GPT-2's tanh approximation differs by < 1e-3
+        self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
