@@ -84,8 +84,9 @@ def test_folders_and_globs_and_a_separate_validation_file(tmp_path, cache_dir):
         (tmp_path / "train").mkdir(exist_ok=True)
         (tmp_path / "train" / f"{i}.txt").write_text(f"text file {i}\n" * 40)
     (tmp_path / "val.txt").write_text("held out\n" * 20)
-    dm = GPTDataModule(tokenizer="byte", source="local", path=str(tmp_path / "train"), val_path=str(tmp_path / "val.txt"),
-                       block_size=8, cache_dir=str(cache_dir))  # fmt: skip
+    val = str(tmp_path / "val.txt")
+    dm = GPTDataModule(tokenizer="byte", source="local", path=str(tmp_path / "train"), val_path=val, block_size=8,
+                       cache_dir=str(cache_dir))  # fmt: skip
     meta = dm.load_cache().meta
     assert meta["train_tokens"] == 3 * (len("text file 0\n") * 40 + 1)
     assert meta["val_tokens"] == len("held out\n") * 20 + 1
