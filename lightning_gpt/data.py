@@ -145,7 +145,7 @@ def _check_columns(ds, source: Source) -> None:
 # The token cache
 
 
-def fingerprint(source: Source, tokenizer_name: str, val_fraction: float) -> str:
+def fingerprint(source: Source, tokenizer_name: str | dict[str, Any], val_fraction: float) -> str:
     """Changes whenever the prepared tokens would: source (with file sizes and times), tokenizer, split."""
     spec: dict[str, Any] = {"format": CACHE_FORMAT, "source": asdict(source), "tokenizer": tokenizer_name,
                             "val_fraction": val_fraction}  # fmt: skip
@@ -191,7 +191,7 @@ def _write_tokens(parts: list, path: Path, dtype: np.dtype) -> list[int]:
     return lengths
 
 
-def prepare_tokens(source: Source, tokenizer_name: str, val_fraction: float, cache_dir: str,
+def prepare_tokens(source: Source, tokenizer_name: str | dict[str, Any], val_fraction: float, cache_dir: str,
                    num_proc: int | None = None) -> Path:  # fmt: skip
     """Tokenize the source into cache_dir/<fingerprint>/ unless it is already there; return that folder.
 
@@ -216,7 +216,10 @@ def prepare_tokens(source: Source, tokenizer_name: str, val_fraction: float, cac
             if ds is not None:
                 _check_columns(ds, source)
         texts = (t for ds in (train, val) if ds is not None for t in ds[source.text_column])
-        tokenizer = build_tokenizer(tokenizer_name, texts if tokenizer_name == "char" else None)
+        if isinstance(tokenizer_name, dict):  # a saved tokenizer (a checkpoint's): encode as it was trained
+            tokenizer = tokenizer_from_dict(tokenizer_name)
+        else:
+            tokenizer = build_tokenizer(tokenizer_name, texts if tokenizer_name == "char" else None)
         dtype = _token_dtype(tokenizer.vocab_size)
         parts = [_tokenize(ds, tokenizer, source.text_column, num_proc) for ds in (train, val) if ds is not None]
         partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
@@ -325,7 +328,7 @@ class FixedWindows(Dataset):
 class GPTDataModule(L.LightningDataModule):
     def __init__(
         self,
-        tokenizer: str = "char",
+        tokenizer: str | dict[str, Any] = "char",  # a name, or a saved tokenizer's to_dict()
         source: str = "embedded",
         path: str | None = None,
         val_path: str | None = None,
