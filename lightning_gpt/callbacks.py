@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,16 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
     return [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n")
 
 
+def _full_parameters(pl_module: L.LightningModule):
+    """Under FSDP each process holds a shard: gather the whole model for generation (read-only)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    wrapped = pl_module.trainer.strategy.model if pl_module._trainer is not None else None
+    if isinstance(wrapped, FullyShardedDataParallel):
+        return FullyShardedDataParallel.summon_full_params(wrapped, writeback=False)
+    return nullcontext()
+
+
 class SampleText(L.Callback):
     """Generates a short sample after each validation and logs it as text, so a dashboard shows the
     model learning. Every process generates (a sharded FSDP model needs them all); rank 0 logs."""
@@ -44,6 +55,10 @@ class SampleText(L.Callback):
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
 
     def generate(self, pl_module: L.LightningModule) -> str:
+        with _full_parameters(pl_module):
+            return self._generate(pl_module)
+
+    def _generate(self, pl_module: L.LightningModule) -> str:
         tokenizer = pl_module.tokenizer
         idx = torch.tensor([prompt_ids(tokenizer, self.prompt)], device=pl_module.device)
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)

@@ -63,7 +63,8 @@ def run_app(hydra_main: Callable[[], Any]) -> None:
 def describe(e: BaseException) -> str | None:
     """One line for a user mistake (bad input, bad config); None for anything else."""
     from hydra.errors import HydraException
-    from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
     chain = []
     while e is not None and e not in chain:
@@ -72,13 +73,13 @@ def describe(e: BaseException) -> str | None:
     for err in chain:
         if isinstance(err, UserError):
             return str(err)
-        if isinstance(err, ConfigKeyError) and getattr(err, "full_key", None):
+        if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and getattr(err, "full_key", None):
             return f"unknown config key '{err.full_key}'{_suggest(err)}; list the keys with --cfg job"
         if isinstance(err, MissingMandatoryValue) and getattr(err, "full_key", None):
             return f"'{err.full_key}' needs a value: add {err.full_key}=... to the command line"
         if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
             return f"bad value for '{err.full_key}': {_first_line(err)}"
-    if any(isinstance(err, (HydraException, OmegaConfBaseException)) for err in chain):
+    if any(isinstance(err, (HydraException, OmegaConfBaseException, MisconfigurationException)) for err in chain):
         return " ".join(line.strip() for err in chain for line in str(err).splitlines() if line.strip())
     return None
 

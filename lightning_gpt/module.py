@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
 from lightning_gpt.model import GPT, Block, GPTConfig
@@ -52,6 +53,19 @@ class GPTLightningModule(L.LightningModule):
         if self.compile_model:
             self.model.compile()  # in place: parameter names (and checkpoints) stay free of _orig_mod.
 
+    def on_train_start(self) -> None:
+        """Log the global batch: what a step means depends on devices, nodes and accumulation."""
+        data = self.trainer.datamodule
+        sequences = self.trainer.world_size * data.batch_size * self.trainer.accumulate_grad_batches
+        batch = {"global_batch_size": sequences, "tokens_per_step": sequences * data.block_size}
+        for logger in self.loggers:
+            logger.log_hyperparams(batch)
+        rank_zero_info(
+            f"global batch: {self.trainer.world_size} processes x {data.batch_size} sequences x "
+            f"{self.trainer.accumulate_grad_batches} accumulation = {sequences} sequences "
+            f"({batch['tokens_per_step']:,} tokens) per step"
+        )
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         if self.flops_per_batch is None:
@@ -68,7 +82,8 @@ class GPTLightningModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()  # mean over every window of every process
         self.val_loss.reset()
-        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=False)
+        # Already the global mean; sync_dist only tells Lightning so (every process logs the same value).
+        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim

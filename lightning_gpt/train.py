@@ -28,12 +28,22 @@ def build_datamodule(cfg: DictConfig):
 
 
 def build_model_config(cfg: DictConfig, tokenizer) -> dict[str, Any]:
-    """The GPT shape from the model config, its vocabulary following the tokenizer's by default."""
+    """The GPT shape from the model config, its vocabulary following the tokenizer's by default.
+
+    With model.init_from, the shape is the pretrained GPT-2's; model.block_size may only crop its context.
+    """
     from lightning_gpt.model import GPTConfig
 
     model = OmegaConf.to_container(cfg.model, resolve=True)
     for key in ("compile", "init_from"):
         model.pop(key)
+    if cfg.model.init_from:
+        from lightning_gpt.hf import GPT2_TOKENIZERS, gpt2_config
+
+        if tokenizer.name not in GPT2_TOKENIZERS:
+            raise UserError(f"model.init_from={cfg.model.init_from} needs GPT-2's tokenizer, not {tokenizer.name}; "
+                            "add tokenizer=gpt2")  # fmt: skip
+        return gpt2_config(cfg.model.init_from, model["block_size"], model["dropout"]).to_dict()
     if model["vocab_size"] is None:
         model["vocab_size"] = tokenizer.vocab_size
     elif model["vocab_size"] < tokenizer.vocab_size:
@@ -50,6 +60,7 @@ def build_model_config(cfg: DictConfig, tokenizer) -> dict[str, Any]:
 def build_trainer(cfg: DictConfig):
     import lightning as L
     from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ProgressBar
 
     def instantiate_all(group: DictConfig) -> list:
         try:
@@ -60,8 +71,10 @@ def build_trainer(cfg: DictConfig):
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     if isinstance(trainer_kwargs["strategy"], dict):
         trainer_kwargs["strategy"] = instantiate(cfg.trainer.strategy)
-    loggers = instantiate_all(cfg.logger)
-    return L.Trainer(**trainer_kwargs, logger=loggers or False, callbacks=instantiate_all(cfg.callbacks))
+    callbacks = instantiate_all(cfg.callbacks)
+    if not trainer_kwargs["enable_progress_bar"]:  # trainer.enable_progress_bar=false wins over callbacks/
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return L.Trainer(**trainer_kwargs, logger=instantiate_all(cfg.logger) or False, callbacks=callbacks)
 
 
 def resolve_ckpt_path(value: str | None, log_dir: str) -> str | None:
@@ -99,6 +112,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         compile=cfg.model.compile,
         config=OmegaConf.to_container(cfg),
     )
+    if cfg.model.init_from:  # fine-tuning: start from GPT-2's weights
+        from lightning_gpt.hf import gpt2_state_dict
+
+        module.model.load_state_dict(gpt2_state_dict(cfg.model.init_from, module.model.config.block_size))
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir)
     trainer = build_trainer(cfg)
     os.environ["LGPT_RUN_DIR"] = str(output_dir)  # DDP ranks started by Lightning read their config here
@@ -109,11 +126,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if "wandb" in sys.modules:  # one W&B run per job of a multirun
             sys.modules["wandb"].finish()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if trainer.is_global_zero and not trainer.fast_dev_run:
+    if not trainer.fast_dev_run:  # every process generates: a sharded model needs them all
         sample = SampleText(cfg.sample.prompt, cfg.sample.max_new_tokens, cfg.sample.temperature, cfg.sample.top_k)
-        val_loss = metrics.get("val/loss", float("nan"))
-        print(f"\nstep {trainer.global_step}: val/loss {val_loss:.4f} | run folder {output_dir}")
-        print(f"--- sample ---\n{sample.generate(module)}\n--------------")
+        text = sample.generate(module)
+        if trainer.is_global_zero:
+            val_loss = metrics.get("val/loss", float("nan"))
+            print(f"\nstep {trainer.global_step}: val/loss {val_loss:.4f} | run folder {output_dir}")
+            print(f"--- sample ---\n{text}\n--------------")
     return metrics
 
 

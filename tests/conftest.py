@@ -11,6 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
 
 from lightning_gpt.cli import CONF_DIR
 
@@ -52,6 +53,8 @@ def compose_train(tmp_path, cache_dir):
                 return_hydra_config=True,
             )
         HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):  # the app's task sees the job config alone, as under @hydra.main
+            del cfg["hydra"]
         return cfg
 
     yield _compose

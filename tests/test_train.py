@@ -1,0 +1,150 @@
+"""The training app as users meet it: composition, runs, loggers, resume, sweeps, DDP on CPU, errors."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from lightning_gpt.cli import CONF_DIR
+from lightning_gpt.train import task
+
+from .conftest import TINY, TINY_SHAKESPEARE, run_cli
+
+TINY_SHAKESPEARE_DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
+
+
+def read_metrics(run: Path) -> list[dict[str, str]]:
+    with open(run / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def column(rows: list[dict[str, str]], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key)]
+
+
+@pytest.mark.parametrize("preset", [p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml")])
+def test_every_experiment_preset_composes(preset):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={preset}"])
+    assert cfg.task_name == preset
+    assert cfg.optim.decay_steps == cfg.trainer.max_steps  # derived by interpolation
+
+
+def test_presets_are_nanogpts_recipes(compose_train):
+    cfg = compose_train("experiment=nanogpt_shakespeare_char")
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (6, 6, 384, 256)
+    assert (cfg.data.batch_size, cfg.model.dropout, cfg.trainer.max_steps) == (64, 0.2, 5000)
+    assert (cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps, cfg.optim.betas[1]) == (1e-3, 1e-4, 100, 0.99)
+    cfg = compose_train("experiment=nanogpt_baby")
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (4, 4, 128, 64)
+    assert (cfg.data.batch_size, cfg.model.dropout, cfg.trainer.max_steps) == (12, 0.0, 2000)
+    assert (cfg.optim.weight_decay, cfg.trainer.gradient_clip_val, cfg.data.block_size) == (0.1, 1.0, 64)
+    cfg = compose_train("experiment=gpt2_124m")
+    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.tokenizer.name, cfg.data.source) == (12, 768, "gpt2", "hub")
+
+
+def test_a_short_run_learns_checkpoints_logs_and_samples(compose_train, tmp_path):
+    cfg = compose_train(*TINY, *TINY_SHAKESPEARE_DATA, "trainer.max_steps=60", "trainer.val_check_interval=30",
+                        "logger=many", "callbacks.model_checkpoint.every_n_train_steps=20")  # fmt: skip
+    metrics = task(cfg)
+    run = tmp_path / "run"
+    val = column(read_metrics(run), "val/loss")
+    assert len(val) == 2 and val[1] < val[0] < 4.2  # ln(65) = 4.17 at the start
+    assert metrics == pytest.approx(val[-1])
+    names = {p.name for p in (run / "checkpoints").iterdir()}
+    assert {"last.ckpt", "step000020.ckpt", "step000040.ckpt"} <= names or "last.ckpt" in names
+    assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").iterdir())
+    assert list((run / "wandb").glob("offline-run-*"))  # offline W&B run, syncable with `wandb sync`
+    assert (run / "samples.md").read_text().count("## step") == 2
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["tokenizer"]["name"] == "char"
+    assert checkpoint["hyper_parameters"]["model"]["vocab_size"] == 65
+    assert checkpoint["hyper_parameters"]["config"]["model"]["n_layer"] == 2  # the resolved run config
+    assert "${" not in (run / "config.yaml").read_text()
+
+
+def test_resume_continues_at_the_right_step_with_the_data_stream(compose_train, tmp_path):
+    first = compose_train(*TINY, "trainer.max_steps=20", "trainer.val_check_interval=10", output_dir=tmp_path / "a")
+    task(first)
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)
+    assert saved["global_step"] == 20
+    assert saved["GPTDataModule"] == {"batches_seen": 20}  # the sampler's position
+    resumed = compose_train(*TINY, "trainer.max_steps=30", "trainer.val_check_interval=10",
+                            f"ckpt_path={tmp_path / 'a'}", output_dir=tmp_path / "b")  # fmt: skip
+    task(resumed)
+    after = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert after["global_step"] == 30
+    assert after["GPTDataModule"]["batches_seen"] == 30
+    steps = column(read_metrics(tmp_path / "b"), "step")
+    assert min(steps) >= 20  # the resumed run logs from step 20 on
+
+
+def test_ckpt_path_latest_finds_the_newest_run(compose_train, tmp_path):
+    task(
+        compose_train(
+            *TINY, "trainer.max_steps=10", "trainer.val_check_interval=10", output_dir=tmp_path / "outputs" / "x"
+        )
+    )
+    cfg = compose_train(*TINY, "trainer.max_steps=15", "trainer.val_check_interval=5", "ckpt_path=latest",
+                        output_dir=tmp_path / "outputs" / "y")  # fmt: skip
+    task(cfg)
+    assert torch.load(tmp_path / "outputs" / "y" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 15
+
+
+def cli_args(tmp_path: Path, cache_dir: Path) -> list[str]:
+    return [*TINY, f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}"]
+
+
+def test_multirun_gives_each_job_its_own_folder(tmp_path, cache_dir):
+    result = run_cli("-m", *cli_args(tmp_path, cache_dir), "trainer.max_steps=10", "trainer.val_check_interval=10",
+                     "optim.lr=1e-3,3e-3")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = sorted(p.parent.parent for p in (tmp_path / "outputs").glob("train/multiruns/*/*/checkpoints/last.ckpt"))
+    assert [j.name for j in jobs] == ["0", "1"]
+    lrs = {
+        torch.load(j / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["optim"]["lr"] for j in jobs
+    }
+    assert lrs == {1e-3, 3e-3}
+
+
+def test_ddp_on_cpu_shares_one_run_folder_and_splits_the_data(tmp_path, cache_dir):
+    result = run_cli("trainer=ddp_cpu", *cli_args(tmp_path, cache_dir), "trainer.max_steps=30",
+                     "trainer.val_check_interval=15", "+callbacks.record._target_=tests.helpers.RecordFirstBatch",
+                     cwd=Path(__file__).parents[1])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "outputs" / "train" / "runs").iterdir())
+    assert len(runs) == 1  # both processes wrote into rank 0's folder
+    run = runs[0]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step000030-val" +
+        f"{column(read_metrics(run), 'val/loss')[-1]:.4f}.ckpt"]  # fmt: skip
+    val = column(read_metrics(run), "val/loss")
+    assert val[-1] < val[0]
+    first = [(run / f"first_batch_rank{r}.txt").read_text() for r in (0, 1)]
+    assert first[0] != first[1]  # each process draws its own windows
+    hparams = (run / "csv" / "hparams.yaml").read_text()
+    assert "global_batch_size: 16" in hparams  # 2 processes x 8 sequences
+
+
+def test_a_typo_in_a_key_fails_at_once_with_its_name(tmp_path, cache_dir):
+    result = run_cli("model.n_layers=4", *cli_args(tmp_path, cache_dir))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown config key 'model.n_layers'; did you mean 'model.n_layer'?; list the keys with --cfg job"
+    ]
+    result = run_cli("model.n_layer=four", *cli_args(tmp_path, cache_dir))
+    assert result.returncode == 2 and "model.n_layer" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.ckpt"))
+
+
+def test_cfg_job_and_help_work_as_in_any_hydra_app(tmp_path):
+    result = run_cli("--cfg", "job", "model=gpt2_small", cwd=tmp_path)
+    assert result.returncode == 0 and "n_embd: 768" in result.stdout
+    result = run_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0 and "experiment: gpt2_124m, nanogpt_baby, nanogpt_shakespeare_char" in result.stdout
