@@ -1,0 +1,98 @@
+"""lightning_gpt: train GPT-style Transformers from Hydra configs.
+
+From Python, a trained checkpoint is one call away:
+
+    import lightning_gpt
+    model, tokenizer = lightning_gpt.load("outputs/train/runs/<stamp>")   # a run folder or a .ckpt file
+    prompt = torch.tensor([tokenizer.encode("ROMEO:")])
+    for token in model.generate(prompt, max_new_tokens=100, temperature=0.8, top_k=200):
+        print(tokenizer.decode(token[0].tolist()), end="", flush=True)
+
+Importing the package stays cheap: torch loads only when a checkpoint does.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lightning_gpt.errors import UserError
+
+if TYPE_CHECKING:
+    from lightning_gpt.model import GPT
+    from lightning_gpt.tokenizers import Tokenizer
+
+__all__ = ["UserError", "find_checkpoint", "load", "read_checkpoint"]
+
+_VAL_LOSS = re.compile(r"val(\d+(?:\.\d+)?)")  # the loss in "step000500-val1.4697.ckpt"
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A .ckpt file or a Hugging Face GPT-2 folder as given, or a run folder's best checkpoint (lowest
+    val loss in its name), else its last.ckpt."""
+    path = Path(path).expanduser()
+    if _is_hf_folder(path):
+        return path
+    if path.is_dir():
+        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        scored = [(float(m.group(1)), p) for p in folder.glob("*.ckpt") if p.stem != "last"
+                  for m in [_VAL_LOSS.search(p.stem)] if m]  # fmt: skip
+        path = min(scored)[1] if scored else folder / "last.ckpt"
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}; give a .ckpt file, a run folder with checkpoints/ "
+                        "or a Hugging Face GPT-2 folder")  # fmt: skip
+    return path
+
+
+def _is_hf_folder(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def read_checkpoint(path: str | Path, device: Any = "cpu") -> tuple[dict, dict, dict]:
+    """(GPTConfig dict, tokenizer dict, GPT state dict) of one of our checkpoints, tensors on device.
+
+    A Hugging Face GPT-2 folder (config.json + weights) reads as a GPT-2 with the gpt2 tokenizer.
+    """
+    import torch
+
+    path = find_checkpoint(path)
+    if _is_hf_folder(path):
+        from lightning_gpt.hf import gpt2_config, gpt2_state_dict
+
+        config = gpt2_config(str(path))
+        if config.vocab_size != 50257:
+            raise UserError(f"{path} is not a GPT-2-vocabulary model ({config.vocab_size} tokens, not 50257): "
+                            "its tokenizer is unknown")  # fmt: skip
+        state = {k: v.to(device) for k, v in gpt2_state_dict(str(path)).items()}
+        return config.to_dict(), {"name": "gpt2"}, state
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise UserError(
+            f"{path} is not a lightning_gpt checkpoint (torch.load failed: {type(e).__name__}); "
+            "give a checkpoint written by lgpt-train"
+        ) from e
+    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    if "model" not in hparams or "tokenizer" not in hparams or "state_dict" not in ckpt:
+        raise UserError(f"{path} is not a lightning_gpt checkpoint (no model config or tokenizer in it); "
+                        "give a checkpoint written by lgpt-train")  # fmt: skip
+    # Lightning prefixes the GPT's parameters with "model."; torch.compile adds "_orig_mod.".
+    state = {k.removeprefix("model.").replace("_orig_mod.", ""): v for k, v in ckpt["state_dict"].items()
+             if k.startswith("model.")}  # fmt: skip
+    return hparams["model"], hparams["tokenizer"], state
+
+
+def load(ckpt_path: str | Path, device: Any = "cpu") -> tuple[GPT, Tokenizer]:
+    """The GPT (in eval mode, on device) and its tokenizer from a checkpoint file, a run folder (its best
+    checkpoint) or a Hugging Face GPT-2 folder."""
+    import torch
+
+    from lightning_gpt.model import GPT, GPTConfig
+    from lightning_gpt.tokenizers import tokenizer_from_dict
+
+    config, tokenizer, state = read_checkpoint(ckpt_path, device)
+    with torch.device(device):
+        model = GPT(GPTConfig(**config))
+    model.load_state_dict(state)
+    return model.eval(), tokenizer_from_dict(tokenizer)

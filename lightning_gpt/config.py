@@ -132,7 +132,48 @@ class TrainConfig:
     task_name: str = "train"
     tags: list[str] = field(default_factory=list)
     seed: int = 1337
-    ckpt_path: str | None = None  # resume: a .ckpt file, a run folder, or "latest"
+    ckpt_path: str | None = None  # resume: a .ckpt file, a run folder, "latest" or "auto"
+
+
+# ---------------------------------------------------------------------------------------------------
+# lgpt-sample, lgpt-eval, lgpt-export: each reads a checkpoint (a .ckpt file, or a run folder's best)
+
+
+@dataclass
+class SampleAppConfig:
+    ckpt_path: str = MISSING
+    prompt: str = ""  # text, or @file to read it from a file; empty: start from end-of-text (a newline for char)
+    num_samples: int = 1  # generated as one batch; the first streams, the others print when done
+    max_new_tokens: int = 500
+    temperature: float = 0.8  # 0: greedy
+    top_k: int | None = 200
+    top_p: float | None = None  # nucleus sampling, in (0, 1]
+    seed: int = 1337
+    stop_at_eot: bool = True  # stop a sample at the end-of-text token
+    device: str = "auto"  # auto (cuda, mps, else cpu), cpu, cuda, cuda:1, mps
+    precision: str | None = None  # 32, bf16 or 16; null: bf16 on GPUs that have it, else 32
+
+
+@dataclass
+class EvalAppConfig:
+    ckpt_path: str = MISSING
+    split: str = "val"  # val or train
+    windows: int | None = None  # evenly spaced windows of block_size tokens; null: all that fit without overlap
+    out_file: str = "${paths.output_dir}/eval.json"
+    data: DataConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    paths: PathsConfig = MISSING
+    model: dict[str, Any] = field(default_factory=dict)  # set from the checkpoint: data.block_size follows it
+    logger: dict[str, Any] = field(default_factory=dict)
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    task_name: str = "eval"
+    seed: int = 1337
+
+
+@dataclass
+class ExportAppConfig:
+    ckpt_path: str = MISSING
+    out_dir: str = MISSING
 
 
 SCHEMAS = {cls.__name__: cls for cls in (TokenizerConfig, DataConfig, ModelConfig, OptimConfig, TrainerConfig,
@@ -141,3 +182,6 @@ SCHEMAS = {cls.__name__: cls for cls in (TokenizerConfig, DataConfig, ModelConfi
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="lgpt_schema", node=TrainConfig)
+    ConfigStore.instance().store(name="lgpt_sample_schema", node=SampleAppConfig)
+    ConfigStore.instance().store(name="lgpt_eval_schema", node=EvalAppConfig)
+    ConfigStore.instance().store(name="lgpt_export_schema", node=ExportAppConfig)

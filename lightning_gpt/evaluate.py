@@ -1,0 +1,108 @@
+"""lgpt-eval: loss and perplexity of a checkpoint on a data split, with training's data and trainer configs.
+
+lgpt-eval ckpt_path=outputs/train/runs/<stamp>                        # the default data's validation split
+lgpt-eval ckpt_path=<run> data=local data.path=other.txt split=train  # any text, in the checkpoint's tokens
+lgpt-eval ckpt_path=<run> trainer=ddp_cpu                             # several processes (GPUs: trainer=ddp)
+
+The text is encoded with the checkpoint's own tokenizer. The loss is the mean next-token cross-entropy over
+evenly spaced windows of data.block_size tokens (the model's block_size by default): `windows` of them, or
+every non-overlapping window of the split. The result prints as a table and is written to out_file as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_gpt.cli import CONF_DIR, register_resolvers, run_app
+from lightning_gpt.errors import UserError
+
+register_resolvers()
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate on every process of the trainer; rank 0 prints the table and writes the JSON."""
+    from torch.utils.data import DataLoader
+
+    from lightning_gpt import find_checkpoint, read_checkpoint
+    from lightning_gpt.data import FixedWindows, GPTDataModule
+    from lightning_gpt.module import GPTLightningModule
+    from lightning_gpt.train import build_trainer
+
+    if cfg.split not in ("train", "val"):
+        raise UserError(f"split must be train or val, got {cfg.split!r}")
+    path = find_checkpoint(cfg.ckpt_path)
+    model_config, tokenizer_spec, state = read_checkpoint(path)
+    cfg.model = {"block_size": model_config["block_size"]}  # what data.block_size=${model.block_size} reads
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    block_size, context = data["block_size"], model_config["block_size"]
+    if block_size > context:
+        raise UserError(f"data.block_size={block_size} is longer than the model's context ({context}); "
+                        f"use data.block_size={context} or less")  # fmt: skip
+    # Tokenizers named by their name alone share training's token cache; a char vocabulary travels whole.
+    tokenizer = tokenizer_spec if len(tokenizer_spec) > 1 else tokenizer_spec["name"]
+    datamodule = GPTDataModule(tokenizer=tokenizer, **data)
+    datamodule.setup()
+    split = datamodule._split(cfg.split)
+
+    module = GPTLightningModule(model=model_config, tokenizer=tokenizer_spec, optim={})
+    module.model.load_state_dict(state)
+    trainer = build_trainer(cfg)
+    windows = cfg.windows or (len(split) - 1) // block_size
+    if windows < 1:
+        raise UserError(f"windows must be at least 1, got {windows}")
+    # The same number of windows on every process, so Lightning's DistributedSampler repeats none.
+    windows = max(windows - windows % trainer.world_size, trainer.world_size)
+    warnings.filterwarnings("ignore", message=".*DistributedSampler.*replicates some samples")
+    loader = DataLoader(FixedWindows(split, block_size, windows), batch_size=data["batch_size"],
+                        num_workers=data["num_workers"])  # fmt: skip
+    metrics = trainer.validate(module, dataloaders=loader, verbose=False)[0]
+
+    loss = float(metrics["val/loss"])
+    result = {"ckpt_path": str(path), "split": cfg.split, "data": describe_data(cfg.data), "loss": loss,
+              "perplexity": math.exp(loss), "windows": windows, "block_size": block_size,
+              "tokens": windows * block_size, "devices": trainer.world_size}  # fmt: skip
+    if trainer.is_global_zero:
+        print(table(result))
+        out_file = Path(cfg.out_file)
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"written to {out_file}")
+    return result
+
+
+def describe_data(data: DictConfig) -> str:
+    if data.source == "local":
+        return f"local {data.path}"
+    if data.source == "hub":
+        return f"hub {data.name}" + (f" ({data.config_name})" if data.config_name else "")
+    return data.source
+
+
+def table(result: dict[str, Any]) -> str:
+    rows = [("checkpoint", result["ckpt_path"]), ("data", f"{result['data']}, {result['split']} split"),
+            ("tokens", f"{result['tokens']:,} ({result['windows']} windows of {result['block_size']})"),
+            ("loss", f"{result['loss']:.4f}"), ("perplexity", f"{result['perplexity']:.3f}")]  # fmt: skip
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def task(cfg: DictConfig) -> float:
+    return evaluate(cfg)["loss"]
+
+
+_hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")(task)
+
+
+def main() -> None:
+    run_app(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""lgpt-export: a checkpoint as a Hugging Face GPT-2 folder.
+
+lgpt-export ckpt_path=outputs/train/runs/<stamp> out_dir=my-gpt2
+python -c "from transformers import GPT2LMHeadModel; GPT2LMHeadModel.from_pretrained('my-gpt2')"
+
+The folder holds config.json and model.safetensors, plus vocab.json, merges.txt and the tokenizer
+configs when the tokenizer is GPT-2's (char and byte tokenizers have no Hugging Face equivalent).
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from lightning_gpt.cli import CONF_DIR, register_resolvers, run_app
+
+register_resolvers()
+
+
+def task(cfg: DictConfig) -> None:
+    from lightning_gpt import find_checkpoint, load
+    from lightning_gpt.hf import GPT2_TOKENIZERS, export_gpt2
+
+    path = find_checkpoint(cfg.ckpt_path)
+    model, tokenizer = load(path)
+    files = export_gpt2(model, tokenizer, cfg.out_dir)
+    print(f"exported {path} as a GPT-2 folder: {', '.join(str(f) for f in files)}")
+    if tokenizer.name not in GPT2_TOKENIZERS:
+        print(f"no tokenizer files: the {tokenizer.name} tokenizer has no Hugging Face equivalent")
+
+
+_hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")(task)
+
+
+def main() -> None:
+    run_app(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()

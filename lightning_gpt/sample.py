@@ -1,0 +1,135 @@
+"""lgpt-sample: generate text from a checkpoint, streamed to stdout as it is generated.
+
+lgpt-sample ckpt_path=outputs/train/runs/<stamp>                  # the run's best checkpoint, else last.ckpt
+lgpt-sample ckpt_path=<run> prompt="ROMEO:" temperature=0.7 top_k=50 max_new_tokens=200
+lgpt-sample ckpt_path=<run> prompt=@prompt.txt num_samples=4      # four samples, one batch
+
+Several samples are generated as one batch: the first streams token by token, the others print when
+the batch is done. Each sample is printed with its prompt and followed by a line of dashes. Messages go
+to stderr, so stdout holds only the text.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import hydra
+from omegaconf import DictConfig
+
+from lightning_gpt.cli import CONF_DIR, register_resolvers, run_app
+from lightning_gpt.errors import UserError
+
+register_resolvers()
+
+SEPARATOR = "-" * 15
+_PRECISIONS = {"32": "float32", "bf16": "bfloat16", "16": "float16"}
+
+
+class TextStream:
+    """Decodes tokens one at a time, holding back a character whose bytes span several tokens."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.pending: list[int] = []
+
+    def push(self, token: int) -> str:
+        self.pending.append(token)
+        text = self.tokenizer.decode(self.pending)
+        # A UTF-8 character is at most 4 bytes: past that, a replacement character is really in the text.
+        if text.endswith("\ufffd") and len(self.pending) < 4:
+            return ""
+        self.pending = []
+        return text
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.pending) if self.pending else ""
+        self.pending = []
+        return text
+
+
+def read_prompt(prompt: str) -> str:
+    """The prompt itself, or the contents of a file given as @path."""
+    if not prompt.startswith("@"):
+        return prompt
+    path = Path(prompt[1:]).expanduser()
+    if not path.is_file():
+        raise UserError(f"prompt file {path} not found; give prompt=@<existing file> or the text itself")
+    return path.read_text(encoding="utf-8")
+
+
+def pick_device(device: str, precision: str | None):
+    """The torch device and dtype to sample with ("auto": the best there is)."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:<index> or mps") from e
+    if precision is None:
+        precision = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "32"
+    if str(precision) not in _PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; use {', '.join(_PRECISIONS)} (or null)")
+    return dev, getattr(torch, _PRECISIONS[str(precision)])
+
+
+def generate(cfg: DictConfig, out: TextIO = sys.stdout) -> list[str]:
+    """Write the samples to out (the first as it is generated) and return them."""
+    import torch
+
+    from lightning_gpt import load
+    from lightning_gpt.callbacks import prompt_ids
+    from lightning_gpt.model import check_sampling
+
+    try:
+        check_sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    if cfg.num_samples < 1:
+        raise UserError(f"num_samples must be at least 1, got {cfg.num_samples}")
+    device, dtype = pick_device(cfg.device, cfg.precision)
+    prompt = read_prompt(cfg.prompt)
+    model, tokenizer = load(cfg.ckpt_path, device)
+    model.to(dtype)
+    idx = torch.tensor([prompt_ids(tokenizer, prompt)] * cfg.num_samples, device=device)
+    print(f"{model.num_params() / 1e6:.2f}M parameters, {tokenizer.name} tokenizer, on {device}", file=sys.stderr)
+
+    stop = tokenizer.eot_id if cfg.stop_at_eot else None
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    steps = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, stop_token=stop,
+                           generator=generator)  # fmt: skip
+    stream = TextStream(tokenizer)
+    out.write(prompt)
+    new_tokens, first_done = [], False
+    for token in steps:
+        new_tokens.append(token)
+        first_done = first_done or int(token[0, 0]) == stop
+        if not first_done:
+            out.write(stream.push(int(token[0, 0])))
+            out.flush()
+    out.write(stream.flush())
+    tokens = torch.cat(new_tokens, dim=1).tolist()
+    samples = [prompt + tokenizer.decode(row[: row.index(stop)] if stop in row else row) for row in tokens]
+    out.write(f"\n{SEPARATOR}\n")
+    for text in samples[1:]:
+        out.write(f"{text}\n{SEPARATOR}\n")
+    out.flush()
+    return samples
+
+
+def task(cfg: DictConfig) -> None:
+    generate(cfg)
+
+
+_hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")(task)
+
+
+def main() -> None:
+    run_app(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()
