@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from lightning_gpt import find_checkpoint, read_checkpoint
+    from lightning_gpt.config import OptimConfig
     from lightning_gpt.data import FixedWindows, GPTDataModule
     from lightning_gpt.module import GPTLightningModule
     from lightning_gpt.train import build_trainer
@@ -51,7 +53,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup()
     split = datamodule._split(cfg.split)
 
-    module = GPTLightningModule(model=model_config, tokenizer=tokenizer_spec, optim={})
+    unused_optim = asdict(OptimConfig(decay_steps=1))  # the module wants one; evaluation never steps
+    module = GPTLightningModule(model=model_config, tokenizer=tokenizer_spec, optim=unused_optim)
     module.model.load_state_dict(state)
     trainer = build_trainer(cfg)
     windows = cfg.windows or (len(split) - 1) // block_size

@@ -76,8 +76,8 @@ def pick_device(device: str, precision: str | None):
     return dev, getattr(torch, _PRECISIONS[str(precision)])
 
 
-def generate(cfg: DictConfig, out: TextIO = sys.stdout) -> list[str]:
-    """Write the samples to out (the first as it is generated) and return them."""
+def generate(cfg: DictConfig, out: TextIO | None = None) -> list[str]:
+    """Write the samples to out, stdout by default (the first as it is generated), and return them."""
     import torch
 
     from lightning_gpt import load
@@ -102,6 +102,7 @@ def generate(cfg: DictConfig, out: TextIO = sys.stdout) -> list[str]:
     steps = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, stop_token=stop,
                            generator=generator)  # fmt: skip
     stream = TextStream(tokenizer)
+    out = out or sys.stdout
     out.write(prompt)
     new_tokens, first_done = [], False
     for token in steps:
