@@ -166,15 +166,18 @@ def _token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def _tokenize(ds, tokenizer: Tokenizer, text_column: str, num_proc: int | None):
+def _tokenize(ds, tokenizer: Tokenizer, text_column: str, num_proc: int | None, dtype: np.dtype, name: str):
+    """`name` (our fingerprint) spares datasets from hashing the tokenizer, which it does by pickling it."""
+
     def encode(batch: dict[str, list]) -> dict[str, list]:
         documents = [text for text in batch[text_column] if text and not text.isspace()]  # blank ones say nothing
-        return {"ids": tokenizer.encode_documents(documents)}
+        # Arrays go to Arrow in one piece; lists of ints would be inspected one int at a time.
+        return {"ids": [np.asarray(ids, dtype=dtype) for ids in tokenizer.encode_documents(documents)]}
 
     if num_proc is None:  # one process per core, but never more than there are documents
         num_proc = min(os.cpu_count() or 1, len(ds))
     return ds.map(encode, batched=True, batch_size=64, num_proc=num_proc if num_proc > 1 else None,
-                  remove_columns=ds.column_names, desc="tokenizing")  # fmt: skip
+                  remove_columns=ds.column_names, desc="tokenizing", new_fingerprint=name)  # fmt: skip
 
 
 def _write_tokens(parts: list, path: Path, dtype: np.dtype) -> list[int]:
@@ -221,7 +224,8 @@ def prepare_tokens(source: Source, tokenizer_name: str | dict[str, Any], val_fra
         else:
             tokenizer = build_tokenizer(tokenizer_name, texts if tokenizer_name == "char" else None)
         dtype = _token_dtype(tokenizer.vocab_size)
-        parts = [_tokenize(ds, tokenizer, source.text_column, num_proc) for ds in (train, val) if ds is not None]
+        parts = [_tokenize(ds, tokenizer, source.text_column, num_proc, dtype, f"lgpt-{folder.name}-{split}")
+                 for split, ds in (("train", train), ("val", val)) if ds is not None]  # fmt: skip
         partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
