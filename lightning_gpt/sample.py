@@ -69,6 +69,9 @@ def pick_device(device: str, precision: str | None):
         dev = torch.device(device)
     except RuntimeError as e:
         raise UserError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:<index> or mps") from e
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(dev.type, True):
+        raise UserError(f"device={device} but there is no {dev.type} device here; use device=auto or device=cpu")
     if precision is None:
         precision = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "32"
     if str(precision) not in _PRECISIONS:

@@ -105,6 +105,7 @@ def test_load_strips_torch_compile_prefixes(run, tmp_path):
         (["temperature=-0.5"], "temperature must be >= 0"),
         (["num_samples=0"], "num_samples must be at least 1"),
         (["precision=8"], "unknown precision"),
+        (["device=gpu"], "unknown device"),
     ],
 )
 def test_bad_input_is_a_clear_error(run, tmp_path, overrides, message):
