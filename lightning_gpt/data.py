@@ -174,8 +174,8 @@ def _tokenize(ds, tokenizer: Tokenizer, text_column: str, num_proc: int | None, 
         # Arrays go to Arrow in one piece; lists of ints would be inspected one int at a time.
         return {"ids": [np.asarray(ids, dtype=dtype) for ids in tokenizer.encode_documents(documents)]}
 
-    if num_proc is None:  # one process per core, but never more than there are documents
-        num_proc = min(os.cpu_count() or 1, len(ds))
+    if num_proc is None:  # one process per core and per 100 MB of text: on less, more cost more than they save
+        num_proc = min(os.cpu_count() or 1, len(ds), 1 + ds.data.nbytes // 100_000_000)
     return ds.map(encode, batched=True, batch_size=64, num_proc=num_proc if num_proc > 1 else None,
                   remove_columns=ds.column_names, desc="tokenizing", new_fingerprint=name)  # fmt: skip
 
