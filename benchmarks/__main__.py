@@ -1,0 +1,97 @@
+"""python -m benchmarks [--quick] [--only NAME ...] [--json PATH]: run the benchmarks, print one markdown table."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import re
+import shlex
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from benchmarks import ROOT, Stopwatch, row
+
+MODULES = ("training", "startup", "data", "generation", "memory")
+COLUMNS = ("benchmark", "case", "metric", "value", "unit", "ratio", "target", "met", "note")
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    if os.path.exists("/proc/cpuinfo"):
+        names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = names[0] if names else cpu
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpus": os.cpu_count(), "cpu": cpu, "gpu": gpu, "torch": torch.__version__,
+            "python": platform.python_version(), "torch_threads": torch.get_num_threads()}  # fmt: skip
+
+
+def met(r: dict[str, Any]) -> str:
+    """'yes'/'no' for a target such as '>= 0.97' or '<= 10', checked on the ratio if there is one, else the value."""
+    match = re.fullmatch(r"\s*([<>]=?)\s*([-\d.e]+)\s*", r.get("target") or "")
+    if not match:
+        return ""
+    actual, (op, bound) = r.get("ratio", r["value"]), (match[1], float(match[2]))
+    ok = {">=": actual >= bound, ">": actual > bound, "<=": actual <= bound, "<": actual < bound}[op]
+    return "yes" if ok else "NO"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        cells = {**r, "met": met(r)}
+        lines.append("| " + " | ".join(str(cells.get(c, "")).replace("|", "/") for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer steps and trials (under 2 minutes on 2 cores)")
+    parser.add_argument("--only", nargs="+", choices=MODULES, metavar="NAME", help=f"some of: {', '.join(MODULES)}")
+    parser.add_argument("--json", default=str(ROOT / "outputs" / "benchmarks" / "results.json"), help="results file")
+    args = parser.parse_args()
+
+    rows: list[dict[str, Any]] = []
+    failed = []
+    with Stopwatch() as total:
+        for name in args.only or MODULES:
+            try:
+                module = importlib.import_module(f"benchmarks.{name}")
+            except ModuleNotFoundError as e:
+                if e.name != f"benchmarks.{name}":
+                    raise
+                print(f"[{name}] skipped: benchmarks/{name}.py does not exist yet", file=sys.stderr)
+                continue
+            print(f"[{name}] running ...", file=sys.stderr, flush=True)
+            with Stopwatch() as t:
+                try:
+                    rows += module.run(args.quick)
+                except Exception as e:  # one broken benchmark must not hide the others' results
+                    traceback.print_exc()
+                    failed.append(name)
+                    rows.append(row(name, "-", "FAILED", float("nan"), "", note=f"{type(e).__name__}: {e}"[:200]))
+            print(f"[{name}] done in {t.seconds:.0f} s", file=sys.stderr, flush=True)
+
+    command = "python -m benchmarks " + shlex.join(sys.argv[1:])
+    info = machine()
+    print(f"\n{markdown(rows)}\n")
+    print(f"{info['cpus']} CPUs ({info['cpu']}), GPU: {info['gpu'] or 'none'}, torch {info['torch']}; "
+          f"`{command.strip()}` took {total.seconds:.0f} s")  # fmt: skip
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"command": command.strip(), "quick": args.quick, "seconds": round(total.seconds, 1),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": info, "rows": rows}  # fmt: skip
+    out.write_text(json.dumps(record, indent=1))
+    print(f"results: {out}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
