@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
+import functools
 import os
 import secrets
 import sys
@@ -14,6 +16,7 @@ from typing import Any
 
 from lightning_gpt.errors import UserError
 
+_CANNOT_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.ENOSPC, errno.EDQUOT}
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Inside an installed wheel the configs live in the package; in a source checkout, beside it.
 CONF_DIR = str(PACKAGE_DIR / "conf" if (PACKAGE_DIR / "conf").is_dir() else PACKAGE_DIR.parent / "conf")
@@ -49,15 +52,25 @@ def run_app(hydra_main: Callable[[], Any]) -> None:
     """
     if "_LGPT_TRACEBACK" not in os.environ:  # decided once, inherited by DDP ranks
         os.environ["_LGPT_TRACEBACK"] = os.environ.get("HYDRA_FULL_ERROR", "0")
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra raise, so the error reaches us as an exception
-    try:
-        hydra_main()
-    except Exception as e:
-        message = describe(e)
-        if message is None or os.environ["_LGPT_TRACEBACK"] == "1":
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra raise, so a composition error reaches us as an exception
+    one_line_errors(hydra_main)()
+
+
+def one_line_errors(fn: Callable) -> Callable:
+    """Wrap an app (and its Hydra task, so Hydra adds no 'Error executing job' line) to report user errors."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            message = describe(e)
+            if message is None or os.environ.get("_LGPT_TRACEBACK", "1") == "1":
+                raise
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper
 
 
 def describe(e: BaseException) -> str | None:
@@ -73,6 +86,11 @@ def describe(e: BaseException) -> str | None:
     for err in chain:
         if isinstance(err, UserError):
             return str(err)
+        if isinstance(err, OSError) and err.filename and err.errno in _CANNOT_WRITE:
+            return (
+                f"cannot write {err.filename} ({err.strerror}); choose a writable folder: "
+                "paths.log_dir=... (or hydra.run.dir=...)"
+            )
         if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and getattr(err, "full_key", None):
             return f"unknown config key '{err.full_key}'{_suggest(err)}; list the keys with --cfg job"
         if isinstance(err, MissingMandatoryValue) and getattr(err, "full_key", None):

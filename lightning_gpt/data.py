@@ -402,6 +402,9 @@ class GPTDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            # Its own generator: starting a loader must not consume the global random state that dropout
+            # uses, or a resumed run would draw other dropout masks than an uninterrupted one.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

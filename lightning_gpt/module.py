@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from typing import Any
 
 import lightning as L
@@ -10,6 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
+from lightning_gpt.errors import UserError
 from lightning_gpt.model import GPT, Block, GPTConfig
 from lightning_gpt.tokenizers import Tokenizer, tokenizer_from_dict
 
@@ -24,6 +26,15 @@ def cosine_lr(step: int, lr: float, min_lr: float, warmup_steps: int, decay_step
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
+def check_optim(o: dict[str, Any]) -> None:
+    for key in ("lr", "eps"):
+        if not o[key] > 0:
+            raise UserError(f"optim.{key} must be positive, got {o[key]}")
+    for key in ("min_lr", "weight_decay", "warmup_steps"):
+        if o[key] < 0:
+            raise UserError(f"optim.{key} must not be negative, got {o[key]}")
+
+
 class GPTLightningModule(L.LightningModule):
     """Holds a GPT and everything a checkpoint needs to rebuild it: model config, tokenizer, optimizer."""
 
@@ -31,6 +42,7 @@ class GPTLightningModule(L.LightningModule):
                  config: dict[str, Any] | None = None):  # fmt: skip
         super().__init__()
         # Model config, tokenizer and the whole run config travel inside every checkpoint (and to the loggers).
+        check_optim(optim)
         self.save_hyperparameters()
         self.model = GPT(GPTConfig(**model))
         self.tokenizer_spec = tokenizer
@@ -72,7 +84,18 @@ class GPTLightningModule(L.LightningModule):
             self._flops_per_batch = self.model.flops_per_token() * x.numel()
         _, loss = self.model(x, y)
         self.log("train/loss", loss, prog_bar=True)
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # read when the loss is logged anyway
+            self._stop_if_not_finite(loss)
         return loss
+
+    def _stop_if_not_finite(self, loss: torch.Tensor) -> None:
+        """A nan/inf loss poisons the weights at the next step: stop, keeping the last good checkpoint."""
+        if not torch.isfinite(loss):
+            every = self.trainer.log_every_n_steps
+            raise UserError(
+                f"the training loss is {loss.item()} at step {self.global_step} (checked every {every} steps); "
+                f"stopped, the last good checkpoint is kept: lower optim.lr or use gradient clipping, then resume"
+            )
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -84,6 +107,32 @@ class GPTLightningModule(L.LightningModule):
         self.val_loss.reset()
         # Already the global mean; sync_dist only tells Lightning so (every process logs the same value).
         self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise UserError(
+                f"not saving a checkpoint at step {self.global_step}: the weights hold nan/inf; the last good "
+                "checkpoint is kept: lower optim.lr or use gradient clipping, then resume from it"
+            )
+        # Random state, so dropout draws the same masks after a resume as in an uninterrupted run.
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if states:
+            torch.set_rng_state(states["torch"])
+            random.setstate(states["python"])
+            if "cuda" in states and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
+        # The new run's optimizer settings win: a resumed run may lower the learning rate, for instance.
+        o = self.optim
+        for state in checkpoint.get("optimizer_states", []):
+            for group, decay in zip(state["param_groups"], (o["weight_decay"], 0.0)):  # see optimizer_groups
+                group.update(betas=tuple(o["betas"]), eps=o["eps"], weight_decay=decay)
+        for state in checkpoint.get("lr_schedulers", []):
+            state["base_lrs"] = [o["lr"]] * len(state["base_lrs"])
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim

@@ -15,7 +15,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_gpt.cli import CONF_DIR, register_resolvers, run_app
+from lightning_gpt.cli import CONF_DIR, one_line_errors, register_resolvers, run_app
 from lightning_gpt.errors import UserError
 
 register_resolvers()
@@ -71,16 +71,22 @@ def build_trainer(cfg: DictConfig):
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     if isinstance(trainer_kwargs["strategy"], dict):
         trainer_kwargs["strategy"] = instantiate(cfg.trainer.strategy)
+    if trainer_kwargs["plugins"]:
+        trainer_kwargs["plugins"] = [instantiate(p) for p in cfg.trainer.plugins]
     callbacks = instantiate_all(cfg.callbacks)
     if not trainer_kwargs["enable_progress_bar"]:  # trainer.enable_progress_bar=false wins over callbacks/
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     return L.Trainer(**trainer_kwargs, logger=instantiate_all(cfg.logger) or False, callbacks=callbacks)
 
 
-def resolve_ckpt_path(value: str | None, log_dir: str) -> str | None:
-    """A checkpoint file, a run folder (its last.ckpt), or "latest": the newest last.ckpt under log_dir."""
+def resolve_ckpt_path(value: str | None, log_dir: str, output_dir: str) -> str | None:
+    """A checkpoint file, a run folder (its last.ckpt), "latest" (the newest last.ckpt under log_dir), or
+    "auto": this run folder's last.ckpt if there is one (a requeued job resumes), else a fresh start."""
     if value is None:
         return None
+    if value == "auto":
+        last = Path(output_dir) / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
     if value == "latest":
         found = sorted(Path(log_dir).glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not found:
@@ -99,6 +105,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
 
     from lightning_gpt.callbacks import SampleText
+    from lightning_gpt.checkpointing import check_resumable
     from lightning_gpt.module import GPTLightningModule
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -116,11 +123,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         from lightning_gpt.hf import gpt2_state_dict
 
         module.model.load_state_dict(gpt2_state_dict(cfg.model.init_from, module.model.config.block_size))
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir, cfg.paths.output_dir)
+    if ckpt_path:
+        check_resumable(ckpt_path, module.hparams.model, module.hparams.tokenizer)
     trainer = build_trainer(cfg)
     os.environ["LGPT_RUN_DIR"] = str(output_dir)  # DDP ranks started by Lightning read their config here
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)  # no code in checkpoints
     finally:
         os.environ.pop("LGPT_RUN_DIR", None)
         if "wandb" in sys.modules:  # one W&B run per job of a multirun
@@ -130,8 +139,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         sample = SampleText(cfg.sample.prompt, cfg.sample.max_new_tokens, cfg.sample.temperature, cfg.sample.top_k)
         text = sample.generate(module)
         if trainer.is_global_zero:
-            val_loss = metrics.get("val/loss", float("nan"))
-            print(f"\nstep {trainer.global_step}: val/loss {val_loss:.4f} | run folder {output_dir}")
+            val_loss = f" val/loss {metrics['val/loss']:.4f} |" if "val/loss" in metrics else ""
+            print(f"\nstep {trainer.global_step}:{val_loss} run folder {output_dir}")
             print(f"--- sample ---\n{text}\n--------------")
     return metrics
 
@@ -149,7 +158,7 @@ def task(cfg: DictConfig) -> float | None:
     return metrics.get("val/loss")
 
 
-_hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")(task)
+_hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")(one_line_errors(task))
 
 
 def main() -> None:

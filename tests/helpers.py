@@ -14,3 +14,27 @@ class RecordFirstBatch(L.Callback):
         if batch_idx == 0:
             path = Path(trainer.default_root_dir) / f"first_batch_rank{trainer.global_rank}.txt"
             path.write_text(" ".join(map(str, batch[0][0].tolist())))
+
+
+class Slow(L.Callback):
+    """Sleeps after each training batch, so a test can signal or kill a run mid-training."""
+
+    def __init__(self, seconds: float = 0.1):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        import time
+
+        time.sleep(self.seconds)
+
+
+class PoisonWeights(L.Callback):
+    """Sets one weight to nan after the given step, as a diverging run would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args, **kwargs) -> None:
+        if trainer.global_step == self.step:
+            with __import__("torch").no_grad():
+                pl_module.model.transformer.wte.weight[0, 0] = float("nan")

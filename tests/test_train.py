@@ -58,7 +58,8 @@ def test_a_short_run_learns_checkpoints_logs_and_samples(compose_train, tmp_path
     assert len(val) == 2 and val[1] < val[0] < 4.2  # ln(65) = 4.17 at the start
     assert metrics == pytest.approx(val[-1])
     names = {p.name for p in (run / "checkpoints").iterdir()}
-    assert {"last.ckpt", "step000020.ckpt", "step000040.ckpt"} <= names or "last.ckpt" in names
+    best = f"best-step000060-val{val[-1]:.4f}.ckpt"
+    assert names == {"last.ckpt", "step000020.ckpt", "step000040.ckpt", "step000060.ckpt", best}
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").iterdir())
     assert list((run / "wandb").glob("offline-run-*"))  # offline W&B run, syncable with `wandb sync`
     assert (run / "samples.md").read_text().count("## step") == 2
@@ -122,8 +123,9 @@ def test_ddp_on_cpu_shares_one_run_folder_and_splits_the_data(tmp_path, cache_di
     runs = list((tmp_path / "outputs" / "train" / "runs").iterdir())
     assert len(runs) == 1  # both processes wrote into rank 0's folder
     run = runs[0]
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step000030-val" +
-        f"{column(read_metrics(run), 'val/loss')[-1]:.4f}.ckpt"]  # fmt: skip
+    best = f"best-step000030-val{column(read_metrics(run), 'val/loss')[-1]:.4f}.ckpt"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [best, "last.ckpt", "step000015.ckpt",
+                                                                       "step000030.ckpt"]  # fmt: skip
     val = column(read_metrics(run), "val/loss")
     assert val[-1] < val[0]
     first = [(run / f"first_batch_rank{r}.txt").read_text() for r in (0, 1)]
