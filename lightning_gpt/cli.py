@@ -98,7 +98,8 @@ def describe(e: BaseException) -> str | None:
         if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
             return f"bad value for '{err.full_key}': {_first_line(err)}"
     if any(isinstance(err, (HydraException, OmegaConfBaseException, MisconfigurationException)) for err in chain):
-        return " ".join(line.strip() for err in chain for line in str(err).splitlines() if line.strip())
+        text = " ".join(line.strip() for err in chain for line in str(err).splitlines() if line.strip())
+        return text.split(" Config search path")[0]  # Hydra's list of search paths is noise here
     return None
 
 

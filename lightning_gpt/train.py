@@ -84,9 +84,10 @@ def resolve_ckpt_path(value: str | None, log_dir: str, output_dir: str) -> str |
     "auto": this run folder's last.ckpt if there is one (a requeued job resumes), else a fresh start."""
     if value is None:
         return None
-    if value == "auto":
-        last = Path(output_dir) / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
+    if value == "auto":  # also what Lightning saves on SLURM's requeue signal (hpc_ckpt_<n>.ckpt)
+        found = [p for p in [Path(output_dir) / "checkpoints" / "last.ckpt", *Path(output_dir).glob("hpc_ckpt_*.ckpt")]
+                 if p.is_file()]  # fmt: skip
+        return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
     if value == "latest":
         found = sorted(Path(log_dir).glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not found:
