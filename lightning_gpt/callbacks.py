@@ -28,13 +28,6 @@ class TokenThroughputMonitor(ThroughputMonitor):
         super().__init__(batch_size_fn=_batch_size, length_fn=_tokens, **kwargs)
 
 
-def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """An empty prompt starts from end-of-text, or a newline for tokenizers without one (char)."""
-    if prompt:
-        return tokenizer.encode(prompt)
-    return [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n")
-
-
 def _full_parameters(pl_module: L.LightningModule):
     """Under FSDP each process holds a shard: gather the whole model for generation (read-only)."""
     from torch.distributed.fsdp import FullyShardedDataParallel
@@ -60,7 +53,7 @@ class SampleText(L.Callback):
 
     def _generate(self, pl_module: L.LightningModule) -> str:
         tokenizer = pl_module.tokenizer
-        idx = torch.tensor([prompt_ids(tokenizer, self.prompt)], device=pl_module.device)
+        idx = torch.tensor([tokenizer.encode_prompt(self.prompt)], device=pl_module.device)
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         was_training = pl_module.training
         pl_module.eval()

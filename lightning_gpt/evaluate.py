@@ -21,7 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_gpt.cli import CONF_DIR, register_resolvers, run_app
+from lightning_gpt.cli import CONF_DIR, one_line_errors, register_resolvers, run_app
 from lightning_gpt.errors import UserError
 
 register_resolvers()
@@ -100,7 +100,7 @@ def task(cfg: DictConfig) -> float:
     return evaluate(cfg)["loss"]
 
 
-_hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")(task)
+_hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")(one_line_errors(task))
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from lightning_gpt.cli import CONF_DIR, register_resolvers, run_app
+from lightning_gpt.cli import CONF_DIR, one_line_errors, register_resolvers, run_app
 
 register_resolvers()
 
@@ -29,7 +29,7 @@ def task(cfg: DictConfig) -> None:
         print(f"no tokenizer files: the {tokenizer.name} tokenizer has no Hugging Face equivalent")
 
 
-_hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")(task)
+_hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")(one_line_errors(task))
 
 
 def main() -> None:

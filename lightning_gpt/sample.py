@@ -18,7 +18,7 @@ from typing import TextIO
 import hydra
 from omegaconf import DictConfig
 
-from lightning_gpt.cli import CONF_DIR, register_resolvers, run_app
+from lightning_gpt.cli import CONF_DIR, one_line_errors, register_resolvers, run_app
 from lightning_gpt.errors import UserError
 
 register_resolvers()
@@ -84,7 +84,6 @@ def generate(cfg: DictConfig, out: TextIO | None = None) -> list[str]:
     import torch
 
     from lightning_gpt import load
-    from lightning_gpt.callbacks import prompt_ids
     from lightning_gpt.model import check_sampling
 
     try:
@@ -97,7 +96,7 @@ def generate(cfg: DictConfig, out: TextIO | None = None) -> list[str]:
     prompt = read_prompt(cfg.prompt)
     model, tokenizer = load(cfg.ckpt_path, device)
     model.to(dtype)
-    idx = torch.tensor([prompt_ids(tokenizer, prompt)] * cfg.num_samples, device=device)
+    idx = torch.tensor([tokenizer.encode_prompt(prompt)] * cfg.num_samples, device=device)
     print(f"{model.num_params() / 1e6:.2f}M parameters, {tokenizer.name} tokenizer, on {device}", file=sys.stderr)
 
     stop = tokenizer.eot_id if cfg.stop_at_eot else None
@@ -128,7 +127,7 @@ def task(cfg: DictConfig) -> None:
     generate(cfg)
 
 
-_hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")(task)
+_hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")(one_line_errors(task))
 
 
 def main() -> None:
