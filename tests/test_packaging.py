@@ -1,0 +1,34 @@
+"""After a regular (non-editable) install, the configs ship inside the package and lgpt-train finds them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_wheel_carries_the_configs_and_runs_from_any_folder(tmp_path):
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)  # fmt: skip
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = zipfile.ZipFile(next(tmp_path.glob("lgpt-*.whl")))
+    shipped = {Path(n).relative_to("lightning_gpt/conf").as_posix() for n in wheel.namelist()
+               if n.startswith("lightning_gpt/conf/")}  # fmt: skip
+    in_repo = {p.relative_to(ROOT / "conf").as_posix() for p in (ROOT / "conf").rglob("*.yaml")}
+    assert shipped == in_repo
+    site = tmp_path / "site"
+    wheel.extractall(site)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    result = subprocess.run([sys.executable, "-m", "lightning_gpt.train", "--cfg", "job", "experiment=nanogpt_baby"],
+                            cwd=elsewhere, env=env, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "task_name: nanogpt_baby" in result.stdout
+    where = subprocess.run([sys.executable, "-c", "from lightning_gpt.cli import CONF_DIR; print(CONF_DIR)"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True)  # fmt: skip
+    assert where.stdout.strip() == str(site / "lightning_gpt" / "conf")
