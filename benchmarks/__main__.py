@@ -10,6 +10,7 @@ import platform
 import re
 import shlex
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -60,7 +61,11 @@ def main() -> None:
 
     rows: list[dict[str, Any]] = []
     failed = []
-    with Stopwatch() as total:
+    # One token cache for every benchmark of this run (each corpus is tokenized once), unless one is given.
+    load_before = os.getloadavg()[0]
+    cache = tempfile.TemporaryDirectory(prefix="lgpt-bench-cache-")
+    os.environ.setdefault("LGPT_BENCH_CACHE", cache.name)
+    with cache, Stopwatch() as total:
         for name in args.only or MODULES:
             try:
                 module = importlib.import_module(f"benchmarks.{name}")
@@ -80,10 +85,16 @@ def main() -> None:
             print(f"[{name}] done in {t.seconds:.0f} s", file=sys.stderr, flush=True)
 
     command = "python -m benchmarks " + shlex.join(sys.argv[1:])
-    info = machine()
+    info = {**machine(), "load_average_before": load_before}
     print(f"\n{markdown(rows)}\n")
     print(f"{info['cpus']} CPUs ({info['cpu']}), GPU: {info['gpu'] or 'none'}, torch {info['torch']}; "
           f"`{command.strip()}` took {total.seconds:.0f} s")  # fmt: skip
+    if load_before > 0.5 * info["cpus"]:
+        print(
+            f"warning: the load average was {load_before:.1f} on {info['cpus']} CPUs before the benchmarks "
+            "started: other processes shared the CPUs, so absolute figures are low and noisy",
+            file=sys.stderr,
+        )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"command": command.strip(), "quick": args.quick, "seconds": round(total.seconds, 1),

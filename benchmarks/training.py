@@ -1,17 +1,20 @@
 """Training throughput: a real `lgpt-train` run against a hand-written PyTorch loop doing the same work.
 
-Both sides run in fresh processes, one at a time, alternating, and each keeps its best trial (noise on a
-shared machine only ever slows a run down):
 - lgpt-train: the real Hydra app with its default callbacks (checkpointing, LR monitor, throughput,
-  progress bar refreshed every 10 steps), CSV logger and logging every 10 steps. One extra callback
-  (`step_timer`) reads the clock at the end of two steps and exits the process after the second, so the
-  window holds only whole training steps: no start-up, no validation, no final checkpoint.
+  progress bar refreshed every 10 steps), CSV logger and logging every 10 steps, plus one callback
+  (`step_timer`) that times the steps and ends the process after the last timed one: no validation, final
+  checkpoint or sample in the window.
 - the loop: the same composed config, the same `GPT` class and seed (so the same initial weights), the same
   batches from the same data module, AdamW with the same parameter groups, the same LR schedule, gradient
   clipping and precision; `loss.item()` every 10 steps as nanoGPT logs. No Lightning.
-Both report the loss of the last step: equal losses show that they did the same work.
+Both report the loss of their last step: equal losses show that they did the same work.
 
-    python -m benchmarks.training loop <overrides> --first 20 --last 240   # the hand loop alone
+Shared machines are noisy, so the two run side by side and take turns: each warms up, then they run one
+chunk of steps at a time, alternately, while the other waits on a pipe. Consecutive chunks of the two
+sides thus see the same background load; each side's rate comes from its median chunk. A chunk of 10
+steps pays for one logging and one progress-bar refresh, so periodic costs are counted in full.
+
+    python -m benchmarks.training loop <overrides> --first 20 --last 240 --chunk 10  # the hand loop alone
 """
 
 from __future__ import annotations
@@ -19,45 +22,81 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
-from benchmarks import TINY_SHAKESPEARE, child_env, lgpt_train, read_json_line, row, run_child
+from benchmarks import TINY_SHAKESPEARE, child_env, lgpt_train, read_json_line, row
 
 TAG = "BENCH_STEPS "
+BATON = "LGPT_BENCH_BATON"  # "<fd to read 'go' from>,<fd to write 'done' to>", set by compare()
+SIDES = ("hand loop", "lgpt-train")
 
 
-def _clock(device_type: str) -> float:
-    if device_type == "cuda":
-        import torch
+@dataclass
+class Case:
+    name: str
+    overrides: list[str]
+    first: int  # timing starts after this many optimizer steps (warm-up excluded) ...
+    last: int  # ... and ends after this many, before the first validation
+    chunk: int  # steps per timed chunk
+    settings: str
 
-        torch.cuda.synchronize()  # only at the two ends of the window: the steps in between stay asynchronous
-    return time.perf_counter()
 
+class ChunkTimer:
+    """Times chunks of `chunk` steps from step `first` to `last`; between chunks, hands over to the other side."""
 
-def _report(times: list[float], tokens_per_step: int, loss: float, flops_per_token: int) -> None:
-    chunks = [b - a for a, b in zip(times, times[1:])]
-    result = {"chunks": chunks, "tokens_per_step": tokens_per_step, "loss": loss, "flops_per_token": flops_per_token}
-    print(TAG + json.dumps(result), flush=True)
+    def __init__(self, first: int, last: int, chunk: int, device_type: str):
+        self.first, self.last, self.chunk, self.device_type = first, last, chunk, device_type
+        self.chunks: list[float] = []
+        self.start: float | None = None
+        baton = os.environ.get(BATON)
+        self.go, self.done = map(int, baton.split(",")) if baton else (None, None)
+
+    def clock(self) -> float:
+        if self.device_type == "cuda":
+            import torch
+
+            torch.cuda.synchronize()  # only at chunk ends: the steps in between stay asynchronous
+        return time.perf_counter()
+
+    def after_step(self, step: int) -> bool:
+        """Call after each optimizer step; True once the last step is timed."""
+        if step < self.first or (step - self.first) % self.chunk:
+            return False
+        if self.start is not None:
+            self.chunks.append(self.clock() - self.start)
+        if self.done is not None:
+            os.write(self.done, b"d")
+        if step == self.last:
+            return True
+        if self.go is not None and os.read(self.go, 1) != b"g":
+            os._exit(1)  # the benchmark is gone
+        self.start = self.clock()
+        return False
+
+    def report(self, tokens_per_step: int, loss: float, flops_per_token: int) -> None:
+        result = {"chunks": self.chunks, "tokens_per_step": tokens_per_step, "loss": loss,
+                  "flops_per_token": flops_per_token}  # fmt: skip
+        print(TAG + json.dumps(result), flush=True)
 
 
 def step_timer(first: int, last: int, chunk: int):
-    """A Lightning callback reading the clock every `chunk` steps from step first to last, then ending the process."""
+    """The Lightning callback lgpt-train gets (+callbacks.bench_timer._target_=benchmarks.training.step_timer)."""
     import lightning as L
 
     class StepTimer(L.Callback):
-        def __init__(self):
-            self.times: list[float] = []
+        timer: ChunkTimer | None = None
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            step = trainer.global_step
-            if first <= step <= last and (step - first) % chunk == 0:
-                self.times.append(_clock(pl_module.device.type))
-            if step == last:
-                _report(self.times, batch[0].numel(), float(outputs["loss"]), pl_module.model.flops_per_token())
+            self.timer = self.timer or ChunkTimer(first, last, chunk, pl_module.device.type)
+            if self.timer.after_step(trainer.global_step):
+                self.timer.report(batch[0].numel(), float(outputs["loss"]), pl_module.model.flops_per_token())
                 os._exit(0)  # skip the final checkpoint and sample: they are not training throughput
 
     return StepTimer()
@@ -104,8 +143,9 @@ def hand_loop(overrides: list[str], first: int, last: int, chunk: int) -> None:
         optimizer, lambda step: cosine_lr(step, o.lr, o.min_lr, o.warmup_steps, o.decay_steps) / o.lr
     )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    timer = ChunkTimer(first, last, chunk, device.type)
     batches = iter(datamodule.train_dataloader())
-    times, losses = [], []
+    losses = []
     for step in range(1, last + 1):
         x, y = (part.to(device, non_blocking=True) for part in next(batches))
         with autocast:
@@ -118,75 +158,84 @@ def hand_loop(overrides: list[str], first: int, last: int, chunk: int) -> None:
         optimizer.zero_grad(set_to_none=True)
         if step % trainer.log_every_n_steps == 0:
             losses.append(loss.item())
-        if first <= step and (step - first) % chunk == 0:
-            times.append(_clock(device.type))
-    _report(times, x.numel(), loss.item(), model.flops_per_token())
+        timer.after_step(step)
+    timer.report(x.numel(), loss.item(), model.flops_per_token())
 
 
-@dataclass
-class Case:
-    name: str
-    overrides: list[str]
-    first: int  # the window starts after this many optimizer steps (warm-up excluded) ...
-    last: int  # ... and ends after this many, before the first validation
-    chunk: int  # steps per timed chunk; 10 holds one logging and one progress-bar refresh
-    settings: str
-
-
-def _trial(side: str, case: Case, env: dict[str, str]) -> dict[str, Any]:
+def _command(side: str, case: Case) -> list[str]:
     window = {"first": case.first, "last": case.last, "chunk": case.chunk}
     if side == "lgpt-train":
         timer = [f"+callbacks.bench_timer._target_={__name__}.step_timer"]
-        timer += [f"+callbacks.bench_timer.{k}={v}" for k, v in window.items()]
-        cmd = [*lgpt_train(), *case.overrides, *timer]
-    else:
-        cmd = [sys.executable, "-m", __name__, "loop", *case.overrides, *(f"--{k}={v}" for k, v in window.items())]
-    return read_json_line(run_child(cmd, env), TAG)
+        return [*lgpt_train(), *case.overrides, *timer, *(f"+callbacks.bench_timer.{k}={v}" for k, v in window.items())]
+    return [sys.executable, "-m", __name__, "loop", *case.overrides, *(f"--{k}={v}" for k, v in window.items())]
+
+
+def paired_trial(case: Case, env: dict[str, str], timeout: float = 600) -> dict[str, dict]:
+    """Start both sides; once both are warm, let them run one chunk at a time, taking turns."""
+    with tempfile.TemporaryDirectory(prefix="lgpt-bench-pair-") as tmp:
+        procs, go, done, logs = {}, {}, {}, {}
+        for side in SIDES:
+            child_go, go[side] = os.pipe()
+            done[side], child_done = os.pipe()
+            logs[side] = Path(tmp) / f"{side.replace(' ', '_')}.log"
+            with open(logs[side], "w") as log:
+                procs[side] = subprocess.Popen(
+                    _command(side, case), env={**env, BATON: f"{child_go},{child_done}"}, stdout=log,
+                    stderr=subprocess.STDOUT, pass_fds=(child_go, child_done),
+                )  # fmt: skip
+            os.close(child_go)
+            os.close(child_done)
+
+        def output(side: str) -> str:
+            return logs[side].read_text(errors="replace")
+
+        def wait_done(side: str) -> None:
+            ready, _, _ = select.select([done[side]], [], [], timeout)
+            if not ready or os.read(done[side], 1) != b"d":
+                for proc in procs.values():
+                    proc.kill()
+                raise RuntimeError(f"the {side} run stopped or hung; its output ends with:\n{output(side)[-3000:]}")
+
+        try:
+            for side in SIDES:
+                wait_done(side)  # warmed up
+            for i in range((case.last - case.first) // case.chunk):
+                for side in SIDES if i % 2 == 0 else SIDES[::-1]:
+                    os.write(go[side], b"g")
+                    wait_done(side)
+            for proc in procs.values():
+                proc.wait(timeout=60)
+            return {side: read_json_line(output(side), TAG) for side in SIDES}
+        finally:
+            for proc in procs.values():
+                proc.kill()
+            for fd in (*go.values(), *done.values()):
+                os.close(fd)
 
 
 def compare(case: Case, trials: int, env: dict[str, str]) -> list[dict]:
-    """Alternate lgpt-train and the hand loop `trials` times. Each side's rate comes from its median chunk
-    over all trials: robust to other processes stealing the CPU now and then, yet every chunk pays the
-    periodic costs (logging, progress bar) in full."""
-    sides = ("hand loop", "lgpt-train")
-    results: dict[str, list[dict]] = {side: [] for side in sides}
-    for _ in range(trials):
-        for side in sides:
-            results[side].append(_trial(side, case, env))
-    tokens_per_chunk = case.chunk * results["hand loop"][0]["tokens_per_step"]
-    median = {side: statistics.median(c for r in results[side] for c in r["chunks"]) for side in sides}
-    rate = {side: tokens_per_chunk / median[side] for side in sides}
+    """Rows for both sides' tokens/s (from their median chunk over all trials) and their ratio."""
+    results = [paired_trial(case, env) for _ in range(trials)]
+    tokens_per_chunk = case.chunk * results[0]["hand loop"]["tokens_per_step"]
+    median = {side: statistics.median(c for r in results for c in r[side]["chunks"]) for side in SIDES}
+    rate = {side: tokens_per_chunk / median[side] for side in SIDES}
     overhead_ms = 1000 * (median["lgpt-train"] - median["hand loop"]) / case.chunk
-    per_trial = {side: [round(tokens_per_chunk * len(r["chunks"]) / sum(r["chunks"])) for r in results[side]]
-                 for side in sides}  # fmt: skip
-    losses = {side: results[side][-1]["loss"] for side in sides}
+    chunks = sum(len(r["hand loop"]["chunks"]) for r in results)
+    losses = {side: results[-1][side]["loss"] for side in SIDES}
     rows = [
-        row(
-            "training",
-            case.name,
-            "tokens/s hand loop",
-            round(rate["hand loop"]),
-            "tok/s",
-            note=f"{case.settings}; whole-window rate per trial {per_trial['hand loop']}",
-        ),  # fmt: skip
-        row(
-            "training",
-            case.name,
-            "tokens/s lgpt-train",
-            round(rate["lgpt-train"]),
-            "tok/s",
-            ratio=round(rate["lgpt-train"] / rate["hand loop"], 3),
-            target=">= 0.97",
-            note=f"{overhead_ms:+.2f} ms/step vs the loop; whole-window rate per trial {per_trial['lgpt-train']}; "
-            f"last-step loss {losses['lgpt-train']:.4f} vs loop {losses['hand loop']:.4f}",
-        ),  # fmt: skip
-    ]
+        row("training", case.name, "tokens/s hand loop", round(rate["hand loop"]), "tok/s",
+            note=f"{case.settings}; median of {chunks} chunks of {case.chunk} steps, taking turns"),
+        row("training", case.name, "tokens/s lgpt-train", round(rate["lgpt-train"]), "tok/s",
+            ratio=round(rate["lgpt-train"] / rate["hand loop"], 3), target=">= 0.97",
+            note=f"{overhead_ms:+.2f} ms/step vs the loop; "
+            f"last-step loss {losses['lgpt-train']:.4f} vs loop {losses['hand loop']:.4f}"),
+    ]  # fmt: skip
     peak = _peak_flops()
     if peak:
-        flops_per_token = results["hand loop"][0]["flops_per_token"]
-        for side in sides:
+        flops_per_token = results[0]["hand loop"]["flops_per_token"]
+        for side in SIDES:
             rows.append(row("training", case.name, f"MFU {side}", round(100 * rate[side] * flops_per_token / peak, 1),
-                            "%", note="bf16 peak from lightning's get_available_flops"))  # fmt: skip
+                            "%", note="of the bf16 peak Lightning knows for this GPU"))  # fmt: skip
     return rows
 
 
@@ -205,7 +254,7 @@ def cases(quick: bool) -> list[Case]:
     import torch
 
     data = ["data=local", f"data.path={TINY_SHAKESPEARE}"] if TINY_SHAKESPEARE.exists() else []
-    first, last = (20, 120) if quick else (30, 240)  # its first validation is at step 250
+    first, last = (20, 140) if quick else (30, 240)  # its first validation is at step 250
     out = [
         Case(
             "nanogpt_baby",
@@ -223,8 +272,8 @@ def cases(quick: bool) -> list[Case]:
             out.append(Case(f"gpt2_small bf16 compile={compile_}",
                             [*gpt2, "trainer=gpu", "data.batch_size=12", f"model.compile={compile_}"], first, last, 10,
                             f"GPT-2 small, 12x1024 tokens/step, bf16-mixed, steps {first + 1}-{last}"))  # fmt: skip
-    else:
-        first, last = (2, 5) if quick else (3, 11)
+    elif not quick:  # a GPT-2-sized step takes seconds on a CPU: too long for --quick
+        first, last = 3, 11
         out.append(Case("gpt2_small shape", [*gpt2, "trainer=cpu", "model.block_size=128", "data.batch_size=2"],
                         first, last, 1, f"GPT-2 small (124M) at block_size=128, 2x128 tokens/step, fp32, "
                         f"steps {first + 1}-{last}"))  # fmt: skip
@@ -232,14 +281,11 @@ def cases(quick: bool) -> list[Case]:
 
 
 def run(quick: bool) -> list[dict]:
-    import tempfile
-
-    trials = 1 if quick else 2
     rows = []
     with tempfile.TemporaryDirectory(prefix="lgpt-bench-train-") as tmp:
         env = child_env(LGPT_ROOT=tmp, LGPT_CACHE_DIR=os.environ.get("LGPT_BENCH_CACHE", f"{tmp}/cache"))
         for case in cases(quick):
-            rows += compare(case, trials, env)
+            rows += compare(case, 1 if quick else 2, env)
     return rows
 
 
