@@ -47,9 +47,10 @@ def run(quick: bool) -> list[dict]:
             rows.append(row("memory", f"lgpt-train defaults (0.8M params, char), {case}", "peak RSS",
                             round(peak_rss([*lgpt_train(), *train, *extra], env)), "MB",
                             note=f"{steps} steps, one validation, checkpoints, final sample"))  # fmt: skip
-        sample = [sys.executable, "-m", "lightning_gpt.sample", f"ckpt_path={run_dir}", "max_new_tokens=500"]
+        tokens = 200 if quick else 500
+        sample = [sys.executable, "-m", "lightning_gpt.sample", f"ckpt_path={run_dir}", f"max_new_tokens={tokens}"]
         rows.append(row("memory", "lgpt-sample (the run above)", "peak RSS", round(peak_rss(sample, env, cwd=tmp)),
-                        "MB", note="500 new tokens, KV cache"))  # fmt: skip
+                        "MB", note=f"{tokens} new tokens, KV cache"))  # fmt: skip
         if not quick:
             data = ["data=local", f"data.path={TINY_SHAKESPEARE}"] if TINY_SHAKESPEARE.exists() else []
             gpt2 = ["model=gpt2_small", "tokenizer=gpt2", "model.vocab_multiple=64", "model.block_size=128",

@@ -136,7 +136,7 @@ def hand_loop(overrides: list[str], first: int, last: int, chunk: int) -> None:
     model = GPT(GPTConfig(**build_model_config(cfg, datamodule.tokenizer))).to(device)
     if cfg.model.compile:
         model.compile()
-    fused = o.fused if o.fused is not None else device.type == "cuda"
+    fused = o.fused if o.fused is not None else device.type in ("cuda", "cpu")  # as GPTLightningModule
     optimizer = torch.optim.AdamW(model.optimizer_groups(o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                   fused=fused)  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -162,50 +162,53 @@ def hand_loop(overrides: list[str], first: int, last: int, chunk: int) -> None:
     timer.report(x.numel(), loss.item(), model.flops_per_token())
 
 
-def _command(side: str, case: Case) -> list[str]:
-    window = {"first": case.first, "last": case.last, "chunk": case.chunk}
-    if side == "lgpt-train":
-        timer = [f"+callbacks.bench_timer._target_={__name__}.step_timer"]
-        return [*lgpt_train(), *case.overrides, *timer, *(f"+callbacks.bench_timer.{k}={v}" for k, v in window.items())]
-    return [sys.executable, "-m", __name__, "loop", *case.overrides, *(f"--{k}={v}" for k, v in window.items())]
+def _lgpt_train(case: Case, extra: tuple[str, ...] = ()) -> list[str]:
+    timer = [f"+callbacks.bench_timer._target_={__name__}.step_timer"]
+    timer += [f"+callbacks.bench_timer.{k}={v}" for k, v in (("first", case.first), ("last", case.last),
+                                                              ("chunk", case.chunk))]  # fmt: skip
+    return [*lgpt_train(), *case.overrides, *extra, *timer]
 
 
-def paired_trial(case: Case, env: dict[str, str], timeout: float = 600) -> dict[str, dict]:
-    """Start both sides; once both are warm, let them run one chunk at a time, taking turns."""
+def _hand_loop(case: Case) -> list[str]:
+    window = [f"--first={case.first}", f"--last={case.last}", f"--chunk={case.chunk}"]
+    return [sys.executable, "-m", __name__, "loop", *case.overrides, *window]
+
+
+def paired_trial(commands: dict[str, list[str]], chunks: int, env: dict[str, str], timeout: float = 600) -> dict:
+    """Start two runs; once both are warm, let them run one chunk at a time, taking turns. Their reports by name."""
     with tempfile.TemporaryDirectory(prefix="lgpt-bench-pair-") as tmp:
         procs, go, done, logs = {}, {}, {}, {}
-        for side in SIDES:
-            child_go, go[side] = os.pipe()
-            done[side], child_done = os.pipe()
-            logs[side] = Path(tmp) / f"{side.replace(' ', '_')}.log"
-            with open(logs[side], "w") as log:
-                procs[side] = subprocess.Popen(
-                    _command(side, case), env={**env, BATON: f"{child_go},{child_done}"}, stdout=log,
-                    stderr=subprocess.STDOUT, pass_fds=(child_go, child_done),
-                )  # fmt: skip
+        for i, (name, cmd) in enumerate(commands.items()):
+            child_go, go[name] = os.pipe()
+            done[name], child_done = os.pipe()
+            logs[name] = Path(tmp) / f"{i}.log"
+            with open(logs[name], "w") as log:
+                procs[name] = subprocess.Popen(cmd, env={**env, BATON: f"{child_go},{child_done}"}, stdout=log,
+                                               stderr=subprocess.STDOUT, pass_fds=(child_go, child_done))  # fmt: skip
             os.close(child_go)
             os.close(child_done)
 
-        def output(side: str) -> str:
-            return logs[side].read_text(errors="replace")
+        def output(name: str) -> str:
+            return logs[name].read_text(errors="replace")
 
-        def wait_done(side: str) -> None:
-            ready, _, _ = select.select([done[side]], [], [], timeout)
-            if not ready or os.read(done[side], 1) != b"d":
+        def wait_done(name: str) -> None:
+            ready, _, _ = select.select([done[name]], [], [], timeout)
+            if not ready or os.read(done[name], 1) != b"d":
                 for proc in procs.values():
                     proc.kill()
-                raise RuntimeError(f"the {side} run stopped or hung; its output ends with:\n{output(side)[-3000:]}")
+                raise RuntimeError(f"the {name} run stopped or hung; its output ends with:\n{output(name)[-3000:]}")
 
+        names = list(commands)
         try:
-            for side in SIDES:
-                wait_done(side)  # warmed up
-            for i in range((case.last - case.first) // case.chunk):
-                for side in SIDES if i % 2 == 0 else SIDES[::-1]:
-                    os.write(go[side], b"g")
-                    wait_done(side)
+            for name in names:
+                wait_done(name)  # warmed up
+            for i in range(chunks):
+                for name in names if i % 2 == 0 else names[::-1]:
+                    os.write(go[name], b"g")
+                    wait_done(name)
             for proc in procs.values():
                 proc.wait(timeout=60)
-            return {side: read_json_line(output(side), TAG) for side in SIDES}
+            return {name: read_json_line(output(name), TAG) for name in names}
         finally:
             for proc in procs.values():
                 proc.kill()
@@ -213,11 +216,16 @@ def paired_trial(case: Case, env: dict[str, str], timeout: float = 600) -> dict[
                 os.close(fd)
 
 
+def _median_chunks(results: list[dict], name: str) -> float:
+    return statistics.median(c for r in results for c in r[name]["chunks"])
+
+
 def compare(case: Case, trials: int, env: dict[str, str]) -> list[dict]:
     """Rows for both sides' tokens/s (from their median chunk over all trials) and their ratio."""
-    results = [paired_trial(case, env) for _ in range(trials)]
+    commands = {"hand loop": _hand_loop(case), "lgpt-train": _lgpt_train(case)}
+    results = [paired_trial(commands, (case.last - case.first) // case.chunk, env) for _ in range(trials)]
     tokens_per_chunk = case.chunk * results[0]["hand loop"]["tokens_per_step"]
-    median = {side: statistics.median(c for r in results for c in r[side]["chunks"]) for side in SIDES}
+    median = {side: _median_chunks(results, side) for side in SIDES}
     rate = {side: tokens_per_chunk / median[side] for side in SIDES}
     overhead_ms = 1000 * (median["lgpt-train"] - median["hand loop"]) / case.chunk
     chunks = sum(len(r["hand loop"]["chunks"]) for r in results)
@@ -237,6 +245,23 @@ def compare(case: Case, trials: int, env: dict[str, str]) -> list[dict]:
             rows.append(row("training", case.name, f"MFU {side}", round(100 * rate[side] * flops_per_token / peak, 1),
                             "%", note="of the bf16 peak Lightning knows for this GPU"))  # fmt: skip
     return rows
+
+
+def option(case: Case, override: str, env: dict[str, str], why: str) -> dict:
+    """A row: lgpt-train's speed with one override relative to its defaults, the two taking turns."""
+    commands = {"defaults": _lgpt_train(case), "override": _lgpt_train(case, (override,))}
+    results = [paired_trial(commands, (case.last - case.first) // case.chunk, env)]
+    speed = _median_chunks(results, "defaults") / _median_chunks(results, "override")
+    return row("training", case.name, f"speed with {override}", round(speed, 3), "x defaults", note=why)
+
+
+# Options that the defaults settle (full run only): below 1 means the defaults are faster.
+OPTIONS = {
+    "nanogpt_baby": [("optim.fused=false", "the default is fused AdamW, on CPUs too"),
+                     ("data.num_workers=2", "loader workers compete with the model for 2 cores; default 0"),
+                     ("model.compile=true", "compilation (in the warm-up) buys nothing at this size on CPU")],
+    "gpt2_small shape": [("optim.fused=false", "the default is fused AdamW, on CPUs too")],
+}  # fmt: skip
 
 
 def _peak_flops() -> float | None:
@@ -286,6 +311,8 @@ def run(quick: bool) -> list[dict]:
         env = child_env(LGPT_ROOT=tmp, LGPT_CACHE_DIR=os.environ.get("LGPT_BENCH_CACHE", f"{tmp}/cache"))
         for case in cases(quick):
             rows += compare(case, 1 if quick else 2, env)
+            if not quick:
+                rows += [option(case, override, env, why) for override, why in OPTIONS.get(case.name, [])]
     return rows
 
 
