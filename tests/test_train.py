@@ -150,3 +150,5 @@ def test_cfg_job_and_help_work_as_in_any_hydra_app(tmp_path):
     assert result.returncode == 0 and "n_embd: 768" in result.stdout
     result = run_cli("--help", cwd=tmp_path)
     assert result.returncode == 0 and "experiment: gpt2_124m, nanogpt_baby, nanogpt_shakespeare_char" in result.stdout
+    result = run_cli("--shell-completion", "install=bash", cwd=tmp_path)
+    assert result.returncode == 0 and "complete" in result.stdout
