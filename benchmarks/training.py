@@ -6,7 +6,8 @@
   checkpoint or sample in the window.
 - the loop: the same composed config, the same `GPT` class and seed (so the same initial weights), the same
   batches from the same data module, AdamW with the same parameter groups, the same LR schedule, gradient
-  clipping and precision; `loss.item()` every 10 steps as nanoGPT logs. No Lightning.
+  clipping and precision; `loss.item()` every 10 steps as nanoGPT logs; gradients zeroed just before
+  backward (the faster place, see hand_loop). No Lightning.
 Both report the loss of their last step: equal losses show that they did the same work.
 
 Shared machines are noisy, so the two run side by side and take turns: each warms up, then they run one
@@ -150,12 +151,14 @@ def hand_loop(overrides: list[str], first: int, last: int, chunk: int) -> None:
         x, y = (part.to(device, non_blocking=True) for part in next(batches))
         with autocast:
             _, loss = model(x, y)
+        # Zeroing here (as Lightning does) rather than after the step (as nanoGPT does) made GPT-2-sized steps
+        # 1.2x faster on CPU: the baseline is the faster of the two.
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if trainer.gradient_clip_val:
             torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.gradient_clip_val)
         optimizer.step()
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         if step % trainer.log_every_n_steps == 0:
             losses.append(loss.item())
         timer.after_step(step)
@@ -298,7 +301,7 @@ def cases(quick: bool) -> list[Case]:
                             [*gpt2, "trainer=gpu", "data.batch_size=12", f"model.compile={compile_}"], first, last, 10,
                             f"GPT-2 small, 12x1024 tokens/step, bf16-mixed, steps {first + 1}-{last}"))  # fmt: skip
     elif not quick:  # a GPT-2-sized step takes seconds on a CPU: too long for --quick
-        first, last = 3, 11
+        first, last = 3, 15
         out.append(Case("gpt2_small shape", [*gpt2, "trainer=cpu", "model.block_size=128", "data.batch_size=2"],
                         first, last, 1, f"GPT-2 small (124M) at block_size=128, 2x128 tokens/step, fp32, "
                         f"steps {first + 1}-{last}"))  # fmt: skip
