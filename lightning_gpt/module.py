@@ -136,7 +136,7 @@ class GPTLightningModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim
-        # Fused kernels wherever torch has them: on CPUs too, where steps ran 1.07-1.11x faster (benchmarks/).
+        # Fused kernels wherever torch has them: on CPUs too, where steps ran 1.03-1.14x faster (benchmarks/).
         fused = o["fused"] if o.get("fused") is not None else self.device.type in ("cuda", "cpu")
         optimizer = torch.optim.AdamW(
             self.model.optimizer_groups(o["weight_decay"]), lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
