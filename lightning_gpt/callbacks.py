@@ -2,62 +2,31 @@
 
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
 
-class TokenThroughputMonitor(L.Callback):
-    """Tokens/s (`train/device/items_per_sec`: sequences are samples, tokens are items) and, on GPUs whose peak
-    Lightning knows, MFU, averaged over about the last `window_size` batches, with Lightning's `Throughput`.
+def _sequences(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    return batch[0].size(0)
 
-    Lightning's ThroughputMonitor waits for the GPU after every batch; this one only when the trainer logs
-    (every log_every_n_steps), so the CPU keeps queueing work ahead of the GPU in between.
-    """
 
-    def __init__(self, window_size: int = 50):
-        self.window_size = window_size
+def _tokens(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    return batch[0].numel()
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from lightning.fabric.utilities.throughput import Throughput, get_available_flops
 
-        dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(str(trainer.precision).split("-")[0], torch.float32)
-        updates = max(2, self.window_size // max(1, trainer.log_every_n_steps) + 1)  # one update per logging step
-        peak = get_available_flops(trainer.strategy.root_device, dtype)
-        self.throughput = Throughput(available_flops=peak, world_size=trainer.world_size, window_size=updates)
-        self.batches = self.samples = self.tokens = self.batches_at_update = 0
-        self.start, self.paused = time.perf_counter(), 0.0
+class TokenThroughputMonitor(ThroughputMonitor):
+    """Lightning's ThroughputMonitor counting sequences as samples and tokens as items: tokens/s per device
+    is `train/device/items_per_sec` (all devices: `train/items_per_sec`), MFU `train/device/mfu` on GPUs
+    Lightning knows. It waits for the GPU after each batch to time it; see docs/benchmarks.md."""
 
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.validation_start = time.perf_counter()
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.paused += time.perf_counter() - self.validation_start  # validation is not training time
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:  # fmt: skip
-        self.batches += 1
-        self.samples += batch[0].size(0)
-        self.tokens += batch[0].numel()
-        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
-        if not stepped or trainer.global_step % trainer.log_every_n_steps:
-            return
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize()  # the clock must see the GPU's work, not just its queue
-        flops_per_batch = getattr(pl_module, "flops_per_batch", None)
-        flops = None if flops_per_batch is None else flops_per_batch * (self.batches - self.batches_at_update)
-        elapsed = time.perf_counter() - self.start - self.paused
-        self.throughput.update(time=elapsed, batches=self.batches, samples=self.samples, lengths=self.tokens,
-                               flops=flops)  # fmt: skip
-        self.batches_at_update = self.batches
-        metrics = {f"train/{name}": value for name, value in self.throughput.compute().items()}
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+    def __init__(self, **kwargs: Any):
+        super().__init__(batch_size_fn=_sequences, length_fn=_tokens, **kwargs)
 
 
 def _full_parameters(pl_module: L.LightningModule):

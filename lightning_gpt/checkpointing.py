@@ -63,11 +63,13 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-class PreemptionCheckpoint(L.Callback):
-    """On SIGTERM or SIGUSR1 (how SLURM and cloud schedulers preempt), save last.ckpt and stop cleanly.
+class LastCheckpoint(L.Callback):
+    """Keeps checkpoints/last.ckpt current where Lightning's ModelCheckpoint would not.
 
-    Lightning turns SIGTERM into a clean stop at the next batch; SIGUSR1 is routed to the same path,
-    except under SLURM with auto-requeue, where Lightning's own SIGUSR1 handler saves and requeues.
+    At the end of training: ModelCheckpoint refreshes last.ckpt only on its own triggers, so a run whose
+    last step is not one would leave an older one. On SIGTERM or SIGUSR1 (how SLURM and cloud schedulers
+    preempt): Lightning stops cleanly at the next batch; this saves first. SIGUSR1 is routed to SIGTERM's
+    path, except under SLURM with auto-requeue, where Lightning's own handler saves and requeues.
     """
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -77,15 +79,31 @@ class PreemptionCheckpoint(L.Callback):
         if not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue):
             signal.signal(signal.SIGUSR1, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        path = self._path(trainer)
+        if path is not None and trainer.strategy.broadcast(_saved_step(path) != trainer.global_step):
+            trainer.save_checkpoint(path)
+
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException) or trainer.checkpoint_callback is None:
-            return
-        path = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
-        trainer.save_checkpoint(path)
-        rank_zero_info(
-            f"stopped by a signal at step {trainer.global_step}: saved {path}; "
-            f"resume with ckpt_path={path.parent.parent}"
-        )
+        path = self._path(trainer)
+        if isinstance(exception, SIGTERMException) and path is not None:
+            trainer.save_checkpoint(path)
+            rank_zero_info(
+                f"stopped by a signal at step {trainer.global_step}: saved {path}; "
+                f"resume with ckpt_path={path.parent.parent}"
+            )
+
+    @staticmethod
+    def _path(trainer: L.Trainer) -> Path | None:
+        callback = trainer.checkpoint_callback
+        return Path(callback.dirpath) / "last.ckpt" if callback is not None and callback.dirpath else None
+
+
+def _saved_step(path: Path) -> int | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+    except (OSError, RuntimeError, KeyError):
+        return None
 
 
 SHAPE_KEYS_IGNORED = ("dropout",)  # may change on resume; every other model key fixes the weights' shapes

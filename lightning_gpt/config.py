@@ -64,7 +64,7 @@ class OptimConfig:
     weight_decay: float = 0.1  # only on tensors of 2 or more dims
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     eps: float = 1e-8
-    fused: bool | None = None  # null: fused AdamW on CUDA
+    fused: bool | None = None  # null: the fused AdamW kernel wherever torch has one (CUDA and CPU)
 
 
 @dataclass
