@@ -31,8 +31,8 @@ def run_stamp() -> str:
     """
     if "LGPT_RUN_STAMP" not in os.environ:
         job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "none")
-        suffix = f"job{job}" if job != "none" else secrets.token_hex(2)
-        os.environ["LGPT_RUN_STAMP"] = time.strftime("%Y-%m-%d_%H-%M-%S_") + suffix if job == "none" else suffix
+        fresh = time.strftime("%Y-%m-%d_%H-%M-%S_") + secrets.token_hex(2)
+        os.environ["LGPT_RUN_STAMP"] = f"job{job}" if job != "none" else fresh
     return os.environ["LGPT_RUN_STAMP"]
 
 

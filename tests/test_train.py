@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,7 +52,7 @@ def test_presets_are_nanogpts_recipes(compose_train):
     assert (cfg.model.n_layer, cfg.model.n_embd, cfg.tokenizer.name, cfg.data.source) == (12, 768, "gpt2", "hub")
 
 
-def test_a_short_run_learns_checkpoints_logs_and_samples(compose_train, tmp_path):
+def test_a_short_run_learns_checkpoints_logs_and_samples(compose_train, tmp_path, capsys):
     cfg = compose_train(*TINY, *TINY_SHAKESPEARE_DATA, "trainer.max_steps=60", "trainer.val_check_interval=30",
                         "logger=many", "callbacks.model_checkpoint.every_n_train_steps=20")  # fmt: skip
     metrics = task(cfg)
@@ -63,6 +66,7 @@ def test_a_short_run_learns_checkpoints_logs_and_samples(compose_train, tmp_path
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").iterdir())
     assert list((run / "wandb").glob("offline-run-*"))  # offline W&B run, syncable with `wandb sync`
     assert (run / "samples.md").read_text().count("## step") == 2
+    assert "--- sample ---" in capsys.readouterr().out  # the run ends by printing a sample
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["tokenizer"]["name"] == "char"
     assert checkpoint["hyper_parameters"]["model"]["vocab_size"] == 65
@@ -152,3 +156,13 @@ def test_cfg_job_and_help_work_as_in_any_hydra_app(tmp_path):
     assert result.returncode == 0 and "experiment: gpt2_124m, nanogpt_baby, nanogpt_shakespeare_char" in result.stdout
     result = run_cli("--shell-completion", "install=bash", cwd=tmp_path)
     assert result.returncode == 0 and "complete" in result.stdout
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders():
+    stamp = [sys.executable, "-c", "from lightning_gpt.cli import run_stamp; print(run_stamp())"]
+    env = {k: v for k, v in os.environ.items() if k not in ("LGPT_RUN_STAMP", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID")}
+    procs = [subprocess.Popen(stamp, stdout=subprocess.PIPE, text=True, env=env) for _ in range(4)]
+    stamps = [p.communicate()[0].strip() for p in procs]
+    assert len(set(stamps)) == 4
+    slurm = subprocess.run(stamp, capture_output=True, text=True, env={**env, "SLURM_JOB_ID": "4242"}).stdout.strip()
+    assert slurm == "job4242"  # every node and a requeued job share the folder
