@@ -176,10 +176,6 @@ class ExportAppConfig:
     out_dir: str = MISSING
 
 
-SCHEMAS = {cls.__name__: cls for cls in (TokenizerConfig, DataConfig, ModelConfig, OptimConfig, TrainerConfig,
-                                         PathsConfig, SampleConfig, TrainConfig)}  # fmt: skip
-
-
 def register_configs() -> None:
     ConfigStore.instance().store(name="lgpt_schema", node=TrainConfig)
     ConfigStore.instance().store(name="lgpt_sample_schema", node=SampleAppConfig)
