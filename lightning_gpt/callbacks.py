@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+from lightning_gpt.distributed import full_parameters
 
 
 def _sequences(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
@@ -29,16 +30,6 @@ class TokenThroughputMonitor(ThroughputMonitor):
         super().__init__(batch_size_fn=_sequences, length_fn=_tokens, **kwargs)
 
 
-def _full_parameters(pl_module: L.LightningModule):
-    """Under FSDP each process holds a shard: gather the whole model for generation (read-only)."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    wrapped = pl_module.trainer.strategy.model if pl_module._trainer is not None else None
-    if isinstance(wrapped, FullyShardedDataParallel):
-        return FullyShardedDataParallel.summon_full_params(wrapped, writeback=False)
-    return nullcontext()
-
-
 class SampleText(L.Callback):
     """Generates a short sample after each validation and logs it as text, so a dashboard shows the
     model learning. Every process generates (a sharded FSDP model needs them all); rank 0 logs."""
@@ -49,7 +40,7 @@ class SampleText(L.Callback):
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
 
     def generate(self, pl_module: L.LightningModule) -> str:
-        with _full_parameters(pl_module):
+        with full_parameters(pl_module.model):
             return self._generate(pl_module)
 
     def _generate(self, pl_module: L.LightningModule) -> str:
