@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import statistics
 import tempfile
 from pathlib import Path
@@ -30,8 +31,7 @@ LOCAL = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
 TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.block_size=64", "data.batch_size=4",
         "data.val_batches=2", "model.compile=false"]  # fmt: skip
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "sample.max_new_tokens=16",
-         "callbacks.throughput.window_size=5", "trainer.log_every_n_steps=5",
-         "+callbacks.peak_memory._target_=benchmarks.gpu.PeakMemory"]  # fmt: skip
+         "trainer.log_every_n_steps=5", "+callbacks.peak_memory._target_=benchmarks.gpu.PeakMemory"]  # fmt: skip
 
 
 class PeakMemory(L.Callback):
@@ -84,10 +84,15 @@ def metrics(run: Path) -> dict[str, list[float]]:
     return out
 
 
+def folder_name(case: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", case).strip("_")
+
+
 def check_preset(name: str, args: list[str], steps: int, root: Path, env: dict[str, str]) -> list[dict[str, Any]]:
     """Train, resume and sample one preset; a row per figure, or one FAILED row."""
-    run = root / name.replace(" ", "_").replace("=", "-")
-    common = [*LOCAL, *args, *QUIET, f"hydra.run.dir={run}", "trainer.val_check_interval=1000"]
+    run = root / folder_name(name)
+    common = [*LOCAL, *args, *QUIET, "callbacks.throughput.window_size=5", f"hydra.run.dir={run}",
+              "trainer.val_check_interval=1000"]  # fmt: skip
     try:
         run_child([*lgpt_train(), *common, f"trainer.max_steps={steps}"], env)
         first = metrics(run)
@@ -113,7 +118,7 @@ def check_preset(name: str, args: list[str], steps: int, root: Path, env: dict[s
 def gpt2_speed(compile: bool, steps: int, root: Path, env: dict[str, str]) -> list[dict[str, Any]]:
     """GPT-2 small at bf16 on one GPU: tokens/s and MFU over the last half of `steps`."""
     name = f"gpt2_small bf16 compile={str(compile).lower()}"
-    run = root / name.replace(" ", "_").replace("=", "-")
+    run = root / folder_name(name)
     shape = TINY if ON_CPU else ["data.batch_size=8"]
     args = [*LOCAL, "model=gpt2_small", "tokenizer=gpt2", "trainer=gpu", *QUIET, *shape, f"model.compile={compile}",
             f"trainer.max_steps={steps}", "trainer.val_check_interval=100000", "trainer.limit_val_batches=0",

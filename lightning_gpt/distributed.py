@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -48,16 +49,18 @@ class FSDPStrategy(ModelParallelStrategy):
 
 def shard(model: torch.nn.Module, blocks: torch.nn.ModuleList, strategy: FSDPStrategy, precision: str) -> None:
     """Apply FSDP2 in place: each block is one unit (gathered for its forward and backward), the rest the root."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+    from torch.distributed._composable import checkpoint
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    # GPT.forward returns logits sliced to vocab_size (a view); nothing modifies them in place.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     mesh = strategy.device_mesh["data_parallel"]
     # bf16 weights in compute and communication, fp32 gradient reduction: FSDP's own mixed precision.
     half = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
     policy = MixedPrecisionPolicy(param_dtype=half, reduce_dtype=torch.float32) if half else MixedPrecisionPolicy()
-    for i, block in enumerate(blocks):
+    for block in blocks:
         if strategy.activation_checkpointing:  # recompute the block in backward instead of storing activations
-            block = blocks[i] = checkpoint_wrapper(block)
+            checkpoint(block)  # the composable form: parameter names, so checkpoints, stay the same
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=strategy.reshard_after_forward)
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=strategy.reshard_after_forward)
 

@@ -97,8 +97,9 @@ def test_validation_counts_optimizer_steps_under_accumulation(compose_train, tmp
 
 
 def cli(tmp_path: Path, cache_dir: Path, *overrides: str, **kwargs) -> subprocess.CompletedProcess:
-    result = run_cli(*TINY, *DATA, f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}", *overrides,
-                     cwd=ROOT, **kwargs)  # fmt: skip
+    flags = [o for o in overrides if o.startswith("-")]  # Hydra's flags (-m) come before the overrides
+    result = run_cli(*flags, *TINY, *DATA, f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}",
+                     *[o for o in overrides if o not in flags], cwd=ROOT, **kwargs)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
