@@ -3,6 +3,10 @@ same work (same weights, batches, optimizer and schedule give the same loss)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from benchmarks import child_env
@@ -19,3 +23,22 @@ def test_the_hand_loop_and_lgpt_train_take_turns_and_reach_the_same_loss(tmp_pat
         assert len(result["chunks"]) == 2 and all(seconds > 0 for seconds in result["chunks"])
         assert result["tokens_per_step"] == 8 * 32
     assert results["loop"]["loss"] == pytest.approx(results["lgpt-train"]["loss"], rel=1e-5)
+
+
+def test_the_gpu_check_says_when_there_is_no_gpu():
+    command = [sys.executable, "-m", "benchmarks", "--gpu"]
+    done = subprocess.run(command, capture_output=True, text=True, env=child_env(), cwd=Path(__file__).parents[1])
+    assert done.returncode != 0
+    assert "error: no CUDA GPU here; run `python -m benchmarks --gpu` on a GPU machine" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_gpu_check_trains_resumes_and_samples_a_preset(tmp_path, monkeypatch, cache_dir):
+    """The GPU check's own plumbing, on the CPU: the same launches as on a GPU, with a tiny model."""
+    from benchmarks import gpu
+
+    monkeypatch.setattr(gpu, "ON_CPU", True)
+    args = gpu.presets(1)["trainer=gpu"]
+    rows = gpu.check_preset("trainer=gpu (CPU)", [*args, f"paths.cache_dir={cache_dir}"], 6, tmp_path, child_env())
+    assert rows[0]["metric"] == "val/loss at the end" and 0 < rows[0]["value"] < 5, rows
+    assert {r["metric"] for r in rows} >= {"tokens/s (all devices)"}
