@@ -50,6 +50,7 @@ def presets(gpus: int) -> dict[str, list[str]]:
     devices = [f"trainer.devices={gpus}"]
     cases = {
         "trainer=gpu": ["trainer=gpu"],
+        "trainer=gpu precision=16-mixed": ["trainer=gpu", "trainer.precision=16-mixed"],  # a scaler: AdamW unfused
         "trainer=ddp": ["trainer=ddp", *devices],
         "trainer=fsdp": ["trainer=fsdp", *devices],
         "trainer=fsdp activation_checkpointing": [

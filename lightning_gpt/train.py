@@ -87,9 +87,11 @@ def build_trainer(cfg: DictConfig):
 
 def check_trainer(t: dict[str, Any]) -> None:
     """What Lightning would only fail on mid-run (a division by zero, a crash at the first validation)."""
-    for key in ("log_every_n_steps", "accumulate_grad_batches", "max_steps"):
-        if not isinstance(t[key], int) or t[key] < (1 if key != "max_steps" else -1) or t[key] == 0:
+    for key in ("log_every_n_steps", "accumulate_grad_batches"):
+        if t[key] < 1:
             raise UserError(f"trainer.{key} must be a positive integer, got {t[key]}")
+    if t["max_steps"] == 0 or t["max_steps"] < -1:
+        raise UserError(f"trainer.max_steps must be a positive integer (or -1 with max_epochs), got {t['max_steps']}")
     interval = t["val_check_interval"]
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
         raise UserError(
