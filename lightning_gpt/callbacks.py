@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_gpt.distributed import full_parameters
 
@@ -28,6 +29,15 @@ class TokenThroughputMonitor(ThroughputMonitor):
 
     def __init__(self, **kwargs: Any):
         super().__init__(batch_size_fn=_sequences, length_fn=_tokens, **kwargs)
+
+    @rank_zero_only
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *args: Any, **kwargs: Any
+    ) -> None:
+        """Time validation, so its time is not counted as training's, but log nothing: Lightning would log
+        validation throughput on a step axis of its own (validation batches), beside training's steps."""
+        if not trainer.sanity_checking:
+            self._update(trainer, pl_module, batch, trainer._evaluation_loop.batch_progress.total.ready)
 
 
 class SampleText(L.Callback):
