@@ -115,8 +115,11 @@ def trace(model: GPT, idx: torch.Tensor) -> dict[str, Any]:
         t.wpe.register_forward_hook(lambda m, args, out: seen.__setitem__("position", out)),
     ]
     for block in t.h:
-        hooks.append(block.attn.register_forward_pre_hook(
-            lambda m, args: seen["attention"].append(attention_weights(m, args[0])[0])))  # fmt: skip
+        hooks.append(
+            block.attn.register_forward_pre_hook(
+                lambda m, args: seen["attention"].append(attention_weights(m, args[0])[0])
+            )
+        )
         hooks.append(block.register_forward_hook(lambda m, args, out: seen["residual"].append(out[0])))
     was_training = model.training
     model.eval()
@@ -198,19 +201,26 @@ def explain(
         check_sampling(max_new_tokens, temperature, top_k, top_p)
     except ValueError as e:
         raise UserError(str(e)) from e
-    for name, value in (("max_prompt_tokens", max_prompt_tokens), ("lens_top", lens_top),
-                        ("candidates", candidates), ("pca_points", pca_points)):  # fmt: skip
+    for name, value in (
+        ("max_prompt_tokens", max_prompt_tokens),
+        ("lens_top", lens_top),
+        ("candidates", candidates),
+        ("pca_points", pca_points),
+    ):
         if value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")
     tokens = tokenizer.encode(prompt)
     block_size = model.config.block_size
     if len(tokens) > block_size:
-        raise UserError(f"the prompt is {len(tokens)} tokens, longer than the model's context "
-                        f"(block_size {block_size}); shorten it")  # fmt: skip
+        raise UserError(
+            f"the prompt is {len(tokens)} tokens, longer than the model's context (block_size {block_size}); shorten it"
+        )
     if len(tokens) > max_prompt_tokens:
-        raise UserError(f"the prompt is {len(tokens)} tokens; the page shows at most max_prompt_tokens="
-                        f"{max_prompt_tokens} (the attention maps grow with its square): shorten it or raise "
-                        "max_prompt_tokens")  # fmt: skip
+        raise UserError(
+            f"the prompt is {len(tokens)} tokens; the page shows at most max_prompt_tokens="
+            f"{max_prompt_tokens} (the attention maps grow with its square): shorten it or raise "
+            "max_prompt_tokens"
+        )
     device = model.lm_head.weight.device
     idx = torch.tensor([tokens], device=device)
     seen = trace(model, idx)
@@ -246,7 +256,7 @@ def explain(
             "vocab_size": vocab,
             "parameters": model.num_params(),
             "tokenizer": tokenizer.name,
-        },  # fmt: skip
+        },
         token_embedding=seen["token"].float().cpu().numpy(),
         position_embedding=seen["position"].float().cpu().numpy(),
         attention=seen["attention"].cpu().numpy(),
@@ -265,21 +275,30 @@ def explain(
             "candidates": candidates,
             "pca_points": pca_points,
             "max_new_tokens": max_new_tokens,
-        },  # fmt: skip
+        },
     )
 
 
 @torch.no_grad()
-def _continue(model: GPT, idx: torch.Tensor, tokenizer: Tokenizer, max_new_tokens: int, temperature: float,
-              top_k: int | None, top_p: float | None, seed: int) -> tuple[list[int], list[float]]:  # fmt: skip
+def _continue(
+    model: GPT,
+    idx: torch.Tensor,
+    tokenizer: Tokenizer,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int,
+) -> tuple[list[int], list[float]]:
     """A continuation sampled as lgpt-sample does (same seed, same tokens), kept within the context window,
     and the model's probability of each of its tokens."""
     room = model.config.block_size - idx.size(1)
     if room < 1:
         return [], []
     generator = torch.Generator(idx.device).manual_seed(seed)
-    steps = model.generate(idx, min(max_new_tokens, room), temperature, top_k, top_p,
-                           stop_token=tokenizer.eot_id, generator=generator)  # fmt: skip
+    steps = model.generate(
+        idx, min(max_new_tokens, room), temperature, top_k, top_p, stop_token=tokenizer.eot_id, generator=generator
+    )
     new = [int(t[0, 0]) for t in steps]
     if tokenizer.eot_id in new:
         new = new[: new.index(tokenizer.eot_id) + 1]
@@ -321,18 +340,18 @@ def attention_figure(weights: np.ndarray | torch.Tensor, title: str = ""):
             tile = np.where(upper, np.nan, w[layer, head])
             r, c = layer * (T + gap), head * (T + gap)
             grid[r : r + T, c : c + T] = tile
-    size = 1.3
-    fig = Figure(figsize=(1.0 + size * H, 0.8 + size * L), dpi=100, layout="constrained")
+    size = 1.3  # inches per map
+    fig = Figure(figsize=(max(5.0, 2.2 + size * H), 1.0 + size * L), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     cmap = colormaps["viridis"].with_extremes(bad="white")  # the gaps and masked triangles
     image = ax.imshow(grid, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_xticks([h * (T + gap) + T / 2 - 0.5 for h in range(H)], [f"head {h}" for h in range(H)])
-    ax.set_yticks([n * (T + gap) + T / 2 - 0.5 for n in range(L)], [f"layer {n}" for n in range(L)])
+    ax.set_xticks([h * (T + gap) + T / 2 - 0.5 for h in range(H)], [f"head {h + 1}" for h in range(H)])
+    ax.set_yticks([n * (T + gap) + T / 2 - 0.5 for n in range(L)], [f"layer {n + 1}" for n in range(L)])
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title if len(title) <= 60 else title[:57] + "...", fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.6, label="attention weight")
     return fig
 
@@ -361,8 +380,20 @@ def task(cfg) -> Path:
     prompt = read_prompt(cfg.prompt)
     device, _ = pick_device(cfg.device, "32")
     model, tokenizer = load(cfg.ckpt_path, device)
-    data = explain(model, tokenizer, prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.seed,
-                   cfg.max_prompt_tokens, cfg.lens_top, cfg.candidates, cfg.pca_points)  # fmt: skip
+    data = explain(
+        model,
+        tokenizer,
+        prompt,
+        cfg.max_new_tokens,
+        cfg.temperature,
+        cfg.top_k,
+        cfg.top_p,
+        cfg.seed,
+        cfg.max_prompt_tokens,
+        cfg.lens_top,
+        cfg.candidates,
+        cfg.pca_points,
+    )
     data.source = str(cfg.ckpt_path)
     path = write_page(data, cfg.out if cfg.out else default_out(cfg.ckpt_path))
     size = path.stat().st_size / 1e6

@@ -90,8 +90,8 @@ def test_the_pages_numbers_are_the_models(run, tmp_path):
 
     # The continuation is lgpt-sample's with the same settings, and its probabilities are the model's.
     (tmp_path / "prompt.txt").write_text(prompt)
-    [sampled] = generate(compose_app("sample", f"ckpt_path={run}", "device=cpu", f"prompt=@{tmp_path / 'prompt.txt'}", "seed=3",
-                                     "max_new_tokens=4"), out=_Null())  # fmt: skip
+    overrides = [f"ckpt_path={run}", "device=cpu", f"prompt=@{tmp_path / 'prompt.txt'}", "seed=3", "max_new_tokens=4"]
+    [sampled] = generate(compose_app("sample", *overrides), out=_Null())
     ids = data["generated"]["ids"]
     assert sampled == prompt + tokenizer.decode(ids) and len(ids) == 4
     probs = model(torch.tensor([idx[0].tolist() + ids[:-1]]))[0][0, T - 1 :].softmax(dim=-1)
@@ -161,11 +161,26 @@ def test_the_command_line_reports_bad_input_in_one_line(run):
 def chromium(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     profile = tmp_path / f"profile{len(list(tmp_path.glob('profile*')))}"
     return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", *args],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=10000",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium)")
@@ -196,14 +211,21 @@ def test_chromium_draws_every_panel_without_console_errors(run, tmp_path):
     thumbs = re.findall(r'class="thumb[ "]', dom)
     assert len(thumbs) == model.config.n_layer * model.config.n_head
     shot = tmp_path / "page.png"
-    done = chromium("--hide-scrollbars", "--window-size=1400,3000", f"--screenshot={shot}", path.as_uri(),
-                    tmp_path=tmp_path)  # fmt: skip
+    done = chromium(
+        "--hide-scrollbars", "--window-size=1400,3000", f"--screenshot={shot}", path.as_uri(), tmp_path=tmp_path
+    )
     assert done.returncode == 0 and shot.stat().st_size > 50_000, done.stderr[-2000:]
 
 
 def test_attention_maps_callback_logs_a_png_at_each_validation(tmp_path, cache_dir):
-    run = train_tiny(tmp_path, cache_dir, "callbacks=[default,attention_maps]", "logger=many",
-                     "trainer.max_steps=20", "trainer.val_check_interval=10")  # fmt: skip
+    run = train_tiny(
+        tmp_path,
+        cache_dir,
+        "callbacks=[default,attention_maps]",
+        "logger=many",
+        "trainer.max_steps=20",
+        "trainer.val_check_interval=10",
+    )
     assert sorted(p.name for p in (run / "attention").iterdir()) == ["step000010.png", "step000020.png"]
     from matplotlib.image import imread
 
