@@ -19,10 +19,10 @@ import torch.nn.functional as F
 
 import lightning_gpt
 from lightning_gpt.errors import UserError
-from lightning_gpt.explain import explain, page, task, write_page
+from lightning_gpt.explain import explain, page, task, token_piece, write_page
 from lightning_gpt.model import GPT, GPTConfig
 from lightning_gpt.sample import generate
-from lightning_gpt.tokenizers import CharTokenizer
+from lightning_gpt.tokenizers import CharTokenizer, build_tokenizer
 
 from .apps import compose_app, train_tiny
 from .conftest import TINY_SHAKESPEARE, run_cli
@@ -188,7 +188,7 @@ def test_chromium_draws_every_panel_without_console_errors(run, tmp_path):
     model, tokenizer = lightning_gpt.load(run)
     data = explain(model, tokenizer, "ROMEO:\nBut, soft!", temperature=0.7, top_k=5, top_p=0.3)
     path = write_page(data, tmp_path / "page.html")
-    done = chromium("--dump-dom", path.as_uri(), tmp_path=tmp_path)
+    done = chromium("--dump-dom", path.as_uri() + "#selftest", tmp_path=tmp_path)  # the page works its controls
     assert done.returncode == 0, done.stderr[-2000:]
     console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
     assert console == []  # the page logs nothing: any line here is an error message
@@ -196,10 +196,11 @@ def test_chromium_draws_every_panel_without_console_errors(run, tmp_path):
     assert "data-error" not in dom
     for panel in PANELS:
         assert re.search(rf'id="panel-{panel}"[^>]*data-drawn="ok"', dom), panel
-    # The bars are computed by the page's script: the same probabilities and the same cutoff as the model's.
+    assert 'data-selftest="ok"' in dom
+    # The bars are the page script's: the same probabilities and cutoff as the model's, after top-k went 5 -> 3.
     logits = torch.from_numpy(data.logits) / 0.7
     probs = logits.softmax(dim=-1)
-    kept = logits >= logits.topk(5).values[-1]
+    kept = logits >= logits.topk(3).values[-1]
     ranked = probs.masked_fill(~kept, 0).sort(descending=True)
     renormalized = ranked.values / ranked.values.sum()
     kept[ranked.indices[(renormalized.cumsum(0) - renormalized) >= 0.3]] = False
@@ -207,9 +208,14 @@ def test_chromium_draws_every_panel_without_console_errors(run, tmp_path):
     assert len(bars) == 20
     for token, p, keep in bars:
         assert abs(float(p) - float(probs[int(token)])) < 1e-5 and bool(int(keep)) == bool(kept[int(token)])
-    assert 1 <= sum(int(k) for *_, k in bars) < 5
-    thumbs = re.findall(r'class="thumb[ "]', dom)
+    assert 1 <= sum(int(k) for *_, k in bars) <= 3
+    thumbs = re.findall(r'class="thumb( selected)?" data-l="(\d+)" data-h="(\d+)"', dom)
     assert len(thumbs) == model.config.n_layer * model.config.n_head
+    assert [(int(layer), int(head)) for selected, layer, head in thumbs if selected] == [
+        (1, 1)
+    ]  # the last layer's last head
+    assert re.search(r"seed 1337 → .+ \(id \d+, [\d.]+% after the cutoff\)", dom)  # the sample button drew one
+    assert re.search(r'<div id="tip"[^>]*>query .*pos \d+.* → key .*pos 0.*weight 0\.\d{4}', dom)  # hover
     shot = tmp_path / "page.png"
     done = chromium(
         "--hide-scrollbars", "--window-size=1400,3000", f"--screenshot={shot}", path.as_uri(), tmp_path=tmp_path
@@ -243,3 +249,12 @@ def test_attention_maps_callback_refuses_a_prompt_the_tokenizer_cannot_encode(tm
         train_tiny(
             tmp_path, cache_dir, "callbacks=[default,attention_maps]", "callbacks.attention_maps.prompt='\u2603'"
         )
+
+
+def test_token_pieces_show_bytes_and_bpe_pieces_as_they_are():
+    byte = build_tokenizer("byte")
+    assert [token_piece(byte, i) for i in byte.encode("é!")] == ["<0xC3>", "<0xA9>", "!"]
+    assert token_piece(byte, byte.eot_id) == "<|endoftext|>"
+    gpt2 = build_tokenizer("gpt2")
+    pieces = [token_piece(gpt2, i) for i in gpt2.encode("Hello naïve 🦙")]  # the llama's 4 bytes span 3 tokens
+    assert pieces == ["Hello", " naïve", " <0xF0><0x9F>", "<0xA6>", "<0x99>"]
