@@ -16,9 +16,9 @@ residual stream after each block); the next-token distribution with temperature,
 and a seeded sample button; and a generated continuation with each token's probability.
 
 Size of the page, for L layers, H heads, C channels, T prompt tokens and V vocabulary entries (float32 as
-base64, 5.3 characters per number): attention L*H*T*(T+1)/2 numbers, embeddings 3*T*C, logit lens
+base64, 5.3 characters per number): attention L*H*T*(T+1)/2 numbers, embeddings 2*T*C, logit lens
 (L+1)*T*lens_top token ids and probabilities, next-token logits V, PCA points 2*min(V, pca_points), plus
-about 45 KB of script. nanoGPT's shakespeare_char model (6x6x384, V=65) with 64 tokens: about 0.9 MB.
+31 KB of script and style. nanoGPT's shakespeare_char model (6x6x384, V=65) with 64 tokens: 0.71 MB.
 Attention grows with the square of the prompt, so the prompt is capped at max_prompt_tokens (128 by default).
 """
 
