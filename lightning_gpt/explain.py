@@ -28,6 +28,8 @@ import base64
 import json
 import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,17 @@ def attention_weights(attn: CausalSelfAttention, x: torch.Tensor) -> torch.Tenso
     return scores.float().masked_fill(future, float("-inf")).softmax(dim=-1)
 
 
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) inside, the caller's mode restored after: the callback calls in mid-training."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def trace(model: GPT, idx: torch.Tensor) -> dict[str, Any]:
     """Run idx (1, T) through the model once, recording with forward hooks (the model is not changed):
@@ -121,12 +134,10 @@ def trace(model: GPT, idx: torch.Tensor) -> dict[str, Any]:
             )
         )
         hooks.append(block.register_forward_hook(lambda m, args, out: seen["residual"].append(out[0])))
-    was_training = model.training
-    model.eval()
     try:
-        seen["logits"] = model(idx)[0][0]  # (T, vocab_size)
+        with evaluating(model):
+            seen["logits"] = model(idx)[0][0]  # (T, vocab_size)
     finally:
-        model.train(was_training)
         for hook in hooks:
             hook.remove()
     seen["attention"] = torch.stack(seen["attention"])  # (L, H, T, T)
@@ -228,7 +239,8 @@ def explain(
     lens_ids, lens_probs = logit_lens(model, [embedding_sum, *seen["residual"]], lens_top)
     logits = seen["logits"][-1].float()
 
-    generated, generated_probs = _continue(model, idx, tokenizer, max_new_tokens, temperature, top_k, top_p, seed)
+    with evaluating(model):
+        generated, generated_probs = _continue(model, idx, tokenizer, max_new_tokens, temperature, top_k, top_p, seed)
 
     vocab = model.config.vocab_size
     top_candidates = logits.topk(min(candidates, vocab)).indices.tolist()
@@ -319,8 +331,11 @@ def page(data: Explanation) -> str:
 def write_page(data: Explanation, out: str | Path) -> Path:
     """Write the page to out (parent folders created) and return its path."""
     path = Path(out).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page(data), encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(page(data), encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror}); choose another out=...") from e
     return path
 
 

@@ -142,9 +142,12 @@ def test_the_app_writes_the_page_into_the_run_folder(run):
         (["prompt=" + "a" * 20, "max_prompt_tokens=10"], "at most max_prompt_tokens=10"),
         (["prompt=ROMEO:", "top_p=2"], r"top_p must be in \(0, 1\]"),
         (["prompt='\u2603'"], "not in the character vocabulary"),
+        (["prompt=ROMEO:", "out={tmp}/notes.txt/page.html"], r"cannot write .*page.html .*; choose another out="),
     ],
 )
 def test_bad_input_is_a_clear_error(run, tmp_path, overrides, message):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    overrides = [o.format(tmp=tmp_path) for o in overrides]
     with pytest.raises(UserError, match=message):
         task(compose_app("explain", f"ckpt_path={run}", f"out={tmp_path / 'page.html'}", *overrides))
     assert not (tmp_path / "page.html").exists()
