@@ -1,4 +1,4 @@
-"""python -m benchmarks [--quick] [--only NAME ...] [--json PATH]: run the benchmarks, print one markdown table."""
+"""python -m benchmarks [--quick] [--only NAME ...] [--gpu] [--json PATH]: run the benchmarks, print one table."""
 
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer steps and trials (under 2 minutes on 2 cores)")
     parser.add_argument("--only", nargs="+", choices=MODULES, metavar="NAME", help=f"some of: {', '.join(MODULES)}")
+    parser.add_argument("--gpu", action="store_true", help="the GPU check alone (benchmarks/gpu.py)")
     parser.add_argument("--json", default=str(ROOT / "outputs" / "benchmarks" / "results.json"), help="results file")
     args = parser.parse_args()
 
@@ -66,7 +67,7 @@ def main() -> None:
     cache = tempfile.TemporaryDirectory(prefix="lgpt-bench-cache-")
     os.environ.setdefault("LGPT_BENCH_CACHE", cache.name)
     with cache, Stopwatch() as total:
-        for name in args.only or MODULES:
+        for name in ["gpu"] if args.gpu else args.only or MODULES:
             try:
                 module = importlib.import_module(f"benchmarks.{name}")
             except ModuleNotFoundError as e:
@@ -101,7 +102,7 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": info, "rows": rows}  # fmt: skip
     out.write_text(json.dumps(record, indent=1))
     print(f"results: {out}")
-    sys.exit(1 if failed else 0)
+    sys.exit(1 if failed or any(r["metric"] == "FAILED" for r in rows) else 0)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
+from lightning_gpt.distributed import full_parameters
 from lightning_gpt.errors import UserError
 
 
@@ -31,16 +31,6 @@ class TokenThroughputMonitor(ThroughputMonitor):
         super().__init__(batch_size_fn=_sequences, length_fn=_tokens, **kwargs)
 
 
-def _full_parameters(pl_module: L.LightningModule):
-    """Under FSDP each process holds a shard: gather the whole model for generation (read-only)."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    wrapped = pl_module.trainer.strategy.model if pl_module._trainer is not None else None
-    if isinstance(wrapped, FullyShardedDataParallel):
-        return FullyShardedDataParallel.summon_full_params(wrapped, writeback=False)
-    return nullcontext()
-
-
 class SampleText(L.Callback):
     """Generates a short sample after each validation and logs it as text, so a dashboard shows the
     model learning. Every process generates (a sharded FSDP model needs them all); rank 0 logs."""
@@ -51,7 +41,7 @@ class SampleText(L.Callback):
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
 
     def generate(self, pl_module: L.LightningModule) -> str:
-        with _full_parameters(pl_module):
+        with full_parameters(pl_module.model):
             return self._generate(pl_module)
 
     def _generate(self, pl_module: L.LightningModule) -> str:
@@ -108,7 +98,7 @@ class AttentionMaps(L.Callback):
             return
         from lightning_gpt.explain import attention_maps
 
-        with _full_parameters(pl_module):
+        with full_parameters(pl_module.model):
             maps = attention_maps(pl_module.model, torch.tensor([self.ids], device=pl_module.device))
         if trainer.is_global_zero:
             self.log_image(trainer, self.draw(maps, trainer.global_step), trainer.global_step)

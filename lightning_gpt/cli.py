@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import errno
 import functools
+import hashlib
 import os
 import secrets
 import sys
@@ -22,17 +23,26 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 CONF_DIR = str(PACKAGE_DIR / "conf" if (PACKAGE_DIR / "conf").is_dir() else PACKAGE_DIR.parent / "conf")
 
 
-def run_stamp() -> str:
+def run_stamp(overrides: list[str] | None = None) -> str:
     """A run folder name unique to this launch, shared by every process of it.
 
-    Time plus a random suffix, so two runs started in the same second never share a folder. Kept in
-    the environment so processes launched by this one (DDP ranks) agree; under SLURM or torchrun the
-    job id names the folder, so all nodes and a requeued job land in the same one.
+    Time plus a random suffix, so two runs started in the same second never share a folder. Kept in the
+    environment so the DDP processes Lightning starts agree; under torchrun, rank 0's name reaches every
+    node through torchrun's store. Under SLURM the job id and the command-line overrides name the folder:
+    every node and a requeued job land in the same one, and two trainings in one job in two.
     """
     if "LGPT_RUN_STAMP" not in os.environ:
-        job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "none")
         fresh = time.strftime("%Y-%m-%d_%H-%M-%S_") + secrets.token_hex(2)
-        os.environ["LGPT_RUN_STAMP"] = f"job{job}" if job != "none" else fresh
+        if "SLURM_JOB_ID" in os.environ:
+            digest = hashlib.sha256(" ".join(sorted(overrides or [])).encode()).hexdigest()[:6]
+            stamp = f"job{os.environ['SLURM_JOB_ID']}_{digest}"
+        elif "TORCHELASTIC_RUN_ID" in os.environ:
+            from lightning_gpt.distributed import agree_on_stamp
+
+            stamp = agree_on_stamp(fresh)
+        else:
+            stamp = fresh
+        os.environ["LGPT_RUN_STAMP"] = stamp
     return os.environ["LGPT_RUN_STAMP"]
 
 

@@ -310,19 +310,45 @@ class RandomWindows(IterableDataset):
             k += step
 
 
-class FixedWindows(Dataset):
-    """Evenly spaced windows over the validation split: the same every evaluation and every run."""
+class FixedWindows(IterableDataset):
+    """Evenly spaced windows over the validation split, in batches: the same every evaluation and every run.
 
-    def __init__(self, split: _SplitTokens, block_size: int, count: int):
-        self.split, self.block_size = split, block_size
+    Process `rank` of `world_size` (by default, of the initialized process group) takes windows rank,
+    rank + world_size, ...; every process runs as many batches (a sharded model needs all of them in each
+    forward), the short ones padded with windows whose targets are -1, which the loss ignores. So the mean
+    over all processes is exactly the mean over the windows, whatever the number of processes (a
+    DistributedSampler would repeat windows instead).
+    """
+
+    def __init__(self, split: _SplitTokens, block_size: int, count: int, batch_size: int,
+                 rank: int | None = None, world_size: int | None = None):  # fmt: skip
+        self.split, self.block_size, self.batch_size = split, block_size, batch_size
+        self.rank, self.world_size = rank, world_size
         self.starts = np.linspace(0, len(split) - block_size - 1, num=count).astype(np.int64)
 
-    def __len__(self) -> int:
-        return len(self.starts)
+    def _process(self) -> tuple[int, int]:
+        if self.rank is not None:
+            return self.rank, self.world_size or 1
+        dist = torch.distributed
+        return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        xy = self.split.windows(self.starts[i : i + 1], self.block_size + 1)[0]
-        return xy[:-1], xy[1:]
+    def _per_process(self) -> int:
+        return -(-len(self.starts) // self._process()[1])  # windows per process, padding included
+
+    def __len__(self) -> int:
+        return -(-self._per_process() // self.batch_size)
+
+    def __iter__(self):
+        rank, world = self._process()
+        mine, per_process = self.starts[rank::world], self._per_process()
+        worker = get_worker_info()  # loader workers take turns, batch by batch, as the loader reads them
+        turn, workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        for first in range(turn * self.batch_size, per_process, workers * self.batch_size):
+            starts = mine[first : first + self.batch_size]
+            xy = torch.full((min(self.batch_size, per_process - first), self.block_size + 1), -1, dtype=torch.int64)
+            if len(starts):
+                xy[: len(starts)] = self.split.windows(starts, self.block_size + 1)
+            yield xy[:, :-1].clamp(min=0), xy[:, 1:]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -414,8 +440,8 @@ class GPTDataModule(L.LightningDataModule):
         return self._loader(windows, batch_size=None)  # the dataset yields whole batches
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(FixedWindows(self._split("val"), self.block_size, self.val_batches * self.batch_size),
-                            batch_size=self.batch_size)  # fmt: skip
+        windows = FixedWindows(self._split("val"), self.block_size, self.val_batches * self.batch_size, self.batch_size)
+        return self._loader(windows, batch_size=None)
 
     def state_dict(self) -> dict[str, Any]:
         """The sampler's position: checkpoints are taken between optimizer steps, each of

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -60,11 +59,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     windows = cfg.windows or (len(split) - 1) // block_size
     if windows < 1:
         raise UserError(f"windows must be at least 1, got {windows}")
-    # The same number of windows on every process, so Lightning's DistributedSampler repeats none.
-    windows = max(windows - windows % trainer.world_size, trainer.world_size)
-    warnings.filterwarnings("ignore", message=".*DistributedSampler.*replicates some samples")
-    loader = DataLoader(FixedWindows(split, block_size, windows), batch_size=data["batch_size"],
-                        num_workers=data["num_workers"])  # fmt: skip
+    loader = DataLoader(
+        FixedWindows(split, block_size, windows, data["batch_size"]), batch_size=None, num_workers=data["num_workers"]
+    )
     metrics = trainer.validate(module, dataloaders=loader, verbose=False)[0]
 
     loss = float(metrics["val/loss"])

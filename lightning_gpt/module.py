@@ -8,11 +8,12 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
-from torchmetrics import MeanMetric
+from torchmetrics import Metric
 
 from lightning_gpt.errors import UserError
-from lightning_gpt.model import GPT, Block, GPTConfig
+from lightning_gpt.model import GPT, GPTConfig
 from lightning_gpt.tokenizers import Tokenizer, tokenizer_from_dict
 
 
@@ -35,6 +36,22 @@ def check_optim(o: dict[str, Any]) -> None:
             raise UserError(f"optim.{key} must not be negative, got {o[key]}")
 
 
+class SumRatio(Metric):
+    """sum(values) / sum(weights) over every update of every process: an exact mean of unevenly sized parts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight: torch.Tensor) -> None:
+        self.total += value.double()
+        self.count += weight
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count).float()
+
+
 class GPTLightningModule(L.LightningModule):
     """Holds a GPT and everything a checkpoint needs to rebuild it: model config, tokenizer, optimizer."""
 
@@ -48,7 +65,7 @@ class GPTLightningModule(L.LightningModule):
         self.tokenizer_spec = tokenizer
         self.optim = optim
         self.compile_model = compile
-        self.val_loss = MeanMetric()
+        self.val_loss = SumRatio()
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -62,6 +79,10 @@ class GPTLightningModule(L.LightningModule):
         return getattr(self, "_flops_per_batch", None)
 
     def configure_model(self) -> None:
+        from lightning_gpt.distributed import FSDPStrategy, shard
+
+        if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
+            shard(self.model, self.model.transformer.h, self.trainer.strategy, self.trainer.precision)
         if self.compile_model:
             self.model.compile()  # in place: parameter names (and checkpoints) stay free of _orig_mod.
 
@@ -88,6 +109,27 @@ class GPTLightningModule(L.LightningModule):
             self._stop_if_not_finite(loss)
         return loss
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.global_step >= self.trainer.max_steps > 0:  # the last step: validate even off the interval
+            self.trainer.should_stop = True
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip here rather than in Lightning's precision plugins, which refuse a fused optimizer under
+        bf16-mixed (no scaler is involved, Lightning #21435) and norm clipping under FSDP. By now, under
+        16-mixed, the scaler has unscaled the gradients (the optimizer is not fused then, see
+        configure_optimizers). clip_grad_norm_ computes the global norm of FSDP2's sharded gradients too."""
+        if not gradient_clip_val:
+            return
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+
     def _stop_if_not_finite(self, loss: torch.Tensor) -> None:
         """A nan/inf loss poisons the weights at the next step: stop, keeping the last good checkpoint."""
         if not torch.isfinite(loss):
@@ -99,11 +141,16 @@ class GPTLightningModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        _, loss = self.model(x, y)
-        self.val_loss.update(loss, weight=x.size(0))
+        logits, _ = self.model(x)
+        # Summed over real targets: padding windows (targets -1, so every process runs as many batches)
+        # add nothing, and the mean over all processes is exact whatever their number.
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-1, reduction="sum"
+        )
+        self.val_loss.update(loss, weight=(y != -1).sum())
 
     def on_validation_epoch_end(self) -> None:
-        loss = self.val_loss.compute()  # mean over every window of every process
+        loss = self.val_loss.compute()  # sum of losses / number of targets, over every process
         self.val_loss.reset()
         # Already the global mean; sync_dist only tells Lightning so (every process logs the same value).
         self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=True)
@@ -137,7 +184,9 @@ class GPTLightningModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim
         # Fused kernels wherever torch has them: on CPUs too, where steps ran 1.03-1.14x faster (benchmarks/).
-        fused = o["fused"] if o.get("fused") is not None else self.device.type in ("cuda", "cpu")
+        fused = o["fused"]
+        if fused is None:  # fp16's scaler unscales a fused AdamW's gradients only inside its step: after clipping
+            fused = self.device.type in ("cuda", "cpu") and not str(self.trainer.precision).startswith("16")
         optimizer = torch.optim.AdamW(
             self.model.optimizer_groups(o["weight_decay"]), lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
             fused=fused,
@@ -148,11 +197,3 @@ class GPTLightningModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def fsdp_strategy(activation_checkpointing: bool = False, **kwargs: Any):
-    """FSDP with one unit per Transformer block (what `trainer=fsdp` builds)."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    policy = {Block} if activation_checkpointing else None
-    return FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy=policy, **kwargs)

@@ -69,6 +69,9 @@ def build_trainer(cfg: DictConfig):
             raise UserError(f"could not create {group._key()}: {e.__cause__ or e}".splitlines()[0]) from e
 
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    check_trainer(trainer_kwargs)
+    if isinstance(trainer_kwargs["val_check_interval"], int):  # optimizer steps; Lightning counts batches
+        trainer_kwargs["val_check_interval"] *= trainer_kwargs["accumulate_grad_batches"]
     if isinstance(trainer_kwargs["strategy"], dict):
         trainer_kwargs["strategy"] = instantiate(cfg.trainer.strategy)
     if trainer_kwargs["plugins"]:
@@ -76,7 +79,27 @@ def build_trainer(cfg: DictConfig):
     callbacks = instantiate_all(cfg.callbacks)
     if not trainer_kwargs["enable_progress_bar"]:  # trainer.enable_progress_bar=false wins over callbacks/
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    return L.Trainer(**trainer_kwargs, logger=instantiate_all(cfg.logger) or False, callbacks=callbacks)
+    try:
+        return L.Trainer(**trainer_kwargs, logger=instantiate_all(cfg.logger) or False, callbacks=callbacks)
+    except ValueError as e:  # Lightning's own check of a value, e.g. an unknown precision or strategy name
+        raise UserError(f"bad trainer setting: {_first_line(e)}") from e
+
+
+def check_trainer(t: dict[str, Any]) -> None:
+    """What Lightning would only fail on mid-run (a division by zero, a crash at the first validation)."""
+    for key in ("log_every_n_steps", "accumulate_grad_batches", "max_steps"):
+        if not isinstance(t[key], int) or t[key] < (1 if key != "max_steps" else -1) or t[key] == 0:
+            raise UserError(f"trainer.{key} must be a positive integer, got {t[key]}")
+    interval = t["val_check_interval"]
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
+        raise UserError(
+            f"trainer.val_check_interval must be a positive number of optimizer steps (or a fraction of an "
+            f"epoch), got {interval}"
+        )
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def resolve_ckpt_path(value: str | None, log_dir: str, output_dir: str) -> str | None:
@@ -107,6 +130,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from lightning_gpt.callbacks import SampleText
     from lightning_gpt.checkpointing import check_resumable
+    from lightning_gpt.distributed import children_run_this_app
     from lightning_gpt.module import GPTLightningModule
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -124,25 +148,36 @@ def train(cfg: DictConfig) -> dict[str, float]:
         from lightning_gpt.hf import gpt2_state_dict
 
         module.model.load_state_dict(gpt2_state_dict(cfg.model.init_from, module.model.config.block_size))
+    if datamodule.block_size > module.model.config.block_size:
+        raise UserError(
+            f"data.block_size={datamodule.block_size} is longer than the model's context "
+            f"(model.block_size={module.model.config.block_size}); drop the data.block_size override"
+        )
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir, cfg.paths.output_dir)
+    if ckpt_path is None and any((output_dir / "checkpoints").glob("*.ckpt")):
+        raise UserError(
+            f"the run folder {output_dir} already holds another run's checkpoints; resume it with ckpt_path=auto, "
+            "or start this one in a new folder"
+        )
     if ckpt_path:
         check_resumable(ckpt_path, module.hparams.model, module.hparams.tokenizer)
     trainer = build_trainer(cfg)
-    os.environ["LGPT_RUN_DIR"] = str(output_dir)  # DDP ranks started by Lightning read their config here
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)  # no code in checkpoints
-    finally:
-        os.environ.pop("LGPT_RUN_DIR", None)
-        if "wandb" in sys.modules:  # one W&B run per job of a multirun
-            sys.modules["wandb"].finish()
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if not trainer.fast_dev_run:  # every process generates: a sharded model needs them all
-        sample = SampleText(cfg.sample.prompt, cfg.sample.max_new_tokens, cfg.sample.temperature, cfg.sample.top_k)
-        text = sample.generate(module)
-        if trainer.is_global_zero:
-            val_loss = f" val/loss {metrics['val/loss']:.4f} |" if "val/loss" in metrics else ""
-            print(f"\nstep {trainer.global_step}:{val_loss} run folder {output_dir}")
-            print(f"--- sample ---\n{text}\n--------------")
+    # DDP processes that Lightning starts run `lightning_gpt.train`, which reads this run's config from here.
+    with children_run_this_app():
+        os.environ["LGPT_RUN_DIR"] = str(output_dir)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)  # no code in ckpts
+        finally:
+            if "wandb" in sys.modules:  # one W&B run per job of a multirun
+                sys.modules["wandb"].finish()
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if not trainer.fast_dev_run:  # every process generates: a sharded model needs them all
+            sample = SampleText(cfg.sample.prompt, cfg.sample.max_new_tokens, cfg.sample.temperature, cfg.sample.top_k)
+            text = sample.generate(module)
+            if trainer.is_global_zero:
+                val_loss = f" val/loss {metrics['val/loss']:.4f} |" if "val/loss" in metrics else ""
+                print(f"\nstep {trainer.global_step}:{val_loss} run folder {output_dir}")
+                print(f"--- sample ---\n{text}\n--------------")
     return metrics
 
 

@@ -38,3 +38,20 @@ class PoisonWeights(L.Callback):
         if trainer.global_step == self.step:
             with __import__("torch").no_grad():
                 pl_module.model.transformer.wte.weight[0, 0] = float("nan")
+
+
+class RecordGradNorm(L.Callback):
+    """Writes the total gradient norm as the optimizer saw it (after clipping), one line per step, and how
+    the parameters are held (sharded DTensors or whole tensors), to show what clipping and FSDP did."""
+
+    def on_before_zero_grad(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        import torch
+
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.nn.utils.get_total_norm(grads).item()  # DTensor shards: the global norm
+        if trainer.is_global_zero:
+            kinds = {type(p).__name__ for p in pl_module.parameters()}
+            with open(Path(trainer.default_root_dir) / "grad_norms.txt", "a") as f:
+                f.write(f"{trainer.global_step} {norm:.6f} {','.join(sorted(kinds))}\n")

@@ -150,9 +150,23 @@ def test_training_windows_are_seeded_per_process_and_resume_mid_stream(cache_dir
 def test_validation_windows_are_fixed_and_cover_the_split(cache_dir):
     dm = GPTDataModule(tokenizer="char", source="local", path=str(TINY_SHAKESPEARE), cache_dir=str(cache_dir))
     split = dm._split("val")
-    a, b = FixedWindows(split, 64, 100), FixedWindows(split, 64, 100)
-    assert torch.equal(a[7][0], b[7][0])
+    a, b = FixedWindows(split, 64, 100, batch_size=8), FixedWindows(split, 64, 100, batch_size=8)
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a, b))
     assert a.starts[0] == 0 and a.starts[-1] == len(split) - 65
+    assert len(a) == len(list(a)) == 13 and sum(len(x) for x, _ in a) == 100
+
+
+def test_validation_windows_are_split_across_processes_without_repeats(cache_dir):
+    dm = GPTDataModule(tokenizer="char", source="local", path=str(TINY_SHAKESPEARE), cache_dir=str(cache_dir))
+    split = dm._split("val")
+    whole = torch.cat([y for _, y in FixedWindows(split, 16, 8, batch_size=3)])
+    for world in (2, 3):
+        parts = [list(FixedWindows(split, 16, 8, batch_size=3, rank=r, world_size=world)) for r in range(world)]
+        assert len({len(p) for p in parts}) == 1  # every process runs as many batches
+        targets = torch.cat([y for p in parts for _, y in p])
+        real = targets[(targets != -1).all(dim=1)]
+        assert len(real) == 8 and (targets == -1).all(dim=1).sum() == world * -(-8 // world) - 8  # padding
+        assert sorted(map(tuple, real.tolist())) == sorted(map(tuple, whole.tolist()))
 
 
 def test_only_one_process_tokenizes(tmp_path):

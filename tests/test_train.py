@@ -119,25 +119,6 @@ def test_multirun_gives_each_job_its_own_folder(tmp_path, cache_dir):
     assert lrs == {1e-3, 3e-3}
 
 
-def test_ddp_on_cpu_shares_one_run_folder_and_splits_the_data(tmp_path, cache_dir):
-    result = run_cli("trainer=ddp_cpu", *cli_args(tmp_path, cache_dir), "trainer.max_steps=30",
-                     "trainer.val_check_interval=15", "+callbacks.record._target_=tests.helpers.RecordFirstBatch",
-                     cwd=Path(__file__).parents[1])  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = list((tmp_path / "outputs" / "train" / "runs").iterdir())
-    assert len(runs) == 1  # both processes wrote into rank 0's folder
-    run = runs[0]
-    best = f"best-step000030-val{column(read_metrics(run), 'val/loss')[-1]:.4f}.ckpt"
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [best, "last.ckpt", "step000015.ckpt",
-                                                                       "step000030.ckpt"]  # fmt: skip
-    val = column(read_metrics(run), "val/loss")
-    assert val[-1] < val[0]
-    first = [(run / f"first_batch_rank{r}.txt").read_text() for r in (0, 1)]
-    assert first[0] != first[1]  # each process draws its own windows
-    hparams = (run / "csv" / "hparams.yaml").read_text()
-    assert "global_batch_size: 16" in hparams  # 2 processes x 8 sequences
-
-
 def test_a_typo_in_a_key_fails_at_once_with_its_name(tmp_path, cache_dir):
     result = run_cli("model.n_layers=4", *cli_args(tmp_path, cache_dir))
     assert result.returncode == 2

@@ -1,0 +1,158 @@
+"""The GPU check: every GPU preset trains, checkpoints, resumes and samples; GPT-2 small's speed and memory.
+
+    python -m benchmarks --gpu            # on a machine with CUDA GPUs: one table, exit 1 on any failure
+    python -m benchmarks --gpu --quick    # fewer steps
+    LGPT_GPU_CHECK_ON_CPU=1 python -m benchmarks --gpu --quick   # the same runs simulated on the CPU
+
+For each preset: 20 optimizer steps on one GPU (and on all of them when there are several), validation at
+the end, then a resume for 5 more steps from the run folder's last.ckpt and a sample from it. Then GPT-2
+small (124M, block 1024, bf16-mixed) with and without `model.compile`: tokens/s, MFU and peak memory.
+Data: Tiny Shakespeare from ../shared (GPT-2 BPE for the GPT-2 runs), so no download is needed.
+On the CPU the runs use a tiny model and 2 processes: that checks the script, not the GPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from benchmarks import TINY_SHAKESPEARE, child_env, lgpt_train, row, run_child
+
+ON_CPU = os.environ.get("LGPT_GPU_CHECK_ON_CPU") == "1"
+LOCAL = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
+TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.block_size=64", "data.batch_size=4",
+        "data.val_batches=2", "model.compile=false"]  # fmt: skip
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "sample.max_new_tokens=16",
+         "trainer.log_every_n_steps=5", "+callbacks.peak_memory._target_=benchmarks.gpu.PeakMemory"]  # fmt: skip
+
+
+class PeakMemory(L.Callback):
+    """Logs the peak GPU memory of this process (GiB) at the end of training, for the table."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if torch.cuda.is_available() and trainer.is_global_zero:
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            for logger in trainer.loggers:
+                logger.log_metrics({"peak_memory_gib": peak}, step=trainer.global_step)
+                logger.save()
+
+
+def presets(gpus: int) -> dict[str, list[str]]:
+    """Each GPU preset of conf/trainer and conf/experiment, as a user launches it on `gpus` GPUs."""
+    devices = [f"trainer.devices={gpus}"]
+    cases = {
+        "trainer=gpu": ["trainer=gpu"],
+        "trainer=ddp": ["trainer=ddp", *devices],
+        "trainer=fsdp": ["trainer=fsdp", *devices],
+        "trainer=fsdp activation_checkpointing": [
+            "trainer=fsdp",
+            *devices,
+            "trainer.strategy.activation_checkpointing=true",
+        ],  # fmt: skip
+        "trainer=multinode (1 node)": ["trainer=multinode", "trainer.num_nodes=1", *devices],
+        "experiment=nanogpt_shakespeare_char": ["experiment=nanogpt_shakespeare_char", "trainer=gpu"],
+        "experiment=gpt2_124m": [
+            "experiment=gpt2_124m",
+            *devices,
+            "logger=csv",
+            "data.num_workers=0",
+            "trainer.accumulate_grad_batches=2",
+        ],  # fmt: skip
+    }
+    if ON_CPU:  # the same launches on CPU processes (gloo), tiny
+        cases = {name: [*args, "trainer.accelerator=cpu", *TINY] for name, args in cases.items()}
+        cases = {name: [a.replace(f"devices={gpus}", "devices=2") for a in args] for name, args in cases.items()}
+    return cases
+
+
+def metrics(run: Path) -> dict[str, list[float]]:
+    """Every logged value of every metric in the run's CSV log."""
+    out: dict[str, list[float]] = {}
+    with open(run / "csv" / "metrics.csv") as f:
+        for line in csv.DictReader(f):
+            for key, value in line.items():
+                if value not in ("", None):
+                    out.setdefault(key, []).append(float(value))
+    return out
+
+
+def folder_name(case: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", case).strip("_")
+
+
+def check_preset(name: str, args: list[str], steps: int, root: Path, env: dict[str, str]) -> list[dict[str, Any]]:
+    """Train, resume and sample one preset; a row per figure, or one FAILED row."""
+    run = root / folder_name(name)
+    common = [*LOCAL, *args, *QUIET, "callbacks.throughput.window_size=5", f"hydra.run.dir={run}",
+              "trainer.val_check_interval=1000"]  # fmt: skip
+    try:
+        run_child([*lgpt_train(), *common, f"trainer.max_steps={steps}"], env)
+        first = metrics(run)
+        run_child([*lgpt_train(), *common, f"trainer.max_steps={steps + 5}", "ckpt_path=auto"], env)
+        resumed = metrics(run)
+        if max(resumed["step"]) < steps + 4:
+            raise RuntimeError(f"the resume ended at step {max(resumed['step'])}, not {steps + 5}")
+        sample = Path(lgpt_train()[0]).with_name("lgpt-sample")
+        sample_cmd = [str(sample)] if sample.exists() else [lgpt_train()[0], "-m", "lightning_gpt.sample"]
+        run_child([*sample_cmd, f"ckpt_path={run}", "max_new_tokens=16"], env)
+    except Exception as e:
+        return [row("gpu", name, "FAILED", float("nan"), "", note=str(e).strip().splitlines()[-1][:200])]
+    rows = [row("gpu", name, "val/loss at the end", first["val/loss"][-1], "nats", note="trained, resumed, sampled")]
+    if "train/items_per_sec" in first:
+        rows.append(
+            row("gpu", name, "tokens/s (all devices)", statistics.median(first["train/items_per_sec"]), "tok/s")
+        )
+    if "peak_memory_gib" in first:
+        rows.append(row("gpu", name, "peak memory (rank 0)", first["peak_memory_gib"][-1], "GiB"))
+    return rows
+
+
+def gpt2_speed(compile: bool, steps: int, root: Path, env: dict[str, str]) -> list[dict[str, Any]]:
+    """GPT-2 small at bf16 on one GPU: tokens/s and MFU over the last half of `steps`."""
+    name = f"gpt2_small bf16 compile={str(compile).lower()}"
+    run = root / folder_name(name)
+    shape = TINY if ON_CPU else ["data.batch_size=8"]
+    args = [*LOCAL, "model=gpt2_small", "tokenizer=gpt2", "trainer=gpu", *QUIET, *shape, f"model.compile={compile}",
+            f"trainer.max_steps={steps}", "trainer.val_check_interval=100000", "trainer.limit_val_batches=0",
+            f"hydra.run.dir={run}", "callbacks=none", "+callbacks.peak_memory._target_=benchmarks.gpu.PeakMemory",
+            "+callbacks.throughput._target_=lightning_gpt.callbacks.TokenThroughputMonitor",
+            "+callbacks.throughput.window_size=5"]  # fmt: skip
+    if ON_CPU:
+        args.append("trainer.accelerator=cpu")
+    try:
+        run_child([*lgpt_train(), *args], env)
+        m = metrics(run)
+    except Exception as e:
+        return [row("gpu", name, "FAILED", float("nan"), "", note=str(e).strip().splitlines()[-1][:200])]
+    half = lambda values: statistics.median(values[len(values) // 2 :])  # after compilation and warm-up
+    rows = [row("gpu", name, "tokens/s", half(m["train/device/items_per_sec"]), "tok/s")]
+    if "train/device/mfu" in m:
+        rows.append(row("gpu", name, "MFU", half(m["train/device/mfu"]), "", note="Lightning's peak FLOPs table"))
+    if "peak_memory_gib" in m:
+        rows.append(row("gpu", name, "peak memory", m["peak_memory_gib"][-1], "GiB"))
+    return rows
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    gpus = torch.cuda.device_count()
+    if not gpus and not ON_CPU:
+        raise SystemExit("error: no CUDA GPU here; run `python -m benchmarks --gpu` on a GPU machine")
+    steps = 10 if quick else 20
+    env = child_env()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="lgpt-gpu-check-") as tmp:
+        for count in sorted({1, gpus}) if not ON_CPU else [1]:
+            for name, args in presets(count).items():
+                label = f"{name} ({count} GPU{'s' if count > 1 else ''})" if not ON_CPU else f"{name} (CPU)"
+                rows += check_preset(label, args, steps, Path(tmp) / str(count), env)
+        for compile in (False, True):
+            rows += gpt2_speed(compile, 8 if ON_CPU else (30 if quick else 60), Path(tmp), env)
+    return rows

@@ -1,0 +1,247 @@
+"""Every trainer and experiment preset runs (GPU presets simulated on the CPU), FSDP2 shards and clips,
+one run folder per job on every launcher, sweeps of multi-process jobs, validation by optimizer step."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lightning_gpt
+from lightning_gpt.train import task
+
+from .conftest import TINY, TINY_SHAKESPEARE, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
+GRAD_NORMS = "+callbacks.grad_norms._target_=tests.helpers.RecordGradNorm"
+
+
+def metrics(run: Path) -> list[dict[str, str]]:
+    with open(run / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def values(run: Path, key: str) -> list[tuple[int, float]]:
+    return [(int(r["step"]), float(r[key])) for r in metrics(run) if r.get(key)]
+
+
+def grad_norms(run: Path) -> list[float]:
+    return [float(line.split()[1]) for line in (run / "grad_norms.txt").read_text().splitlines()]
+
+
+def last_step(run: Path) -> int:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+
+
+def the_run(root: Path) -> Path:
+    """The one run folder under root/outputs (there must be exactly one)."""
+    runs = [p.parent for p in (root / "outputs").rglob("config.yaml") if p.parent.name != ".hydra"]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Single-process presets, in-process
+
+
+@pytest.mark.parametrize(
+    "preset",
+    [
+        ["trainer=default"],
+        ["trainer=cpu"],
+        ["trainer=gpu", "trainer.accelerator=cpu"],  # bf16-mixed + fused AdamW + clipping (Lightning #21435)
+        ["experiment=nanogpt_baby"],
+        ["experiment=nanogpt_shakespeare_char", "data.batch_size=8", "data.val_batches=2"],
+        # GPT-2 BPE, accumulation 5, logger=many, 2 loader workers; on one CPU process, a tiny model uncompiled
+        [
+            "experiment=gpt2_124m",
+            "trainer.accelerator=cpu",
+            "trainer.devices=1",
+            "model.compile=false",
+            "model.vocab_multiple=1",
+            "data.batch_size=2",
+            "data.val_fraction=0.1",
+            "trainer.accumulate_grad_batches=2",
+        ],
+    ],  # fmt: skip
+    ids=lambda p: p[0],
+)
+def test_each_single_process_preset_trains_clips_and_resumes(preset, compose_train, tmp_path):
+    tiny = [o for o in TINY if not o.startswith("data.batch_size")] if "data.batch_size=2" in preset else TINY
+    args = [*preset, *tiny, *DATA, "trainer.val_check_interval=3", "trainer.gradient_clip_val=0.05", GRAD_NORMS]
+    task(compose_train(*args, "trainer.max_steps=4"))
+    run = tmp_path / "run"
+    assert last_step(run) == 4
+    assert [s for s, _ in values(run, "val/loss")] == [2, 3]  # every 3 optimizer steps, and at the last (step 4)
+    assert max(grad_norms(run)) <= 0.05 + 1e-6  # clipped, whatever the precision and optimizer
+    task(compose_train(*args, "trainer.max_steps=6", f"ckpt_path={run}", output_dir=tmp_path / "resumed"))
+    assert last_step(tmp_path / "resumed") == 6
+
+
+def test_validation_counts_optimizer_steps_under_accumulation(compose_train, tmp_path):
+    task(compose_train(*TINY, *DATA, "trainer.max_steps=6", "trainer.val_check_interval=2",
+                       "trainer.accumulate_grad_batches=3"))  # fmt: skip
+    # Lightning logs validation at the step count before the step that triggered it increments.
+    assert [s for s, _ in values(tmp_path / "run", "val/loss")] == [1, 3, 5]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Several processes on the CPU (gloo)
+
+
+def cli(tmp_path: Path, cache_dir: Path, *overrides: str, **kwargs) -> subprocess.CompletedProcess:
+    flags = [o for o in overrides if o.startswith("-")]  # Hydra's flags (-m) come before the overrides
+    result = run_cli(*flags, *TINY, *DATA, f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}",
+                     *[o for o in overrides if o not in flags], cwd=ROOT, **kwargs)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_ddp_preset_on_two_cpu_processes_trains_and_resumes(tmp_path, cache_dir):
+    common = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.val_check_interval=4", GRAD_NORMS,
+              "+callbacks.record._target_=tests.helpers.RecordFirstBatch"]  # fmt: skip
+    cli(tmp_path, cache_dir, *common, "trainer.max_steps=4")
+    run = the_run(tmp_path)  # both processes wrote into rank 0's folder
+    assert last_step(run) == 4 and max(grad_norms(run)) <= 1.0 + 1e-6
+    first = [(run / f"first_batch_rank{r}.txt").read_text() for r in (0, 1)]
+    assert first[0] != first[1]  # each process draws its own windows
+    assert "global_batch_size: 16" in (run / "csv" / "hparams.yaml").read_text()  # 2 processes x 8 sequences
+    cli(tmp_path / "b", cache_dir, *common, "trainer.max_steps=6", f"ckpt_path={run}")
+    assert last_step(the_run(tmp_path / "b")) == 6
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_cpu_processes_shards_clips_checkpoints_and_resumes_exactly(tmp_path, cache_dir):
+    common = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+              "trainer.val_check_interval=3", "trainer.gradient_clip_val=0.05", GRAD_NORMS]  # fmt: skip
+    cli(tmp_path / "whole", cache_dir, *common, "trainer.max_steps=6")
+    cli(tmp_path / "half", cache_dir, *common, "trainer.max_steps=3")
+    half = the_run(tmp_path / "half")
+    cli(tmp_path / "resumed", cache_dir, *common, "trainer.max_steps=6", f"ckpt_path={half}",
+        "trainer.strategy.activation_checkpointing=true")  # fmt: skip
+    whole, resumed = the_run(tmp_path / "whole"), the_run(tmp_path / "resumed")
+    assert grad_norms(whole)[-1] <= 0.05 + 1e-6 and "DTensor" in (whole / "grad_norms.txt").read_text()
+    # One full checkpoint file, the same weights whether or not the run was interrupted.
+    a, b = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for r in (whole, resumed))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert values(resumed, "val/loss")[-1][1] == pytest.approx(values(whole, "val/loss")[-1][1], abs=1e-6)
+    # It loads anywhere: Python, lgpt-sample, lgpt-export.
+    model, tokenizer = lightning_gpt.load(whole / "checkpoints" / "last.ckpt")
+    assert model.num_params() > 0 and tokenizer.name == "char"
+    sample = run_cli(f"ckpt_path={whole}", "max_new_tokens=10", "prompt=KING", module="lightning_gpt.sample")
+    assert sample.returncode == 0 and sample.stdout.startswith("KING")
+    export = run_cli(f"ckpt_path={whole}", f"out_dir={tmp_path / 'hf'}", module="lightning_gpt.export")
+    assert export.returncode == 0 and (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_two_nodes(tmp_path: Path, cache_dir: Path, rendezvous: list[str], *overrides: str) -> None:
+    """Two torchrun agents on this machine, one process each, as two nodes would run them."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["trainer=multinode", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2", *TINY, *DATA,
+            f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}", *overrides]  # fmt: skip
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                *[a.format(node=node) for a in rendezvous],
+                "-m",
+                "lightning_gpt.train",
+                *args,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for node in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), outputs[0][-2000:] + outputs[1][-2000:]
+
+
+@pytest.mark.slow
+def test_torchrun_static_and_c10d_rendezvous_make_one_run_folder_and_resume(tmp_path, cache_dir):
+    static = ["--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={free_port()}"]
+    torchrun_two_nodes(tmp_path, cache_dir, static, "trainer.max_steps=4", "trainer.val_check_interval=4")
+    run = the_run(tmp_path)  # one folder for both nodes, without a job id
+    assert last_step(run) == 4
+    assert "global_batch_size: 16" in (run / "csv" / "hparams.yaml").read_text()  # 2 nodes x 8 sequences
+    c10d = ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}"]
+    torchrun_two_nodes(tmp_path / "b", cache_dir, c10d, "trainer.max_steps=6", f"ckpt_path={run}")
+    assert last_step(the_run(tmp_path / "b")) == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
+def test_a_sweep_of_ddp_jobs_runs_every_job(launcher, tmp_path, cache_dir):
+    if launcher != "basic":
+        pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cli(tmp_path, cache_dir, "-m", f"hydra/launcher={launcher}", "trainer=ddp_cpu", "optim.lr=1e-3,3e-4",
+        "trainer.max_steps=4", "trainer.val_check_interval=4")  # fmt: skip
+    jobs = sorted(p.parent.parent for p in (tmp_path / "outputs").glob("train/multiruns/*/*/checkpoints/last.ckpt"))
+    assert [j.name for j in jobs] == ["0", "1"]
+    saved = [torch.load(j / "checkpoints" / "last.ckpt", weights_only=True) for j in jobs]
+    assert [s["global_step"] for s in saved] == [4, 4]
+    assert {s["hyper_parameters"]["optim"]["lr"] for s in saved} == {1e-3, 3e-4}
+    assert all("global_batch_size: 16" in (j / "csv" / "hparams.yaml").read_text() for j in jobs)  # 2 processes
+
+
+def test_two_trainings_in_one_slurm_job_get_two_folders(tmp_path, cache_dir):
+    env = {k: v for k, v in os.environ.items() if k not in ("LGPT_RUN_STAMP", "TORCHELASTIC_RUN_ID")}
+    env["SLURM_JOB_ID"] = "4242"
+    script = "from lightning_gpt.cli import run_stamp; import sys; print(run_stamp(sys.argv[1:]))"
+
+    def name(*overrides: str) -> str:
+        command = [sys.executable, "-c", script, *overrides]
+        return subprocess.run(command, env=env, capture_output=True, text=True).stdout.strip()
+
+    first, again, other = name("optim.lr=1e-3"), name("optim.lr=1e-3"), name("optim.lr=3e-4")
+    assert first.startswith("job4242_") and first == again  # every node, and the requeued job, agree
+    assert other != first  # a second training in the same job gets its own folder
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.precision=garbage", "bad trainer setting: Precision 'garbage' is invalid"),
+        ("trainer.strategy=garbage", "bad trainer setting: You selected an invalid strategy name"),
+        ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps must be a positive integer"),
+        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be a positive integer"),
+        ("trainer.val_check_interval=0", "trainer.val_check_interval must be a positive number"),
+        ("data.block_size=64", r"data.block_size=64 is longer than the model's context \(model.block_size=32\)"),
+    ],
+)
+def test_bad_trainer_settings_are_one_line_errors(override, message, compose_train):
+    from lightning_gpt.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        task(compose_train(*TINY, *DATA, "trainer.max_steps=2", override))
+
+
+def test_a_fresh_run_never_writes_into_a_folder_holding_another_run(compose_train, tmp_path):
+    from lightning_gpt.errors import UserError
+
+    task(compose_train(*TINY, *DATA, "trainer.max_steps=2"))
+    before = (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes()
+    with pytest.raises(UserError, match="already holds another run's checkpoints; resume it with ckpt_path=auto"):
+        task(compose_train(*TINY, *DATA, "trainer.max_steps=2", "optim.lr=3e-4"))
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes() == before
