@@ -86,7 +86,7 @@ class AttentionMaps(L.Callback):
         self.prompt = prompt
         self.ids: list[int] = []
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         try:  # now, not at the first validation: a prompt the tokenizer cannot encode stops the run at once
             ids = pl_module.tokenizer.encode_prompt(self.prompt)
         except UserError as e:
