@@ -1,4 +1,4 @@
-"""Callbacks specific to GPTs: token throughput and a text sample at each validation."""
+"""Callbacks specific to GPTs: token throughput, a text sample and attention maps at each validation."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_gpt.distributed import full_parameters
+from lightning_gpt.errors import UserError
 
 
 def _sequences(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
@@ -83,3 +84,56 @@ class SampleText(L.Callback):
         if trainer.default_root_dir:
             with open(Path(trainer.default_root_dir) / "samples.md", "a", encoding="utf-8") as f:
                 f.write(f"## step {step}\n\n```\n{text}\n```\n\n")
+
+
+class AttentionMaps(L.Callback):
+    """After each validation, the attention weights of a fixed prompt as one PNG (a row per layer, a column
+    per head): logged to TensorBoard and W&B when those loggers are on, and written to
+    <run>/attention/step<N>.png. A forward pass and a matplotlib figure per validation; its cost is in
+    docs/benchmarks.md. Prompts longer than the context keep their first block_size tokens."""
+
+    def __init__(self, prompt: str = "ROMEO:\nBut, soft! what light through yonder window breaks?"):
+        self.prompt = prompt
+        self.ids: list[int] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        try:  # now, not at the first validation: a prompt the tokenizer cannot encode stops the run at once
+            ids = pl_module.tokenizer.encode_prompt(self.prompt)
+        except UserError as e:
+            raise UserError(f"callbacks.attention_maps.prompt: {e}") from e
+        self.ids = ids[: pl_module.model.config.block_size]
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        from lightning_gpt.explain import attention_maps
+
+        with full_parameters(pl_module.model):
+            maps = attention_maps(pl_module.model, torch.tensor([self.ids], device=pl_module.device))
+        if trainer.is_global_zero:
+            self.log_image(trainer, self.draw(maps, trainer.global_step), trainer.global_step)
+
+    def draw(self, maps: torch.Tensor, step: int):
+        """The figure as an RGB array (H, W, 3)."""
+        import numpy as np
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        from lightning_gpt.explain import attention_figure
+
+        canvas = FigureCanvasAgg(attention_figure(maps, f"attention at step {step}: {self.prompt!r}"))
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba())[..., :3]
+
+    @staticmethod
+    def log_image(trainer: L.Trainer, image, step: int) -> None:
+        from matplotlib.image import imsave
+
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("attention", image, step, dataformats="HWC")
+            elif isinstance(logger, WandbLogger):
+                logger.log_image(key="attention", images=[image], step=step)
+        if trainer.default_root_dir:
+            folder = Path(trainer.default_root_dir) / "attention"
+            folder.mkdir(parents=True, exist_ok=True)
+            imsave(folder / f"step{step:06d}.png", image)

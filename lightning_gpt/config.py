@@ -176,8 +176,26 @@ class ExportAppConfig:
     out_dir: str = MISSING
 
 
+@dataclass
+class ExplainAppConfig:
+    ckpt_path: str = MISSING
+    prompt: str = MISSING  # text, or @file to read it from a file
+    out: str | None = None  # the HTML file; null: explain.html in the checkpoint's run folder, else here
+    max_new_tokens: int = 40  # the continuation (stops at the end of the context window)
+    temperature: float = 0.8  # the continuation's sampling, and where the page's controls start
+    top_k: int | None = 200
+    top_p: float | None = None
+    seed: int = 1337
+    max_prompt_tokens: int = 128  # longer prompts are refused: the attention maps grow with its square
+    lens_top: int = 5  # tokens kept per layer and position in the logit lens
+    candidates: int = 100  # next-token candidates whose text the page embeds
+    pca_points: int = 2000  # rows of the embedding table in the PCA plot
+    device: str = "cpu"
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="lgpt_schema", node=TrainConfig)
     ConfigStore.instance().store(name="lgpt_sample_schema", node=SampleAppConfig)
     ConfigStore.instance().store(name="lgpt_eval_schema", node=EvalAppConfig)
     ConfigStore.instance().store(name="lgpt_export_schema", node=ExportAppConfig)
+    ConfigStore.instance().store(name="lgpt_explain_schema", node=ExplainAppConfig)

@@ -1,0 +1,430 @@
+"""lgpt-explain: follow one prompt through a trained GPT and write what happens as one HTML page.
+
+lgpt-explain ckpt_path=outputs/train/runs/<stamp> prompt="ROMEO:"        # -> <run>/explain.html
+lgpt-explain ckpt_path=<run or .ckpt> prompt=@prompt.txt out=page.html max_new_tokens=80
+
+From Python:
+
+    model, tokenizer = lightning_gpt.load("outputs/train/runs/<stamp>")
+    data = explain(model, tokenizer, "ROMEO:")       # an Explanation: every number the page shows
+    write_page(data, "explain.html")
+
+The page is one file (data as inline JSON, script and style inline, no network, no libraries) showing, for
+this checkpoint: the prompt's tokens; token and position embeddings and their sum, with a PCA of the
+embedding table; every head's causal attention pattern; the logit lens (final norm + head applied to the
+residual stream after each block); the next-token distribution with temperature, top-k and top-p controls
+and a seeded sample button; and a generated continuation with each token's probability.
+
+Size of the page, for L layers, H heads, C channels, T prompt tokens and V vocabulary entries (float32 as
+base64, 5.3 characters per number): attention L*H*T*(T+1)/2 numbers, embeddings 2*T*C, logit lens
+(L+1)*T*lens_top token ids and probabilities, next-token logits V, PCA points 2*min(V, pca_points), plus
+31 KB of script and style. nanoGPT's shakespeare_char model (6x6x384, V=65) with 64 tokens: 0.71 MB.
+Attention grows with the square of the prompt, so the prompt is capped at max_prompt_tokens (128 by default).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lightning_gpt.errors import UserError
+from lightning_gpt.model import GPT, CausalSelfAttention, check_sampling
+from lightning_gpt.tokenizers import ByteTokenizer, Tokenizer
+
+PAGE_TEMPLATE = Path(__file__).with_name("explain_page.html")
+
+
+@dataclass
+class Explanation:
+    """What one prompt does inside one model: everything the page shows, as arrays."""
+
+    prompt: str
+    tokens: list[int]  # the prompt's token ids (T)
+    pieces: dict[int, str]  # token id -> its text, for every id the page names
+    model: dict[str, Any]  # shape and family: n_layer, n_head, n_embd, block_size, vocab_size, parameters
+    token_embedding: np.ndarray  # (T, C) rows of wte
+    position_embedding: np.ndarray  # (T, C) rows of wpe
+    attention: np.ndarray  # (L, H, T, T) softmax(q k^T / sqrt(head_dim)), causal: zero above the diagonal
+    lens_ids: np.ndarray  # (L + 1, T, lens_top) top tokens of the logit lens; layer 0 is the embedding sum
+    lens_probs: np.ndarray  # (L + 1, T, lens_top) their probabilities
+    logits: np.ndarray  # (V,) next-token logits after the prompt
+    pca_ids: np.ndarray  # (N,) token ids of the embedding table's rows shown in the PCA
+    pca_xy: np.ndarray  # (N, 2) their projection on the first two principal components
+    pca_variance: list[float]  # fraction of the variance along each component
+    generated: list[int]  # a sampled continuation
+    generated_probs: list[float]  # the model's probability (temperature 1, no cutoff) of each generated token
+    sampling: dict[str, Any]  # temperature, top_k, top_p, seed used for the continuation (the controls' start)
+    source: str = ""  # where the model came from (a checkpoint path), shown in the page's header
+    caps: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The page's data: small lists as JSON, arrays as base64 float32 (exact, and 5.3 characters a number)."""
+        T = len(self.tokens)
+        rows, cols = np.tril_indices(T)  # attention below and on the diagonal; the rest is masked (zero)
+        return {
+            "prompt": self.prompt,
+            "tokens": self.tokens,
+            "pieces": {str(k): v for k, v in self.pieces.items()},
+            "model": self.model,
+            "source": self.source,
+            "caps": self.caps,
+            "embedding": {"token": _b64(self.token_embedding), "position": _b64(self.position_embedding)},
+            "attention": _b64(self.attention[:, :, rows, cols]),  # (L, H, T*(T+1)/2), row by row
+            "lens": {"ids": self.lens_ids.reshape(-1).tolist(), "probs": _b64(self.lens_probs)},
+            "logits": _b64(self.logits),
+            "pca": {"ids": self.pca_ids.tolist(), "xy": _b64(self.pca_xy), "variance": self.pca_variance},
+            "generated": {"ids": self.generated, "probs": self.generated_probs},
+            "sampling": self.sampling,
+        }
+
+
+def _b64(a: np.ndarray | torch.Tensor) -> str:
+    a = a.detach().float().cpu().numpy() if isinstance(a, torch.Tensor) else a
+    return base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode("ascii")
+
+
+def attention_weights(attn: CausalSelfAttention, x: torch.Tensor) -> torch.Tensor:
+    """The weights (B, n_head, T, T) that attn's scaled_dot_product_attention applies to x (its input, after
+    ln_1): softmax(q k^T / sqrt(head_dim)) with future keys masked. The fused kernel never materializes them,
+    so they are recomputed from the block's own c_attn."""
+    B, T, C = x.shape
+    q, k, _ = attn.c_attn(x).split(C, dim=2)
+    q, k = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k))  # (B, nh, T, hs)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(C // attn.n_head)  # (B, nh, T, T)
+    future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(diagonal=1)
+    return scores.float().masked_fill(future, float("-inf")).softmax(dim=-1)
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) inside, the caller's mode restored after: the callback calls in mid-training."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def trace(model: GPT, idx: torch.Tensor) -> dict[str, Any]:
+    """Run idx (1, T) through the model once, recording with forward hooks (the model is not changed):
+    token and position embeddings, each block's attention weights and output (the residual stream),
+    and the logits."""
+    seen: dict[str, Any] = {"attention": [], "residual": []}
+    t = model.transformer
+    hooks = [
+        t.wte.register_forward_hook(lambda m, args, out: seen.__setitem__("token", out[0])),
+        t.wpe.register_forward_hook(lambda m, args, out: seen.__setitem__("position", out)),
+    ]
+    for block in t.h:
+        hooks.append(
+            block.attn.register_forward_pre_hook(
+                lambda m, args: seen["attention"].append(attention_weights(m, args[0])[0])
+            )
+        )
+        hooks.append(block.register_forward_hook(lambda m, args, out: seen["residual"].append(out[0])))
+    try:
+        with evaluating(model):
+            seen["logits"] = model(idx)[0][0]  # (T, vocab_size)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    seen["attention"] = torch.stack(seen["attention"])  # (L, H, T, T)
+    return seen
+
+
+def attention_maps(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    """Every layer's and head's attention weights (L, H, T, T) for one prompt idx (1, T)."""
+    return trace(model, idx)["attention"]
+
+
+@torch.no_grad()
+def logit_lens(model: GPT, residual: list[torch.Tensor], top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top tokens and probabilities (len(residual), T, top) the model would predict from each residual
+    stream (T, C) if the blocks stopped there: the final LayerNorm and the head applied to it."""
+    probs = model.head(model.transformer.ln_f(torch.stack(residual))).float().softmax(dim=-1)
+    values, ids = probs.topk(min(top, probs.size(-1)), dim=-1)
+    return ids, values
+
+
+@torch.no_grad()
+def pca_2d(table: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    """Rows of table (N, C) on its first two principal components (exact: the covariance's eigenvectors),
+    and the fraction of the variance each holds."""
+    x = table.double() - table.double().mean(dim=0)
+    variances, vectors = torch.linalg.eigh(x.T @ x)  # ascending
+    top = vectors[:, [-1, -2]]
+    top = top * torch.sign(top.sum(dim=0))  # a fixed sign, so the picture does not flip between runs
+    total = float(variances.clamp(min=0).sum()) or 1.0
+    return (x @ top).float(), [float(variances[-1]) / total, float(variances[-2]) / total]
+
+
+def token_piece(tokenizer: Tokenizer, token: int) -> str:
+    """A token's own text: a character, a byte (undecodable alone: shown as <0xE2>) or a BPE piece."""
+    encoding = getattr(tokenizer, "encoding", None)
+    if encoding is not None:  # tiktoken: a piece may hold part of a UTF-8 character
+        raw = encoding.decode_single_token_bytes(token)
+    elif isinstance(tokenizer, ByteTokenizer):
+        raw = bytes([token]) if token < 256 else b"<|endoftext|>"
+    else:
+        return tokenizer.decode([token])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "".join(f"<0x{b:02X}>" if b >= 0x80 else chr(b) for b in raw)
+
+
+def explain(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int = 40,
+    temperature: float = 0.8,
+    top_k: int | None = 200,
+    top_p: float | None = None,
+    seed: int = 1337,
+    max_prompt_tokens: int = 128,
+    lens_top: int = 5,
+    candidates: int = 100,
+    pca_points: int = 2000,
+) -> Explanation:
+    """Everything the page shows for prompt, computed by model.
+
+    Caps on what is kept: max_prompt_tokens (attention grows with its square), lens_top tokens per layer
+    and position in the logit lens, candidates (the next tokens whose text is embedded; sampling in the
+    page still draws from the whole vocabulary), pca_points rows of the embedding table. The continuation
+    stops at the end of the context window (block_size) or at end-of-text.
+    """
+    if not prompt:
+        raise UserError('the prompt is empty; give one: prompt="ROMEO:" (or prompt=@file.txt)')
+    try:
+        check_sampling(max_new_tokens, temperature, top_k, top_p)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    for name, value in (
+        ("max_prompt_tokens", max_prompt_tokens),
+        ("lens_top", lens_top),
+        ("candidates", candidates),
+        ("pca_points", pca_points),
+    ):
+        if value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+    tokens = tokenizer.encode(prompt)
+    block_size = model.config.block_size
+    if len(tokens) > block_size:
+        raise UserError(
+            f"the prompt is {len(tokens)} tokens, longer than the model's context (block_size {block_size}); shorten it"
+        )
+    if len(tokens) > max_prompt_tokens:
+        raise UserError(
+            f"the prompt is {len(tokens)} tokens; the page shows at most max_prompt_tokens="
+            f"{max_prompt_tokens} (the attention maps grow with its square): shorten it or raise "
+            "max_prompt_tokens"
+        )
+    device = model.lm_head.weight.device
+    idx = torch.tensor([tokens], device=device)
+    seen = trace(model, idx)
+    embedding_sum = seen["token"] + seen["position"]  # the residual stream before the first block
+    lens_ids, lens_probs = logit_lens(model, [embedding_sum, *seen["residual"]], lens_top)
+    logits = seen["logits"][-1].float()
+
+    with evaluating(model):
+        generated, generated_probs = _continue(model, idx, tokenizer, max_new_tokens, temperature, top_k, top_p, seed)
+
+    vocab = model.config.vocab_size
+    top_candidates = logits.topk(min(candidates, vocab)).indices.tolist()
+    named = set(tokens) | set(generated) | set(top_candidates)
+    if vocab <= pca_points:
+        pca_ids = torch.arange(vocab)
+    else:  # the named tokens, then evenly spaced ids up to the cap
+        spaced = torch.linspace(0, vocab - 1, max(pca_points - len(named), 0)).long().tolist()
+        pca_ids = torch.tensor(sorted(named | set(spaced)))
+    table = model.transformer.wte.weight[:vocab].detach()
+    xy, variance = pca_2d(table)
+    named |= set(lens_ids.reshape(-1).tolist()) | set(pca_ids.tolist())
+    c = model.config
+    return Explanation(
+        prompt=prompt,
+        tokens=tokens,
+        pieces={i: token_piece(tokenizer, i) for i in sorted(named)},
+        model={
+            "family": "gpt",
+            "positions": "learned",
+            "n_layer": c.n_layer,
+            "n_head": c.n_head,
+            "n_embd": c.n_embd,
+            "block_size": c.block_size,
+            "vocab_size": vocab,
+            "parameters": model.num_params(),
+            "tokenizer": tokenizer.name,
+        },
+        token_embedding=seen["token"].float().cpu().numpy(),
+        position_embedding=seen["position"].float().cpu().numpy(),
+        attention=seen["attention"].cpu().numpy(),
+        lens_ids=lens_ids.cpu().numpy(),
+        lens_probs=lens_probs.cpu().numpy(),
+        logits=logits.cpu().numpy(),
+        pca_ids=pca_ids.numpy(),
+        pca_xy=xy[pca_ids.to(xy.device)].cpu().numpy(),
+        pca_variance=variance,
+        generated=generated,
+        generated_probs=generated_probs,
+        sampling={"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed},
+        caps={
+            "max_prompt_tokens": max_prompt_tokens,
+            "lens_top": lens_top,
+            "candidates": candidates,
+            "pca_points": pca_points,
+            "max_new_tokens": max_new_tokens,
+        },
+    )
+
+
+@torch.no_grad()
+def _continue(
+    model: GPT,
+    idx: torch.Tensor,
+    tokenizer: Tokenizer,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int,
+) -> tuple[list[int], list[float]]:
+    """A continuation sampled as lgpt-sample does (same seed, same tokens), kept within the context window,
+    and the model's probability of each of its tokens."""
+    room = model.config.block_size - idx.size(1)
+    if room < 1:
+        return [], []
+    generator = torch.Generator(idx.device).manual_seed(seed)
+    steps = model.generate(
+        idx, min(max_new_tokens, room), temperature, top_k, top_p, stop_token=tokenizer.eot_id, generator=generator
+    )
+    new = [int(t[0, 0]) for t in steps]
+    if tokenizer.eot_id in new:
+        new = new[: new.index(tokenizer.eot_id) + 1]
+    if not new:
+        return [], []
+    full = torch.cat([idx, torch.tensor([new], device=idx.device)], dim=1)
+    probs = model(full[:, :-1])[0][0, idx.size(1) - 1 :].float().softmax(dim=-1)  # (len(new), V)
+    return new, probs[torch.arange(len(new)), torch.tensor(new)].tolist()
+
+
+def page(data: Explanation) -> str:
+    """The self-contained HTML page for data."""
+    payload = json.dumps(data.to_json(), ensure_ascii=False, separators=(",", ":"))
+    payload = payload.replace("<", "\\u003c")  # "</script>" inside a token's text cannot end the script
+    return PAGE_TEMPLATE.read_text(encoding="utf-8").replace("/*LGPT_DATA*/null", payload, 1)
+
+
+def write_page(data: Explanation, out: str | Path) -> Path:
+    """Write the page to out (parent folders created) and return its path."""
+    path = Path(out).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(page(data), encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror}); choose another out=...") from e
+    return path
+
+
+def attention_figure(weights: np.ndarray | torch.Tensor, title: str = ""):
+    """A matplotlib Figure of attention maps (L, H, T, T) as one image: a row per layer, a column per head,
+    the masked upper triangles blank. One image in one Axes: quicker to draw than L*H subplots."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    w = weights.detach().float().cpu().numpy() if isinstance(weights, torch.Tensor) else np.asarray(weights)
+    L, H, T, _ = w.shape
+    gap = max(1, T // 8)
+    grid = np.full((L * (T + gap) - gap, H * (T + gap) - gap), np.nan, dtype=np.float32)
+    upper = np.triu(np.ones((T, T), dtype=bool), k=1)
+    for layer in range(L):
+        for head in range(H):
+            tile = np.where(upper, np.nan, w[layer, head])
+            r, c = layer * (T + gap), head * (T + gap)
+            grid[r : r + T, c : c + T] = tile
+    size = 1.3  # inches per map
+    fig = Figure(figsize=(max(5.0, 2.2 + size * H), 1.0 + size * L), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    cmap = colormaps["viridis"].with_extremes(bad="white")  # the gaps and masked triangles
+    image = ax.imshow(grid, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([h * (T + gap) + T / 2 - 0.5 for h in range(H)], [f"head {h + 1}" for h in range(H)])
+    ax.set_yticks([n * (T + gap) + T / 2 - 0.5 for n in range(L)], [f"layer {n + 1}" for n in range(L)])
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        ax.set_title(title if len(title) <= 60 else title[:57] + "...", fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.6, label="attention weight")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------
+# The Hydra app
+
+
+def default_out(ckpt_path: str | Path) -> Path:
+    """explain.html in the run folder the checkpoint belongs to, else in the current folder."""
+    from lightning_gpt import find_checkpoint
+
+    found = find_checkpoint(ckpt_path)
+    folder = found.parent.parent if found.parent.name == "checkpoints" else found.parent
+    return folder / "explain.html" if (folder / "checkpoints").is_dir() else Path("explain.html")
+
+
+def task(cfg) -> Path:
+    """Load the checkpoint, explain the prompt, write the page; print its path."""
+    import time
+
+    from lightning_gpt import load
+    from lightning_gpt.sample import pick_device, read_prompt
+
+    start = time.perf_counter()
+    prompt = read_prompt(cfg.prompt)
+    device, _ = pick_device(cfg.device, "32")
+    model, tokenizer = load(cfg.ckpt_path, device)
+    data = explain(
+        model,
+        tokenizer,
+        prompt,
+        cfg.max_new_tokens,
+        cfg.temperature,
+        cfg.top_k,
+        cfg.top_p,
+        cfg.seed,
+        cfg.max_prompt_tokens,
+        cfg.lens_top,
+        cfg.candidates,
+        cfg.pca_points,
+    )
+    data.source = str(cfg.ckpt_path)
+    path = write_page(data, cfg.out if cfg.out else default_out(cfg.ckpt_path))
+    size = path.stat().st_size / 1e6
+    print(f"{len(data.tokens)} prompt tokens, {size:.2f} MB, {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(path)
+    return path
+
+
+def main() -> None:
+    import hydra
+
+    from lightning_gpt.cli import CONF_DIR, one_line_errors, register_resolvers, run_app
+
+    register_resolvers()
+    run_app(hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="explain")(one_line_errors(task)))
+
+
+if __name__ == "__main__":
+    main()
