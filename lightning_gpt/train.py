@@ -126,7 +126,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         module.model.load_state_dict(gpt2_state_dict(cfg.model.init_from, module.model.config.block_size))
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir, cfg.paths.output_dir)
     if ckpt_path:
-        check_resumable(ckpt_path, module.hparams.model, module.hparams.tokenizer)
+        check_resumable(ckpt_path, module.hparams.model, module.hparams.tokenizer, cfg.trainer.max_steps)
     trainer = build_trainer(cfg)
     os.environ["LGPT_RUN_DIR"] = str(output_dir)  # DDP ranks started by Lightning read their config here
     try:
