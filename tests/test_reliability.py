@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -94,6 +95,46 @@ def test_a_preempting_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, cach
     resumed = run([*args, f"trainer.max_steps={stopped_at + 3}", "ckpt_path=auto"])  # as a requeued job would
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert saved_step(last) == stopped_at + 3
+
+
+def recorded_losses(run_dir: Path) -> dict[tuple[int, int], float]:
+    """{(step, micro-batch): loss} from tests.helpers.RecordLosses, across every run in the folder."""
+    with open(run_dir / "losses.jsonl") as f:
+        return {(r["step"], r["micro_batch"]): r["loss"] for r in map(json.loads, f)}
+
+
+ACCUMULATING = ["model.dropout=0.1", "trainer.deterministic=true", "trainer.accumulate_grad_batches=2",
+                "trainer.max_steps=20", "trainer.val_check_interval=10",
+                "+callbacks.record._target_=tests.helpers.RecordLosses"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def accumulating_run(tmp_path_factory, cache_dir) -> Path:
+    tmp = tmp_path_factory.mktemp("whole")
+    result = run(train_args(tmp, cache_dir, "whole", *ACCUMULATING))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp / "whole"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
+def test_a_signal_between_micro_batches_stops_after_the_step_and_resumes_exactly(
+    tmp_path, cache_dir, accumulating_run, signum
+):
+    # Batch 22 is the first micro-batch of step 12: the run must go on to the step's end, then save.
+    signal_at = ["+callbacks.signal._target_=tests.helpers.SignalAt", f"+callbacks.signal.signum={int(signum)}",
+                 "+callbacks.signal.batch=22"]  # fmt: skip
+    stopped = run(train_args(tmp_path, cache_dir, "run", *ACCUMULATING, *signal_at))
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr
+    assert f"stopped by {signum.name} at step 12" in stopped.stdout + stopped.stderr
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert last["global_step"] == 12 and last["GPTDataModule"]["batches_seen"] == 24
+    resumed = run(train_args(tmp_path, cache_dir, "run", *ACCUMULATING, "ckpt_path=auto"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = recorded_losses(accumulating_run), recorded_losses(tmp_path / "run")
+    assert len((tmp_path / "run" / "losses.jsonl").read_text().splitlines()) == 40  # each micro-batch once
+    assert got == expected  # bit for bit: the resumed steps are the uninterrupted run's
 
 
 def test_a_kill_during_a_save_never_leaves_a_corrupt_checkpoint(tmp_path, cache_dir):
