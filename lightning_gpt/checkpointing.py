@@ -142,6 +142,7 @@ class LastCheckpoint(L.Callback):
 
     def __init__(self) -> None:
         self.signal: str | None = None  # the name of the stopping signal received
+        self.stopping = False  # saved at the end of a step: stop before the next
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Remove the temporary files of saves killed midway (each as large as a checkpoint)."""
@@ -153,7 +154,7 @@ class LastCheckpoint(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
-        self.signal = None
+        self.signal, self.stopping = None, False
         if threading.current_thread() is not threading.main_thread():
             return  # only the main thread may set signal handlers; Lightning's own then apply
         signals = [signal.SIGTERM, signal.SIGINT]
@@ -178,18 +179,27 @@ class LastCheckpoint(L.Callback):
         path = self._path(trainer)
         if path is not None:
             trainer.save_checkpoint(path)
-        trainer.should_stop = True
         saved = f"saved {path}; resume with ckpt_path={path.parent.parent}" if path else "no checkpoint callback"
         rank_zero_info(f"stopped by {self.signal or 'a signal'} at step {trainer.global_step}: {saved}")
+        self.stopping = True
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Stop here, once the last step's metrics are logged (and its validation run, if one was due)."""
+        if self.stopping:
+            raise SIGTERMException  # Lightning's clean stop (exit code 0): no final validation or sample
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        path = self._path(trainer)
-        if path is not None and trainer.strategy.broadcast(_saved_step(path) != trainer.global_step):
-            trainer.save_checkpoint(path)
+        self._save_if_behind(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):  # also Lightning's, for a SIGTERM before training started
+            self._save_if_behind(trainer)
+
+    def _save_if_behind(self, trainer: L.Trainer) -> None:
         path = self._path(trainer)
-        if isinstance(exception, SIGTERMException) and path is not None:  # a SIGTERM before training started
+        if path is not None and trainer.strategy.broadcast(_saved_step(path) != trainer.global_step):
             trainer.save_checkpoint(path)
 
     @staticmethod

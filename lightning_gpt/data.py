@@ -271,7 +271,7 @@ def prepare_tokens(source: Source, tokenizer_name: str | dict[str, Any], val_fra
     try:
         for stale in root.glob(f"{folder.name}.partial-*"):  # left by a killed run (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
-        if (folder / "meta.json").exists() or folder.exists():
+        if folder.exists():
             problem = _damage(folder)
             if problem is None:
                 return folder

@@ -122,7 +122,7 @@ def _read_json(path: Path) -> dict:
         raise UserError(f"{path} not found; a GPT-2 folder needs config.json and model.safetensors")
     try:
         return json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise UserError(f"{path} is not valid JSON ({e}); restore the model's config.json") from e
 
 

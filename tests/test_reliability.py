@@ -84,7 +84,7 @@ def test_a_run_killed_and_resumed_logs_the_same_losses_as_an_uninterrupted_one(t
     assert got == {step: expected[step] for step in got}  # bit for bit: weights, optimizer, LR, RNG, data
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=lambda s: s.name)
 def test_a_preempting_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, cache_dir, signum):
     args = train_args(tmp_path, cache_dir, "run", "callbacks.model_checkpoint.every_n_train_steps=5")
     proc = start([*args, "trainer.max_steps=500", "+callbacks.slow._target_=tests.helpers.Slow"])
@@ -127,7 +127,7 @@ def accumulating_run(tmp_path_factory, cache_dir) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT], ids=lambda s: s.name)
 def test_a_signal_between_micro_batches_stops_after_the_step_and_resumes_exactly(
     tmp_path, cache_dir, accumulating_run, signum
 ):
