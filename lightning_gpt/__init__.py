@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from lightning_gpt.model import GPT
     from lightning_gpt.tokenizers import Tokenizer
 
-__all__ = ["UserError", "find_checkpoint", "load", "read_checkpoint"]
+__all__ = ["UserError", "find_checkpoint", "load", "load_checkpoint", "read_checkpoint"]
 
 _VAL_LOSS = re.compile(r"val(\d+(?:\.\d+)?)")  # the loss in "step000500-val1.4697.ckpt"
 
@@ -54,8 +54,6 @@ def read_checkpoint(path: str | Path, device: Any = "cpu") -> tuple[dict, dict, 
 
     A Hugging Face GPT-2 folder (config.json + weights) reads as a GPT-2 with the gpt2 tokenizer.
     """
-    import torch
-
     path = find_checkpoint(path)
     if _is_hf_folder(path):
         from lightning_gpt.hf import gpt2_config, gpt2_state_dict
@@ -66,13 +64,7 @@ def read_checkpoint(path: str | Path, device: Any = "cpu") -> tuple[dict, dict, 
                             "its tokenizer is unknown")  # fmt: skip
         state = {k: v.to(device) for k, v in gpt2_state_dict(str(path)).items()}
         return config.to_dict(), {"name": "gpt2"}, state
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise UserError(
-            f"{path} is not a lightning_gpt checkpoint (torch.load failed: {type(e).__name__}); "
-            "give a checkpoint written by lgpt-train"
-        ) from e
+    ckpt = load_checkpoint(path, device)
     hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     if "model" not in hparams or "tokenizer" not in hparams or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a lightning_gpt checkpoint (no model config or tokenizer in it); "
@@ -81,6 +73,56 @@ def read_checkpoint(path: str | Path, device: Any = "cpu") -> tuple[dict, dict, 
     state = {k.removeprefix("model.").replace("_orig_mod.", ""): v for k, v in ckpt["state_dict"].items()
              if k.startswith("model.")}  # fmt: skip
     return hparams["model"], hparams["tokenizer"], state
+
+
+def load_checkpoint(path: str | Path, device: Any = "cpu", mmap: bool = False) -> Any:
+    """What a .ckpt file holds, its checksums verified first and loaded weights-only (no code can run).
+
+    torch.save writes a zip archive whose every record carries a CRC-32, but torch.load never checks
+    them: a damaged file would load silently. Checking costs one read of the file (docs/reliability.md).
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except zipfile.BadZipFile as e:
+        with open(path, "rb") as f:
+            zip_magic = f.read(2) == b"PK"
+        if zip_magic:
+            raise UserError(
+                f"checkpoint {path} is truncated or corrupt ({e}); use another checkpoint, e.g. an "
+                "earlier one in the same folder"
+            ) from e
+        raise UserError(
+            f"{path} is not a lightning_gpt checkpoint (not a zip archive: a legacy torch.save "
+            "format or another kind of file); give a checkpoint written by lgpt-train"
+        ) from e
+    except (OSError, EOFError) as e:
+        raise UserError(f"cannot read checkpoint {path} ({e}); give a readable .ckpt file") from e
+    if damaged is not None:
+        raise UserError(
+            f"checkpoint {path} is corrupt (checksum mismatch in {damaged}); use another "
+            "checkpoint, e.g. an earlier one in the same folder"
+        )
+    try:
+        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        raise UserError(
+            f"{path} holds Python objects other than tensors and plain data, which could run code "
+            "when loaded; lightning_gpt loads weights only: give a checkpoint written by "
+            "lgpt-train"
+        ) from e
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"checkpoint {path} is truncated or corrupt ({reason}); use another checkpoint, e.g. "
+            "an earlier one in the same folder"
+        ) from e
 
 
 def load(ckpt_path: str | Path, device: Any = "cpu") -> tuple[GPT, Tokenizer]:

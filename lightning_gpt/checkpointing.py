@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,33 +22,97 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lightning_gpt import load_checkpoint
 from lightning_gpt.errors import UserError
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# Exclusive and never through a symlink: a name planted in a shared folder cannot redirect the write.
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+TEMPORARY = "*.ckpt.*.tmp"  # what a save killed midway leaves behind
+
+
+class _Writer:
+    """A file torch.save writes to, remembering the OSError (a full disk) that torch reports as a RuntimeError."""
+
+    def __init__(self, f: Any):
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write to `<name>.tmp` in the same folder, fsync, rename: the old file stays whole until the new one is."""
+    """Write to a fresh `<name>.<random>.tmp` in the same folder, fsync, rename: the old file stays whole
+    until the new one is. A checkpoint of the same step as the previous save (last, best and the step
+    snapshot are usually taken together) becomes a hard link to it instead of another full copy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._previous: tuple[Any, Path, int] | None = None  # (training state, file, inode) of the last save
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".tmp")
+        # Same step, same kind of checkpoint: the same weights, optimizer, data position and RNG states.
+        state = (checkpoint.get("global_step"), tuple(sorted(checkpoint)))
+        if not self._link_previous(state, path):
+            self._write(checkpoint, path)
+        _fsync_folder(path.parent)
+        self._previous = (state, path, path.stat().st_ino)
+
+    def _write(self, checkpoint: dict[str, Any], path: Path) -> None:
+        partial = _temporary(path)
+        writer = None
         try:
-            with open(partial, "wb") as f:
-                torch.save(checkpoint, f)
+            with os.fdopen(os.open(partial, _NEW_FILE, 0o666), "wb") as f:
+                writer = _Writer(f)
+                torch.save(checkpoint, writer)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(partial, path)
-        except OSError as e:
-            partial.unlink(missing_ok=True)
-            if e.errno in _DISK_FULL:
+        except BaseException as e:
+            if writer is not None:  # the file is ours: remove it (but never a name someone else created)
+                partial.unlink(missing_ok=True)
+            error = writer.error if writer is not None and writer.error is not None else e
+            if isinstance(error, OSError) and error.errno in _DISK_FULL:
                 raise UserError(
-                    f"no space left to save {path} ({e.strerror}); the previous checkpoints are intact: "
-                    "free space (or set paths.log_dir to a larger disk) and resume from them"
+                    f"no space left to save {path} ({os.strerror(error.errno)}); the previous checkpoints are "
+                    "intact: free space (or set paths.log_dir to a larger disk) and resume from them"
                 ) from e
             raise
-        _fsync_folder(path.parent)
+
+    def _link_previous(self, state: Any, path: Path) -> bool:
+        """Hard-link the previous save to `path` when it holds the same training state; False where it
+        does not or where links are impossible (then the caller writes a copy)."""
+        if self._previous is None or self._previous[0] != state:
+            return False
+        previous = self._previous[1]
+        try:
+            if previous.stat().st_ino != self._previous[2]:
+                return False  # replaced or removed since
+            if path.exists() and path.samefile(previous):
+                return True
+            partial = _temporary(path)
+            os.link(previous, partial)
+        except OSError:
+            return False
+        try:
+            os.replace(partial, path)
+        except OSError:
+            partial.unlink(missing_ok=True)
+            return False
+        return True
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f"{path.name}.{secrets.token_hex(8)}.tmp")
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -67,31 +133,74 @@ class LastCheckpoint(L.Callback):
     """Keeps checkpoints/last.ckpt current where Lightning's ModelCheckpoint would not.
 
     At the end of training: ModelCheckpoint refreshes last.ckpt only on its own triggers, so a run whose
-    last step is not one would leave an older one. On SIGTERM or SIGUSR1 (how SLURM and cloud schedulers
-    preempt): Lightning stops cleanly at the next batch; this saves first. SIGUSR1 is routed to SIGTERM's
-    path, except under SLURM with auto-requeue, where Lightning's own handler saves and requeues.
+    last step is not one would leave an older one. On SIGTERM, SIGUSR1 (how SLURM and cloud schedulers
+    preempt) or Ctrl-C: the run goes on to the end of the current optimizer step (with gradient
+    accumulation a checkpoint between micro-batches would lose the gradients summed so far, and the
+    resumed run would differ), saves, and stops cleanly; a second Ctrl-C stops at once. Under SLURM
+    with auto-requeue, Lightning's own SIGUSR1 handler saves and requeues.
     """
+
+    def __init__(self) -> None:
+        self.signal: str | None = None  # the name of the stopping signal received
+        self.stopping = False  # saved at the end of a step: stop before the next
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Remove the temporary files of saves killed midway (each as large as a checkpoint)."""
+        path = self._path(trainer)
+        if stage == "fit" and path is not None and trainer.is_global_zero and path.parent.is_dir():
+            for stale in [*path.parent.glob(TEMPORARY), *path.parent.glob("*.ckpt.tmp")]:  # and the old naming
+                stale.unlink(missing_ok=True)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
+        self.signal, self.stopping = None, False
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set signal handlers; Lightning's own then apply
+        signals = [signal.SIGTERM, signal.SIGINT]
         environment = getattr(trainer.strategy, "cluster_environment", None)  # single-device strategies have none
         if not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue):
-            signal.signal(signal.SIGUSR1, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+            signals.append(signal.SIGUSR1)
+        for signum in signals:  # Lightning restores the previous handlers when fit ends
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # between micro-batches: stop only once the optimizer has stepped
+        if not trainer.strategy.reduce_boolean_decision(self.signal is not None, all=False):  # any process
+            return
+        path = self._path(trainer)
+        if path is not None:
+            trainer.save_checkpoint(path)
+        saved = f"saved {path}; resume with ckpt_path={path.parent.parent}" if path else "no checkpoint callback"
+        rank_zero_info(f"stopped by {self.signal or 'a signal'} at step {trainer.global_step}: {saved}")
+        self.stopping = True
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Stop here, once the last step's metrics are logged (and its validation run, if one was due)."""
+        if self.stopping:
+            raise SIGTERMException  # Lightning's clean stop (exit code 0): no final validation or sample
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save_if_behind(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):  # also Lightning's, for a SIGTERM before training started
+            self._save_if_behind(trainer)
+
+    def _save_if_behind(self, trainer: L.Trainer) -> None:
         path = self._path(trainer)
         if path is not None and trainer.strategy.broadcast(_saved_step(path) != trainer.global_step):
             trainer.save_checkpoint(path)
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        path = self._path(trainer)
-        if isinstance(exception, SIGTERMException) and path is not None:
-            trainer.save_checkpoint(path)
-            rank_zero_info(
-                f"stopped by a signal at step {trainer.global_step}: saved {path}; "
-                f"resume with ckpt_path={path.parent.parent}"
-            )
 
     @staticmethod
     def _path(trainer: L.Trainer) -> Path | None:
@@ -109,20 +218,15 @@ def _saved_step(path: Path) -> int | None:
 SHAPE_KEYS_IGNORED = ("dropout",)  # may change on resume; every other model key fixes the weights' shapes
 
 
-def check_resumable(path: str, model_config: dict[str, Any], tokenizer: dict[str, Any]) -> None:
-    """Fail before training if the checkpoint is unreadable or was trained with another shape or tokenizer."""
+def check_resumable(path: str, model_config: dict[str, Any], tokenizer: dict[str, Any], max_steps: int = -1) -> None:
+    """Fail before training if the checkpoint is damaged, was trained with another shape or tokenizer, or
+    already reached max_steps (the run would end at once, training nothing)."""
+    checkpoint = load_checkpoint(path, mmap=True)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         saved = checkpoint["hyper_parameters"]
         saved_model, saved_tokenizer = saved["model"], saved["tokenizer"]
     except (KeyError, TypeError) as e:
         raise UserError(f"{path} is not a lightning_gpt checkpoint (no model config in it); resume from one") from e
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"checkpoint {path} is truncated or corrupt ({reason}); resume from another one, "
-            "e.g. the best checkpoint in the same folder"
-        ) from e
     if saved_tokenizer["name"] != tokenizer["name"]:
         raise UserError(
             f"cannot resume from {path}: it was trained with tokenizer.name={saved_tokenizer['name']}, this run has "
@@ -139,3 +243,9 @@ def check_resumable(path: str, model_config: dict[str, Any], tokenizer: dict[str
                 f"cannot resume from {path}: it was trained with model.{key}={saved_model.get(key)}, this run has "
                 f"model.{key}={model_config.get(key)}; use the checkpoint's value, or drop ckpt_path to start afresh"
             )
+    step = checkpoint.get("global_step", 0)
+    if 0 <= max_steps <= step:
+        raise UserError(
+            f"{path} is already at step {step} and trainer.max_steps={max_steps}: nothing to train; "
+            f"raise trainer.max_steps above {step} to continue"
+        )

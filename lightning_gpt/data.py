@@ -8,12 +8,14 @@ position is saved in checkpoints; validation uses a fixed, evenly spaced set of 
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
 import logging
 import os
 import shutil
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from lightning_gpt.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _FORMATS = {".txt": "text", ".md": "text", ".text": "text", "": "text", ".json": "json", ".jsonl": "json",
             ".csv": "csv", ".parquet": "parquet"}  # fmt: skip
 
@@ -75,14 +78,15 @@ def _file_format(files: list[str]) -> str:
     return formats.pop()
 
 
-def _load_local(paths: str, source: Source):
+def _load_local(paths: str, source: Source, work_dir: str | None = None):
+    """`work_dir` holds datasets' Arrow copy of the files (else Hugging Face's cache, never cleaned)."""
     import datasets
 
     files = _local_files(paths)
     fmt = _file_format(files)
     kwargs: dict[str, Any] = {"sample_by": source.sample_by, "encoding": "utf-8"} if fmt == "text" else {}
     try:
-        return datasets.load_dataset(fmt, data_files=files, split="train", **kwargs)
+        return datasets.load_dataset(fmt, data_files=files, split="train", cache_dir=work_dir, **kwargs)
     except Exception as e:
         cause = _root_cause(e)
         if isinstance(cause, UnicodeDecodeError):
@@ -112,8 +116,9 @@ def _root_cause(e: BaseException) -> BaseException:
     return e
 
 
-def load_splits(source: Source):
-    """The source as datasets: (train, validation or None)."""
+def load_splits(source: Source, work_dir: str | None = None):
+    """The source as datasets: (train, validation or None). Local files are converted in work_dir; hub
+    datasets are downloaded into Hugging Face's cache, so that other runs reuse the download."""
     import datasets
 
     if source.kind == "embedded":
@@ -123,8 +128,8 @@ def load_splits(source: Source):
     if source.kind == "local":
         if not source.path:
             raise UserError("data=local needs a path: data.path=/path/to/file_folder_or_glob")
-        val = _load_local(source.val_path, source) if source.val_path else None
-        return _load_local(source.path, source), val
+        val = _load_local(source.val_path, source, work_dir) if source.val_path else None
+        return _load_local(source.path, source, work_dir), val
     if source.kind == "hub":
         if not source.name:
             raise UserError("data=hub needs a dataset name: data.name=owner/dataset")
@@ -138,6 +143,13 @@ def _check_columns(ds, source: Source) -> None:
         raise UserError(
             f"the data has no column {source.text_column!r} (columns: {', '.join(ds.column_names)}); "
             f"set data.text_column to the one holding the text"
+        )
+    feature = ds.features[source.text_column]
+    if getattr(feature, "dtype", None) not in ("string", "large_string"):  # null values are skipped as blank
+        kind = getattr(feature, "dtype", type(feature).__name__)
+        raise UserError(
+            f"the column {source.text_column!r} holds {kind} values, not text; set data.text_column to a column "
+            "of strings"
         )
 
 
@@ -166,8 +178,11 @@ def _token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def _tokenize(ds, tokenizer: Tokenizer, text_column: str, num_proc: int | None, dtype: np.dtype, name: str):
-    """`name` (our fingerprint) spares datasets from hashing the tokenizer, which it does by pickling it."""
+def _tokenize(
+    ds, tokenizer: Tokenizer, text_column: str, num_proc: int | None, dtype: np.dtype, name: str, work_dir: Path
+):
+    """`name` (our fingerprint) spares datasets from hashing the tokenizer, which it does by pickling it.
+    The token ids go to an Arrow file in work_dir, not beside the dataset's files in Hugging Face's cache."""
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         documents = [text for text in batch[text_column] if text and not text.isspace()]  # blank ones say nothing
@@ -177,28 +192,58 @@ def _tokenize(ds, tokenizer: Tokenizer, text_column: str, num_proc: int | None, 
     if num_proc is None:  # one process per core and per 100 MB of text: on less, more cost more than they save
         num_proc = min(os.cpu_count() or 1, len(ds), 1 + ds.data.nbytes // 100_000_000)
     return ds.map(encode, batched=True, batch_size=64, num_proc=num_proc if num_proc > 1 else None,
-                  remove_columns=ds.column_names, desc="tokenizing", new_fingerprint=name)  # fmt: skip
+                  remove_columns=ds.column_names, desc="tokenizing", new_fingerprint=name,
+                  cache_file_name=str(work_dir / f"{name}.arrow"))  # fmt: skip
 
 
-def _write_tokens(parts: list, path: Path, dtype: np.dtype) -> list[int]:
-    """Write each tokenized dataset's ids back to back into one flat file; return each part's length."""
-    lengths = []
+def _write_tokens(parts: list, path: Path, dtype: np.dtype) -> tuple[list[int], int]:
+    """Write each tokenized dataset's ids back to back into one flat file; return each part's length and
+    the file's CRC-32."""
+    lengths, crc = [], 0
     with open(path, "wb") as f:
         for ds in parts:
             n = 0
             for chunk in ds.data.column("ids").chunks if "ids" in ds.column_names else []:  # none: all blank
-                values = chunk.flatten().to_numpy().astype(dtype, copy=False)
-                f.write(values.tobytes())
-                n += len(values)
+                values = chunk.flatten().to_numpy().astype(dtype, copy=False).tobytes()
+                f.write(values)
+                crc = zlib.crc32(values, crc)
+                n += len(values) // dtype.itemsize
             lengths.append(n)
-    return lengths
+        f.flush()
+        os.fsync(f.fileno())
+    return lengths, crc
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _damage(folder: Path) -> str | None:
+    """What is wrong with a prepared folder (None: nothing): its tokens are checked against the size and
+    CRC-32 recorded in meta.json (about 2 GB/s), so a truncated, zeroed or overwritten file is caught."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        size = meta["num_tokens"] * np.dtype(meta["dtype"]).itemsize
+        actual = (folder / "tokens.bin").stat().st_size
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"unreadable: {type(e).__name__}"
+    if actual != size:
+        return f"tokens.bin holds {actual:,} bytes, meta.json says {size:,}"
+    if "crc32" in meta and _crc32(folder / "tokens.bin") != meta["crc32"]:  # older caches have only a size
+        return "tokens.bin does not match its checksum"
+    return None
 
 
 def prepare_tokens(source: Source, tokenizer_name: str | dict[str, Any], val_fraction: float, cache_dir: str,
                    num_proc: int | None = None) -> Path:  # fmt: skip
-    """Tokenize the source into cache_dir/<fingerprint>/ unless it is already there; return that folder.
+    """Tokenize the source into cache_dir/<fingerprint>/ unless it is already there, intact; return that folder.
 
-    One process prepares while the others wait on a file lock, then read.
+    One process prepares while the others wait on a file lock, then read. A damaged folder is rebuilt; a
+    complete one on a read-only disk is used as it is.
     """
     from filelock import FileLock
 
@@ -208,39 +253,92 @@ def prepare_tokens(source: Source, tokenizer_name: str | dict[str, Any], val_fra
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create the data cache folder {root} ({e.strerror}); set paths.cache_dir") from e
+        raise UserError(
+            f"cannot create the data cache folder {root} ({e.strerror}); set LGPT_CACHE_DIR "
+            "(or paths.cache_dir) to a writable folder"
+        ) from e
     folder = root / fingerprint(source, tokenizer_name, val_fraction)
-    with FileLock(str(folder) + ".lock"):
-        if (folder / "meta.json").exists():
-            return folder
-        log.info(f"tokenizing the {source.kind} corpus with {tokenizer_name} into {folder}")
-        train, val = load_splits(source)
-        for ds in (train, val):
-            if ds is not None:
-                _check_columns(ds, source)
-        texts = (t for ds in (train, val) if ds is not None for t in ds[source.text_column])
-        if isinstance(tokenizer_name, dict):  # a saved tokenizer (a checkpoint's): encode as it was trained
-            tokenizer = tokenizer_from_dict(tokenizer_name)
-        else:
-            tokenizer = build_tokenizer(tokenizer_name, texts if tokenizer_name == "char" else None)
-        dtype = _token_dtype(tokenizer.vocab_size)
-        parts = [_tokenize(ds, tokenizer, source.text_column, num_proc, dtype, f"lgpt-{folder.name}-{split}")
-                 for split, ds in (("train", train), ("val", val)) if ds is not None]  # fmt: skip
+    lock = FileLock(str(folder) + ".lock")
+    try:
+        lock.acquire()
+    except OSError as e:
+        if (folder / "meta.json").exists() and _damage(folder) is None:
+            return folder  # complete: reading needs no lock
+        raise UserError(
+            f"the data cache {root} is not writable ({e.strerror}) and holds no intact copy of this "
+            "corpus; set LGPT_CACHE_DIR (or paths.cache_dir) to a writable folder"
+        ) from e
+    try:
+        for stale in root.glob(f"{folder.name}.partial-*"):  # left by a killed run (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        if folder.exists():
+            problem = _damage(folder)
+            if problem is None:
+                return folder
+            log.warning(f"the token cache {folder} is damaged ({problem}); rebuilding it")
+            shutil.rmtree(folder)
         partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir()
-        lengths = _write_tokens(parts, partial / "tokens.bin", dtype)
-        total = sum(lengths)
-        if total == 0:
-            shutil.rmtree(partial)
-            raise UserError(f"the {source.kind} corpus {source.path or source.name or ''} has no text; check data.path")
-        split_at = lengths[0] if val is not None else int(total * (1 - val_fraction))
-        meta = {"format": CACHE_FORMAT, "tokenizer": tokenizer.to_dict(), "dtype": dtype.name,
-                "num_tokens": total, "train_tokens": split_at, "val_tokens": total - split_at,
-                "source": asdict(source), "val_fraction": val_fraction}  # fmt: skip
-        (partial / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            _build(source, tokenizer_name, val_fraction, num_proc, folder.name, partial)
+        except BaseException as e:
+            shutil.rmtree(partial, ignore_errors=True)
+            full = next((err for err in _chain(e) if isinstance(err, OSError) and err.errno in _DISK_FULL), None)
+            if full is not None:
+                raise UserError(
+                    f"no space left in the data cache {root} while tokenizing ({full.strerror}); free "
+                    "space or set LGPT_CACHE_DIR (or paths.cache_dir) to a larger disk"
+                ) from e
+            raise
         partial.rename(folder)  # all or nothing: a killed run leaves only a .partial folder
+    finally:
+        lock.release()
     return folder
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return chain
+
+
+def _build(
+    source: Source,
+    tokenizer_name: str | dict[str, Any],
+    val_fraction: float,
+    num_proc: int | None,
+    name: str,
+    partial: Path,
+) -> None:
+    """Tokenize into the folder `partial`: tokens.bin, then meta.json. datasets' intermediate Arrow files
+    stay in partial/work, removed at the end."""
+    log.info(f"tokenizing the {source.kind} corpus with {tokenizer_name} into {partial.with_name(name)}")
+    work = partial / "work"
+    work.mkdir(parents=True)
+    train, val = load_splits(source, str(work))
+    for ds in (train, val):
+        if ds is not None:
+            _check_columns(ds, source)
+    if isinstance(tokenizer_name, dict):  # a saved tokenizer (a checkpoint's): encode as it was trained
+        tokenizer = tokenizer_from_dict(tokenizer_name)
+    else:
+        texts = (t for ds in (train, val) if ds is not None for t in ds[source.text_column] if t)
+        tokenizer = build_tokenizer(tokenizer_name, texts if tokenizer_name == "char" else None)
+    dtype = _token_dtype(tokenizer.vocab_size)
+    parts = [_tokenize(ds, tokenizer, source.text_column, num_proc, dtype, f"lgpt-{name}-{split}", work)
+             for split, ds in (("train", train), ("val", val)) if ds is not None]  # fmt: skip
+    lengths, crc = _write_tokens(parts, partial / "tokens.bin", dtype)
+    del train, val, parts  # close datasets' files before removing them
+    shutil.rmtree(work)
+    total = sum(lengths)
+    if total == 0:
+        raise UserError(f"the {source.kind} corpus {source.path or source.name or ''} has no text; check data.path")
+    split_at = lengths[0] if len(lengths) > 1 else int(total * (1 - val_fraction))
+    meta = {"format": CACHE_FORMAT, "tokenizer": tokenizer.to_dict(), "dtype": dtype.name,
+            "num_tokens": total, "train_tokens": split_at, "val_tokens": total - split_at, "crc32": crc,
+            "source": asdict(source), "val_fraction": val_fraction}  # fmt: skip
+    (partial / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
 class TokenCache:
@@ -382,6 +480,8 @@ class GPTDataModule(L.LightningDataModule):
         for key, value in (("block_size", block_size), ("batch_size", batch_size), ("val_batches", val_batches)):
             if value < 1:
                 raise UserError(f"data.{key} must be a positive integer, got {value}")
+        if num_workers < 0:
+            raise UserError(f"data.num_workers must be 0 (load in the training process) or more, got {num_workers}")
         self.source = Source(source, path, val_path, name, config_name, split, val_split, revision,
                              text_column, sample_by)  # fmt: skip
         self.tokenizer_name = tokenizer

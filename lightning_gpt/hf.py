@@ -120,16 +120,32 @@ def import_gpt2(source: str, block_size: int | None = None, dropout: float = 0.0
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path} not found; a GPT-2 folder needs config.json and model.safetensors")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise UserError(f"{path} is not valid JSON ({e}); restore the model's config.json") from e
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    import pickle
+
     if (folder / "model.safetensors").is_file():
         from safetensors.torch import load_file
 
-        return load_file(folder / "model.safetensors")
+        try:
+            return load_file(folder / "model.safetensors")
+        except Exception as e:
+            raise UserError(f"cannot read {folder / 'model.safetensors'} ({e}); download it again") from e
     if (folder / "pytorch_model.bin").is_file():
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        try:
+            return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise UserError(
+                f"{folder / 'pytorch_model.bin'} holds Python objects other than tensors, which could run code "
+                "when loaded; we load weights only: use the model's model.safetensors instead"
+            ) from e
+        except Exception as e:
+            raise UserError(f"cannot read {folder / 'pytorch_model.bin'} ({e}); download it again") from e
     raise UserError(f"{folder} has no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)")
 
 

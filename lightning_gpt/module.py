@@ -34,6 +34,8 @@ def check_optim(o: dict[str, Any]) -> None:
     for key in ("min_lr", "weight_decay", "warmup_steps"):
         if o[key] < 0:
             raise UserError(f"optim.{key} must not be negative, got {o[key]}")
+    if len(o["betas"]) != 2 or not all(0.0 <= b < 1.0 for b in o["betas"]):
+        raise UserError(f"optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.95]; got {list(o['betas'])}")
 
 
 class SumRatio(Metric):

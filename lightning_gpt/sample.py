@@ -56,7 +56,13 @@ def read_prompt(prompt: str) -> str:
     path = Path(prompt[1:]).expanduser()
     if not path.is_file():
         raise UserError(f"prompt file {path} not found; give prompt=@<existing file> or the text itself")
-    return path.read_text(encoding="utf-8")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"prompt file {path} is not valid UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8, "
+            "e.g. iconv -f latin1 -t utf-8"
+        ) from e
 
 
 def pick_device(device: str, precision: str | None):

@@ -80,10 +80,12 @@ class CharTokenizer(Tokenizer):
 
     @classmethod
     def from_texts(cls, texts: Iterable[str]) -> CharTokenizer:
+        """The corpus' characters, and the newline that ends each document in the stream (one-line texts,
+        jsonl rows and data.sample_by=line have none of their own)."""
         chars: set[str] = set()
         for text in texts:
             chars.update(text)
-        return cls(chars)
+        return cls(chars | {"\n"} if chars else chars)
 
     def encode(self, text: str) -> list[int]:
         codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)

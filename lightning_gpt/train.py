@@ -162,7 +162,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "or start this one in a new folder"
         )
     if ckpt_path:
-        check_resumable(ckpt_path, module.hparams.model, module.hparams.tokenizer)
+        check_resumable(ckpt_path, module.hparams.model, module.hparams.tokenizer, cfg.trainer.max_steps)
     trainer = build_trainer(cfg)
     # DDP processes that Lightning starts run `lightning_gpt.train`, which reads this run's config from here.
     with children_run_this_app():

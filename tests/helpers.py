@@ -55,3 +55,34 @@ class RecordGradNorm(L.Callback):
             kinds = {type(p).__name__ for p in pl_module.parameters()}
             with open(Path(trainer.default_root_dir) / "grad_norms.txt", "a") as f:
                 f.write(f"{trainer.global_step} {norm:.6f} {','.join(sorted(kinds))}\n")
+
+
+class SignalAt(L.Callback):
+    """Sends this process a signal after the given training batch, as a scheduler or Ctrl-C would."""
+
+    def __init__(self, signum: int, batch: int):
+        self.signum, self.batch = signum, batch
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int):
+        if trainer.fit_loop.total_batch_idx == self.batch:
+            import os
+
+            os.kill(os.getpid(), self.signum)
+
+
+class RecordLosses(L.Callback):
+    """Appends each training batch's loss to losses.jsonl in the run folder: {step, micro_batch, loss}."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int):
+        self.step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int):
+        import json
+
+        record = {
+            "step": self.step,
+            "micro_batch": batch_idx % trainer.accumulate_grad_batches,
+            "loss": outputs["loss"].item(),
+        }
+        with open(Path(trainer.default_root_dir) / "losses.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")

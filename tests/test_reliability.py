@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import csv
+import io
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 
+import lightning_gpt
 from lightning_gpt.cli import describe
+from lightning_gpt.data import Source, prepare_tokens
 from lightning_gpt.errors import UserError
 from lightning_gpt.train import task
 
@@ -78,7 +84,7 @@ def test_a_run_killed_and_resumed_logs_the_same_losses_as_an_uninterrupted_one(t
     assert got == {step: expected[step] for step in got}  # bit for bit: weights, optimizer, LR, RNG, data
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=lambda s: s.name)
 def test_a_preempting_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, cache_dir, signum):
     args = train_args(tmp_path, cache_dir, "run", "callbacks.model_checkpoint.every_n_train_steps=5")
     proc = start([*args, "trainer.max_steps=500", "+callbacks.slow._target_=tests.helpers.Slow"])
@@ -96,22 +102,71 @@ def test_a_preempting_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, cach
     assert saved_step(last) == stopped_at + 3
 
 
+def recorded_losses(run_dir: Path) -> dict[tuple[int, int], float]:
+    """{(step, micro-batch): loss} from tests.helpers.RecordLosses, across every run in the folder."""
+    with open(run_dir / "losses.jsonl") as f:
+        return {(r["step"], r["micro_batch"]): r["loss"] for r in map(json.loads, f)}
+
+
+ACCUMULATING = [
+    "model.dropout=0.1",
+    "trainer.deterministic=true",
+    "trainer.accumulate_grad_batches=2",
+    "trainer.max_steps=20",
+    "trainer.val_check_interval=10",
+    "+callbacks.record._target_=tests.helpers.RecordLosses",
+]
+
+
+@pytest.fixture(scope="module")
+def accumulating_run(tmp_path_factory, cache_dir) -> Path:
+    tmp = tmp_path_factory.mktemp("whole")
+    result = run(train_args(tmp, cache_dir, "whole", *ACCUMULATING))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp / "whole"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_between_micro_batches_stops_after_the_step_and_resumes_exactly(
+    tmp_path, cache_dir, accumulating_run, signum
+):
+    # Batch 22 is the first micro-batch of step 12: the run must go on to the step's end, then save.
+    signal_at = [
+        "+callbacks.signal._target_=tests.helpers.SignalAt",
+        f"+callbacks.signal.signum={int(signum)}",
+        "+callbacks.signal.batch=22",
+    ]
+    stopped = run(train_args(tmp_path, cache_dir, "run", *ACCUMULATING, *signal_at))
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr
+    assert f"stopped by {signum.name} at step 12" in stopped.stdout + stopped.stderr
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert last["global_step"] == 12 and last["GPTDataModule"]["batches_seen"] == 24
+    resumed = run(train_args(tmp_path, cache_dir, "run", *ACCUMULATING, "ckpt_path=auto"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = recorded_losses(accumulating_run), recorded_losses(tmp_path / "run")
+    assert len((tmp_path / "run" / "losses.jsonl").read_text().splitlines()) == 40  # each micro-batch once
+    assert got == expected  # bit for bit: the resumed steps are the uninterrupted run's
+
+
 def test_a_kill_during_a_save_never_leaves_a_corrupt_checkpoint(tmp_path, cache_dir):
     # 1.6M parameters: each save (weights + Adam moments, ~20 MB, synced to disk) can be killed midway.
     args = train_args(tmp_path, cache_dir, "run", "model.n_layer=2", "model.n_embd=256", "model.n_head=8",
-                      "trainer.max_steps=1000", "callbacks.model_checkpoint.every_n_train_steps=1")  # fmt: skip
+                      "trainer.max_steps=1000", "callbacks.model_checkpoint.every_n_train_steps=1",
+                      "ckpt_path=auto")  # fmt: skip
     folder = tmp_path / "run" / "checkpoints"
     for _ in range(10):
         proc = start(args)
         wait_for_step(folder / "last.ckpt", 1, proc)
-        while not (folder / "last.ckpt.tmp").exists():  # a save is under way
+        while not list(folder.glob("last.ckpt.*.tmp")):  # a save is under way
             assert proc.poll() is None
             time.sleep(0.001)
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-        if (folder / "last.ckpt.tmp").exists():
+        if list(folder.glob("last.ckpt.*.tmp")):
             break  # killed mid-write: exactly the case to check
-    assert (folder / "last.ckpt.tmp").exists(), "never managed to kill during a save"
+    assert list(folder.glob("last.ckpt.*.tmp")), "never managed to kill during a save"
     assert saved_step(folder / "last.ckpt") >= 1  # the previous checkpoint is whole and loads
 
 
@@ -130,7 +185,7 @@ def test_a_kill_during_a_multi_process_save_never_leaves_a_corrupt_checkpoint(tm
     folder = tmp_path / "run" / "checkpoints"
     proc = start(args, start_new_session=True)
     wait_for_step(folder / "last.ckpt", 2, proc)
-    while not (folder / "last.ckpt.tmp").exists():
+    while not list(folder.glob("last.ckpt.*.tmp")):
         assert proc.poll() is None
         time.sleep(0.001)
     os.killpg(proc.pid, signal.SIGKILL)  # every rank at once, as a lost node would
@@ -213,6 +268,8 @@ BAD_INPUTS = [
     (["tokenizer.name=sentencepiece"], "unknown tokenizer 'sentencepiece'"),
     (["tokenizer=gpt2", "model.vocab_size=1000"], "smaller than the gpt2 tokenizer's 50257 tokens"),
     (["ckpt_path=/nonexistent/last.ckpt"], "checkpoint not found"),
+    (["optim.betas=[2,3]"], "optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.95]; got [2.0, 3.0]"),
+    (["data.num_workers=-1"], "data.num_workers must be 0 (load in the training process) or more, got -1"),
     (["data=local", "data.path=${paths.root_dir}/short.txt", "model.block_size=64"], "fewer than block_size + 1"),
 ]
 
@@ -257,3 +314,288 @@ def test_an_unwritable_output_folder_is_a_clear_error(tmp_path, cache_dir):
     result = run(train_args(tmp_path, cache_dir, "a_file/run"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: cannot write")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Full disks, damaged files, files outside the run folder
+
+
+@contextmanager
+def small_disk(path: Path, size: str):
+    """A real filesystem of `size` bytes (tmpfs) at path: writes past it fail with ENOSPC as a full disk's do."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (a real full disk) needs root")
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def test_a_really_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, cache_dir):
+    with small_disk(tmp_path / "disk", "1100k") as disk:  # room for two checkpoints of ~0.4 MB, not three
+        args = train_args(
+            tmp_path,
+            cache_dir,
+            "x",
+            f"hydra.run.dir={disk / 'run'}",
+            "trainer.max_steps=20",
+            "callbacks.model_checkpoint.every_n_train_steps=2",
+        )
+        result = run(args)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert result.stderr.strip().splitlines()[-1].startswith("error: no space left to save")
+        assert "Traceback" not in result.stderr
+        folder = disk / "run" / "checkpoints"
+        assert not list(folder.glob("*.tmp"))
+        assert lightning_gpt.load_checkpoint(folder / "last.ckpt")["global_step"] == 4  # whole, verified
+
+
+def test_a_full_cache_disk_while_tokenizing_is_one_line_and_leaves_nothing_partial(tmp_path):
+    with small_disk(tmp_path / "disk", "512k") as disk:  # Tiny Shakespeare's tokens take 2.2 MB
+        with pytest.raises(UserError, match=r"^no space left in the data cache .*LGPT_CACHE_DIR"):
+            prepare_tokens(Source("local", path=str(TINY_SHAKESPEARE)), "char", 0.1, str(disk))
+        assert [p.name for p in disk.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_a_complete_read_only_cache_is_used_and_an_incomplete_one_names_lgpt_cache_dir(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TINY_SHAKESPEARE.read_text()[:20_000])
+    with small_disk(tmp_path / "disk", "8m") as disk:
+        folder = prepare_tokens(Source("local", path=str(corpus)), "char", 0.1, str(disk))
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        assert prepare_tokens(Source("local", path=str(corpus)), "char", 0.1, str(disk)) == folder
+        with pytest.raises(UserError, match=r"is not writable .* set LGPT_CACHE_DIR \(or paths.cache_dir\)"):
+            prepare_tokens(Source("local", path=str(corpus)), "byte", 0.1, str(disk))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _randomize(path: Path) -> None:
+    path.write_bytes(os.urandom(path.stat().st_size))
+
+
+def _zero(path: Path) -> None:
+    path.write_bytes(bytes(path.stat().st_size))
+
+
+@pytest.mark.parametrize(
+    ("file", "damage"),
+    [("tokens.bin", _truncate), ("tokens.bin", _randomize), ("tokens.bin", _zero), ("meta.json", _truncate)],
+)
+def test_a_damaged_token_cache_is_detected_and_rebuilt(tmp_path, caplog, file, damage):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TINY_SHAKESPEARE.read_text()[:20_000])
+    folder = prepare_tokens(Source("local", path=str(corpus)), "char", 0.1, str(tmp_path / "cache"))
+    tokens, meta = (folder / "tokens.bin").read_bytes(), (folder / "meta.json").read_text()
+    damage(folder / file)
+    with caplog.at_level("WARNING", logger="lightning_gpt.data"):
+        assert prepare_tokens(Source("local", path=str(corpus)), "char", 0.1, str(tmp_path / "cache")) == folder
+    assert f"the token cache {folder} is damaged" in caplog.text and "rebuilding it" in caplog.text
+    assert (folder / "tokens.bin").read_bytes() == tokens and (folder / "meta.json").read_text() == meta
+
+
+def test_tokenizing_writes_nothing_outside_the_cache_folder(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"line {i} of the corpus"}) + "\n" for i in range(500)))
+    hf = tmp_path / "hf"
+    code = (
+        "from lightning_gpt.data import Source, prepare_tokens;"
+        f"prepare_tokens(Source('local', path={str(corpus)!r}), 'gpt2', 0.1, {str(tmp_path / 'cache')!r})"
+    )
+    env = {**os.environ, "HF_HOME": str(hf), "HF_DATASETS_CACHE": str(hf / "datasets"), "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p for p in hf.rglob("*") if p.is_file()] == []  # no Arrow copy of the corpus or of the token ids
+    [folder] = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "tokens.bin"]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted([folder.name, folder.name + ".lock"])
+
+
+class NotWeights:
+    """Pickled by reference: loading it would import and run code."""
+
+
+def _damaged(tiny_checkpoint: Path, tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / f"{kind}.ckpt"
+    data = bytearray(tiny_checkpoint.read_bytes())
+    if kind == "zeroed":
+        middle = len(data) // 2
+        data[middle : middle + 5000] = bytes(5000)
+        path.write_bytes(data)
+    elif kind == "truncated":
+        path.write_bytes(data[:5000])
+    elif kind == "unsafe":
+        torch.save({**torch.load(tiny_checkpoint, weights_only=True), "extra": NotWeights()}, path)
+    elif kind == "legacy":
+        torch.save(torch.load(tiny_checkpoint, weights_only=True), path, _use_new_zipfile_serialization=False)
+    return path
+
+
+CHECKPOINT_PROBLEMS = [
+    ("zeroed", r"is corrupt \(checksum mismatch in .*\)|is truncated or corrupt"),
+    ("truncated", "is truncated or corrupt"),
+    ("unsafe", "holds Python objects other than tensors and plain data"),
+    ("legacy", "not a zip archive: a legacy torch.save format"),
+]
+
+
+@pytest.mark.parametrize(("kind", "message"), CHECKPOINT_PROBLEMS)
+def test_every_tool_names_a_damaged_or_unsafe_checkpoint(
+    tiny_checkpoint, compose_train, tmp_path, cache_dir, kind, message
+):
+    from lightning_gpt.evaluate import evaluate
+    from lightning_gpt.export import task as export
+    from lightning_gpt.sample import generate
+
+    from .apps import compose_app
+
+    path = _damaged(tiny_checkpoint, tmp_path, kind)
+    tools = {
+        "resume": lambda: task(compose_train(*TINY, *DATA, f"ckpt_path={path}", "trainer.max_steps=8")),
+        "lgpt-sample": lambda: generate(compose_app("sample", f"ckpt_path={path}", "device=cpu")),
+        "lgpt-eval": lambda: evaluate(
+            compose_app(
+                "eval",
+                f"ckpt_path={path}",
+                f"paths.root_dir={tmp_path}",
+                f"paths.output_dir={tmp_path}",
+                f"paths.cache_dir={cache_dir}",
+            )
+        ),
+        "lgpt-export": lambda: export(compose_app("export", f"ckpt_path={path}", f"out_dir={tmp_path / 'hf'}")),
+        "lightning_gpt.load": lambda: lightning_gpt.load(path),
+    }
+    for name, tool in tools.items():
+        with pytest.raises(UserError, match=message):
+            tool()
+        assert not (tmp_path / "hf").exists(), name
+
+
+def test_resuming_a_finished_run_says_so(tiny_checkpoint, compose_train):
+    with pytest.raises(UserError, match=r"is already at step 5 and trainer.max_steps=5: nothing to train; raise"):
+        task(compose_train(*TINY, *DATA, f"ckpt_path={tiny_checkpoint}", "trainer.max_steps=5"))
+
+
+def test_checkpoints_of_one_step_are_hard_links_and_snapshots_are_bounded(compose_train, tmp_path):
+    task(
+        compose_train(
+            *TINY,
+            *DATA,
+            "trainer.max_steps=8",
+            "trainer.val_check_interval=8",
+            "callbacks.model_checkpoint.every_n_train_steps=1",
+        )
+    )
+    folder = tmp_path / "run" / "checkpoints"
+    files = {p.name: p.stat() for p in folder.iterdir()}
+    [best] = [name for name in files if name.startswith("best-")]
+    assert sorted(files) == sorted([best, "last.ckpt", *(f"step{s:06d}.ckpt" for s in range(4, 9))])  # newest 5
+    assert files["last.ckpt"].st_ino == files[best].st_ino == files["step000008.ckpt"].st_ino
+    assert files["last.ckpt"].st_nlink == 3 and files["step000007.ckpt"].st_nlink == 1
+
+
+def test_saves_never_follow_a_planted_symlink_and_stale_temporaries_go(compose_train, tmp_path):
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not yours")
+    (folder / "last.ckpt.tmp").symlink_to(outside)  # the old fixed temporary name
+    (folder / "last.ckpt.0123456789abcdef.tmp").symlink_to(outside)
+    (folder / "step000002.ckpt.fedcba9876543210.tmp").write_bytes(bytes(1000))  # a save killed midway
+    task(compose_train(*TINY, *DATA, "trainer.max_steps=3"))  # ends before any periodic save
+    assert outside.read_text() == "not yours"
+    names = sorted(p.name for p in folder.iterdir())  # validated at the last step: best, last and step 3
+    assert names == [next(n for n in names if n.startswith("best-step000003-")), "last.ckpt", "step000003.ckpt"]
+    assert not (folder / "last.ckpt").is_symlink() and (folder / "last.ckpt").stat().st_mode & 0o777 == 0o644
+    assert lightning_gpt.load_checkpoint(folder / "last.ckpt")["global_step"] == 3
+
+
+# ---------------------------------------------------------------------------------------------------
+# Input that used to end in a traceback
+
+
+def test_the_char_vocabulary_holds_the_document_separator(tmp_path):
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": f"row {i} has no newline"}) + "\n" for i in range(50)))
+    folder = prepare_tokens(Source("local", path=str(jsonl)), "char", 0.1, str(tmp_path / "cache"))
+    assert "\n" in json.loads((folder / "meta.json").read_text())["tokenizer"]["chars"]
+    one_line = tmp_path / "one_line.txt"
+    one_line.write_text("a single line of text without an end " * 20)
+    for sample_by in ("document", "line"):
+        prepare_tokens(Source("local", path=str(one_line), sample_by=sample_by), "char", 0.1, str(tmp_path / "c2"))
+
+
+def test_null_texts_are_skipped_and_non_text_columns_are_one_line(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": None if i % 3 else f"text {i}\n"}) + "\n" for i in range(300)))
+    folder = prepare_tokens(Source("local", path=str(rows)), "char", 0.1, str(tmp_path / "cache"))
+    assert json.loads((folder / "meta.json").read_text())["num_tokens"] == sum(
+        len(f"text {i}\n") for i in range(0, 300, 3)
+    )
+    numbers = tmp_path / "numbers.jsonl"
+    numbers.write_text("".join(json.dumps({"text": i}) + "\n" for i in range(300)))
+    with pytest.raises(UserError, match="the column 'text' holds int64 values, not text; set data.text_column"):
+        prepare_tokens(Source("local", path=str(numbers)), "char", 0.1, str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["temperature=nan"], "temperature must be a finite number >= 0 (0 is greedy), got nan"),
+        (["prompt=@{latin1}"], "is not valid UTF-8 text (invalid continuation byte at byte 3); convert it"),
+    ],
+)
+def test_bad_sampling_input_is_one_line(tiny_checkpoint, tmp_path, overrides, message):
+    from lightning_gpt.sample import generate
+
+    from .apps import compose_app
+
+    (tmp_path / "latin1.txt").write_bytes("café olé".encode("latin-1"))
+    overrides = [o.replace("{latin1}", str(tmp_path / "latin1.txt")) for o in overrides]
+    with pytest.raises(UserError, match=re.escape(message)):
+        generate(compose_app("sample", f"ckpt_path={tiny_checkpoint}", "device=cpu", *overrides), io.StringIO())
+
+
+def test_a_tiny_temperature_is_greedy_not_nan(tiny_checkpoint):
+    from lightning_gpt.sample import generate
+
+    from .apps import compose_app
+
+    def sample(temperature: str) -> str:
+        cfg = compose_app(
+            "sample",
+            f"ckpt_path={tiny_checkpoint}",
+            "device=cpu",
+            f"temperature={temperature}",
+            "max_new_tokens=30",
+            "prompt=ROMEO:",
+        )
+        return generate(cfg, io.StringIO())[0]
+
+    assert sample("1e-40") == sample("0")
+
+
+def test_a_broken_hugging_face_folder_is_one_line(tmp_path):
+    malformed = tmp_path / "malformed"
+    malformed.mkdir()
+    (malformed / "config.json").write_text('{"model_type": "gpt2", ')
+    with pytest.raises(UserError, match=r"config.json is not valid JSON .*; restore the model's config.json"):
+        lightning_gpt.read_checkpoint(malformed)
+    unsafe = tmp_path / "unsafe"
+    unsafe.mkdir()
+    (unsafe / "config.json").write_text(
+        json.dumps(
+            {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 8, "n_positions": 16, "vocab_size": 50257}
+        )
+    )
+    torch.save({"wte.weight": torch.zeros(50257, 8), "code": NotWeights()}, unsafe / "pytorch_model.bin")
+    with pytest.raises(UserError, match="holds Python objects other than tensors, which could run code"):
+        lightning_gpt.read_checkpoint(unsafe)

@@ -102,7 +102,7 @@ def test_load_strips_torch_compile_prefixes(run, tmp_path):
         (["max_new_tokens=0"], "max_new_tokens must be at least 1"),
         (["top_p=0"], r"top_p must be in \(0, 1\]"),
         (["top_p=1.5"], r"top_p must be in \(0, 1\]"),
-        (["temperature=-0.5"], "temperature must be >= 0"),
+        (["temperature=-0.5"], "temperature must be a finite number >= 0"),
         (["num_samples=0"], "num_samples must be at least 1"),
         (["precision=8"], "unknown precision"),
         (["device=gpu"], "unknown device"),
