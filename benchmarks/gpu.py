@@ -123,7 +123,7 @@ def gpt2_speed(compile: bool, steps: int, root: Path, env: dict[str, str]) -> li
     shape = TINY if ON_CPU else ["data.batch_size=8"]
     args = [*LOCAL, "model=gpt2_small", "tokenizer=gpt2", "trainer=gpu", *QUIET, *shape, f"model.compile={compile}",
             f"trainer.max_steps={steps}", "trainer.val_check_interval=100000", "trainer.limit_val_batches=0",
-            f"hydra.run.dir={run}", "callbacks=none", "+callbacks.peak_memory._target_=benchmarks.gpu.PeakMemory",
+            f"hydra.run.dir={run}", "callbacks=none",
             "+callbacks.throughput._target_=lightning_gpt.callbacks.TokenThroughputMonitor",
             "+callbacks.throughput.window_size=5"]  # fmt: skip
     if ON_CPU:
