@@ -45,6 +45,32 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("lgpt_run_stamp", run_stamp, replace=True)
 
 
+_ADVERTISEMENTS = ("💡 Tip:", "`weights_only` was not set")  # Lightning's ads; its note on a full save
+
+
+def quiet_console() -> None:
+    """Each log line once, without Lightning's advertisements or library deprecation noise.
+
+    Lightning gives its loggers a console handler of their own and lets them propagate too: under
+    Hydra's logging (console + <run>/<app>.log) every line printed twice. Call once Hydra has set up logging.
+    """
+    import logging
+    import warnings
+
+    import lightning.pytorch  # noqa: F401  # adds its handlers on import: remove them after
+
+    if logging.getLogger().hasHandlers():
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            lightning_logger = logging.getLogger(name)
+            for handler in list(lightning_logger.handlers):
+                lightning_logger.removeHandler(handler)
+            lightning_logger.propagate = True
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.trainer.connectors.checkpoint_connector"):
+        logging.getLogger(name).addFilter(lambda record: not str(record.msg).startswith(_ADVERTISEMENTS))
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # torch vs Lightning's _pytree
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # a resume
+
+
 def run_app(hydra_main: Callable[[], Any]) -> None:
     """Run a Hydra app, turning user mistakes into one line on stderr and exit code 2.
 
