@@ -16,6 +16,7 @@ from typing import Any
 
 from lightning_gpt.errors import UserError
 
+_GLOBAL_GROUPS = ("experiment", "debug")  # lgpt-train's config groups that set keys everywhere, no key of their own
 _CANNOT_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.ENOSPC, errno.EDQUOT}
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Inside an installed wheel the configs live in the package; in a source checkout, beside it.
@@ -101,7 +102,7 @@ def one_line_errors(fn: Callable) -> Callable:
 
 def describe(e: BaseException) -> str | None:
     """One line for a user mistake (bad input, bad config); None for anything else."""
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, OverrideParseException
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
@@ -112,6 +113,10 @@ def describe(e: BaseException) -> str | None:
     for err in chain:
         if isinstance(err, UserError):
             return str(err)
+        if type(err).__module__.startswith("wandb."):  # e.g. UsageError: api_key not configured
+            return f"W&B: {_first_line(err).rstrip('.')}; or log offline: logger.wandb.offline=true (then `wandb sync`)"
+        if isinstance(err, OverrideParseException) and "=" in err.override:
+            return _quoting_hint(err.override)
         if isinstance(err, OSError) and err.filename and err.errno in _CANNOT_WRITE:
             return (
                 f"cannot write {err.filename} ({err.strerror}); choose a writable folder: "
@@ -129,6 +134,17 @@ def describe(e: BaseException) -> str | None:
     return None
 
 
+def _quoting_hint(override: str) -> str:
+    """Hydra's grammar wants commas, quotes, spaces and non-ASCII text quoted: show the command as it must be typed."""
+    import shlex
+
+    key, value = override.split("=", 1)
+    hydra_quoted = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    stdin = f"; or, for a prompt, {key}=- reads it from standard input" if key == "prompt" else ""
+    return (f"cannot parse {override!r}: Hydra needs such a value quoted; type it as "
+            f"{shlex.quote(f'{key}={hydra_quoted}')}{stdin}")  # fmt: skip
+
+
 def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0]
 
@@ -138,9 +154,15 @@ def _suggest(err: Any) -> str:
     node_type = getattr(err, "object_type", None)
     if not dataclasses.is_dataclass(node_type):
         return ""
+    from lightning_gpt.config import TrainConfig
+
     names = [f.name for f in dataclasses.fields(node_type)]
-    match = difflib.get_close_matches(str(err.key), names, n=1)
+    groups = list(_GLOBAL_GROUPS) if node_type is TrainConfig and "." not in err.full_key else []
+    match = difflib.get_close_matches(str(err.key), names + groups, n=1)
     if not match:
-        return f" (valid keys: {', '.join(names)})"
+        presets = "".join(f", {g}=..." for g in groups)
+        return f" (valid keys: {', '.join(names)}{presets})"
+    if match[0] in groups:
+        return f"; did you mean {match[0]}=...?"
     prefix = err.full_key.rsplit(".", 1)[0] + "." if "." in err.full_key else ""
     return f"; did you mean '{prefix}{match[0]}'?"

@@ -50,7 +50,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     # Tokenizers named by their name alone share training's token cache; a char vocabulary travels whole.
     tokenizer = tokenizer_spec if len(tokenizer_spec) > 1 else tokenizer_spec["name"]
     datamodule = GPTDataModule(tokenizer=tokenizer, **data)
-    datamodule.setup()
+    try:
+        datamodule.setup()
+    except UserError as e:
+        if "not in the character vocabulary" not in str(e):
+            raise
+        raise UserError(f"{e}{training_data_hint(path)}") from e
     split = datamodule._split(cfg.split)
 
     unused_optim = asdict(OptimConfig(decay_steps=1))  # the module wants one; evaluation never steps
@@ -78,6 +83,21 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         out_file.write_text(json.dumps(result, indent=2) + "\n")
         print(f"written to {out_file}")
     return result
+
+
+def training_data_hint(path: Path) -> str:
+    """'; it was trained on ...: use data=...', from the run config a checkpoint carries."""
+    import torch
+
+    try:
+        config = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]["config"]
+        data = config["data"]
+    except Exception:
+        return ""
+    source = data.get("source")
+    use = {"local": f"data=local data.path={data.get('path')}", "hub": f"data=hub data.name={data.get('name')}",
+           "embedded": "data=shakespeare"}.get(source, f"data={source}")  # fmt: skip
+    return f"; the checkpoint's training corpus has them all: {use}"
 
 
 def describe_data(data: DictConfig) -> str:

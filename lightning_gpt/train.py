@@ -261,6 +261,16 @@ def keep_decay_horizon(cfg: DictConfig, ckpt_path: str, overrides: list[str]) ->
     return step
 
 
+def check_wandb(cfg: DictConfig) -> None:
+    """A W&B logger without the wandb package: say so before any work (logger=many includes W&B)."""
+    import importlib.util
+
+    wandb = [name for name, node in cfg.logger.items() if node and "Wandb" in str(node.get("_target_", ""))]
+    if wandb and importlib.util.find_spec("wandb") is None:
+        raise UserError(f"logger.{wandb[0]} logs to Weights & Biases, which needs the wandb package: "
+                        "pip install 'lgpt[wandb]', or use logger=csv or logger=tensorboard")  # fmt: skip
+
+
 def _global_rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
@@ -354,6 +364,7 @@ def task(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     quiet_console()
+    check_wandb(cfg)
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     OmegaConf.resolve(cfg)
