@@ -92,11 +92,8 @@ def test_resume_continues_at_the_right_step_with_the_data_stream(compose_train, 
 
 
 def test_ckpt_path_latest_finds_the_newest_run(compose_train, tmp_path):
-    task(
-        compose_train(
-            *TINY, "trainer.max_steps=10", "trainer.val_check_interval=10", output_dir=tmp_path / "outputs" / "x"
-        )
-    )
+    runs = tmp_path / "outputs" / "train" / "runs"
+    task(compose_train(*TINY, "trainer.max_steps=10", "trainer.val_check_interval=10", output_dir=runs / "x"))
     cfg = compose_train(*TINY, "trainer.max_steps=15", "trainer.val_check_interval=5", "ckpt_path=latest",
                         output_dir=tmp_path / "outputs" / "y")  # fmt: skip
     task(cfg)
@@ -147,6 +144,26 @@ def test_a_typo_in_a_key_fails_at_once_with_its_name(tmp_path, cache_dir):
     result = run_cli("model.n_layer=four", *cli_args(tmp_path, cache_dir))
     assert result.returncode == 2 and "model.n_layer" in result.stderr and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.ckpt"))
+    result = run_cli("experment=nanogpt_baby", *cli_args(tmp_path, cache_dir))  # a group, not a key
+    assert result.returncode == 2
+    assert "unknown config key 'experment'; did you mean experiment=...?" in result.stderr
+
+
+def test_a_run_that_fails_after_composition_leaves_no_run_folder(tmp_path, cache_dir):
+    result = run_cli(*cli_args(tmp_path, cache_dir), "model.n_head=5")  # composes, then fails building the model
+    assert result.returncode == 2
+    assert list((tmp_path / "outputs" / "train" / "runs").iterdir()) == []
+
+
+def test_the_console_prints_each_line_once_without_ads_or_library_warnings(tmp_path, cache_dir):
+    # Validation at step 4, the end at 5: last.ckpt is saved by our callback, where Lightning notes weights_only.
+    result = run_cli(*cli_args(tmp_path, cache_dir), *TINY_SHAKESPEARE_DATA, "trainer.max_steps=5",
+                     "trainer.val_check_interval=4")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    console = result.stdout + result.stderr
+    assert console.count("GPU available") == 1 and console.count("`Trainer.fit` stopped") == 1
+    for noise in ("Tip:", "LeafSpec", "FutureWarning", "weights_only", "exists and is not empty"):
+        assert noise not in console
 
 
 def test_cfg_job_and_help_work_as_in_any_hydra_app(tmp_path):
