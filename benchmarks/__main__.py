@@ -18,7 +18,7 @@ from typing import Any
 
 from benchmarks import ROOT, Stopwatch, row
 
-MODULES = ("training", "startup", "data", "generation", "memory")
+MODULES = ("training", "startup", "data", "generation", "memory", "threads")
 COLUMNS = ("benchmark", "case", "metric", "value", "unit", "ratio", "target", "met", "note")
 
 

@@ -72,6 +72,33 @@ def quiet_console() -> None:
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # a resume
 
 
+def fit_threads_to_load() -> str | None:
+    """Fewer torch threads when other processes keep the CPUs busy; returns what it did, to log.
+
+    torch starts one thread per core; when other work holds those cores, its threads wait for each other
+    at every parallel region and training slows down many times (docs/benchmarks.md, "threads"). With
+    the 1-minute load average above the idle cores, use only the idle ones (at least one). Done once per
+    process, before this process loads the CPUs itself; OMP_NUM_THREADS, when set, always wins.
+    """
+    import torch
+
+    global _threads_fitted
+    if _threads_fitted or "OMP_NUM_THREADS" in os.environ or torch.cuda.is_available():
+        return None
+    _threads_fitted = True
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load, threads = os.getloadavg()[0], torch.get_num_threads()
+    idle = max(1, round(cores - load))
+    if idle >= threads:
+        return None
+    torch.set_num_threads(idle)
+    return (f"the CPUs are busy (load average {load:.1f} on {cores} cores): using {idle} torch thread(s) instead "
+            f"of {threads}; set OMP_NUM_THREADS to choose")  # fmt: skip
+
+
+_threads_fitted = False
+
+
 def run_app(hydra_main: Callable[[], Any]) -> None:
     """Run a Hydra app, turning user mistakes into one line on stderr and exit code 2.
 

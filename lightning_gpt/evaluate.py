@@ -21,7 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_gpt.cli import CONF_DIR, one_line_errors, register_resolvers, run_app
+from lightning_gpt.cli import CONF_DIR, fit_threads_to_load, one_line_errors, quiet_console, register_resolvers, run_app
 from lightning_gpt.errors import UserError
 
 register_resolvers()
@@ -37,6 +37,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from lightning_gpt.module import GPTLightningModule
     from lightning_gpt.train import build_trainer
 
+    quiet_console()
+    if note := fit_threads_to_load():
+        warnings.warn(note, stacklevel=1)
     if cfg.split not in ("train", "val"):
         raise UserError(f"split must be train or val, got {cfg.split!r}")
     path = find_checkpoint(cfg.ckpt_path)

@@ -19,7 +19,7 @@ from typing import TextIO
 import hydra
 from omegaconf import DictConfig
 
-from lightning_gpt.cli import CONF_DIR, one_line_errors, register_resolvers, run_app
+from lightning_gpt.cli import CONF_DIR, fit_threads_to_load, one_line_errors, register_resolvers, run_app
 from lightning_gpt.errors import UserError
 
 register_resolvers()
@@ -100,6 +100,8 @@ def generate(cfg: DictConfig, out: TextIO | None = None) -> list[str]:
     if cfg.num_samples < 1:
         raise UserError(f"num_samples must be at least 1, got {cfg.num_samples}")
     device, dtype = pick_device(cfg.device, cfg.precision)
+    if device.type == "cpu" and (note := fit_threads_to_load()):
+        print(note, file=sys.stderr)
     prompt = read_prompt(cfg.prompt)
     path = find_checkpoint(cfg.ckpt_path)
     model, tokenizer = load(path, device)

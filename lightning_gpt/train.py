@@ -19,7 +19,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_gpt.cli import CONF_DIR, one_line_errors, quiet_console, register_resolvers, run_app
+from lightning_gpt.cli import CONF_DIR, fit_threads_to_load, one_line_errors, quiet_console, register_resolvers, run_app
 from lightning_gpt.errors import UserError
 
 register_resolvers()
@@ -364,6 +364,8 @@ def task(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     quiet_console()
+    if note := fit_threads_to_load():
+        log.warning(note)
     check_wandb(cfg)
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)

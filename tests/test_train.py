@@ -183,3 +183,21 @@ def test_runs_started_in_the_same_second_get_their_own_folders():
     assert len(set(stamps)) == 4
     slurm = subprocess.run(stamp, capture_output=True, text=True, env={**env, "SLURM_JOB_ID": "4242"}).stdout.strip()
     assert slurm == "job4242"  # every node and a requeued job share the folder
+
+
+def test_a_busy_machine_gets_fewer_torch_threads_unless_omp_num_threads_is_set():
+    # Two cores with a load average of 3.5 from other processes, as in docs/benchmarks.md ("threads").
+    code = (
+        "import os, torch; os.getloadavg = lambda: (3.5, 3.5, 3.5); os.sched_getaffinity = lambda pid: {0, 1};"
+        "torch.set_num_threads(2); from lightning_gpt.cli import fit_threads_to_load; note = fit_threads_to_load();"
+        "print(torch.get_num_threads(), note)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    busy = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert busy.stdout.strip() == (
+        "1 the CPUs are busy (load average 3.5 on 2 cores): using 1 torch thread(s) instead of 2; "
+        "set OMP_NUM_THREADS to choose"
+    )
+    chosen = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**env, "OMP_NUM_THREADS": "2"})  # fmt: skip
+    assert chosen.stdout.strip() == "2 None"
