@@ -158,6 +158,12 @@ def run_lock(run: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def run_folder_of(ckpt_path: str) -> Path | None:
+    """The run folder (one with a saved config) that a ckpt_path names or holds the checkpoint, else None."""
+    path = Path(ckpt_path).expanduser()
+    return next((run for run in (path, path.parent, path.parent.parent) if (run / CONFIG).is_file()), None)
+
+
 def run_config_file(run: Path) -> Path:
     """The config a run folder's latest launch used: that of its latest resume, else the original."""
     return run / RESUMED_CONFIG if (run / RESUMED_CONFIG).is_file() else run / CONFIG
@@ -358,8 +364,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def task(cfg: DictConfig) -> float | None:
     """One Hydra job: resolve the config, save it in the run folder, train. Returns val/loss for sweepers.
 
-    With ckpt_path=<run folder> (or latest) the config is that run's saved one plus this command line's
-    overrides; main() has already made the run folder the Hydra run folder, so the run continues there.
+    With ckpt_path=<run folder> (or latest, or a checkpoint in a run folder) the config is that run's saved
+    one plus this command line's overrides. For a run folder main() has already made it the Hydra run
+    folder, so the run continues there; a checkpoint file starts a new folder.
     """
     from hydra.core.hydra_config import HydraConfig
 
@@ -374,8 +381,9 @@ def task(cfg: DictConfig) -> float | None:
     ckpt_value = cfg.ckpt_path
     if ckpt_value == "latest":
         ckpt_value = str(latest_run(cfg.paths.log_dir, cfg.task_name))
-    if ckpt_value not in (None, "auto") and (Path(ckpt_value).expanduser() / CONFIG).is_file():
-        cfg = resumed_config(Path(ckpt_value).expanduser(), cfg, overrides, set(hydra_cfg.runtime.choices))
+    run = run_folder_of(ckpt_value) if ckpt_value not in (None, "auto") else None
+    if run is not None:
+        cfg = resumed_config(run, cfg, overrides, set(hydra_cfg.runtime.choices))
     cfg.ckpt_path = resolve_ckpt_path(ckpt_value, cfg.paths.log_dir, str(output_dir), cfg.task_name)
     step = keep_decay_horizon(cfg, cfg.ckpt_path, overrides) if cfg.ckpt_path else None
     rank_zero = _global_rank() == 0

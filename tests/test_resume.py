@@ -87,8 +87,11 @@ def test_resuming_a_run_folder_in_process_uses_its_config_in_a_new_folder(compos
     assert saved["callbacks"]["model_checkpoint"]["dirpath"] == str(tmp_path / "b" / "checkpoints")
     assert saved["optim"]["decay_steps"] == 10  # the original horizon
     assert torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 15
+    task(compose_train(f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}", "trainer.max_steps=12",
+                       output_dir=tmp_path / "c"))  # fmt: skip
+    assert yaml.safe_load((tmp_path / "c" / "config.yaml").read_text())["model"]["n_layer"] == 1  # its run's config
     with pytest.raises(UserError, match="experiment=nanogpt_baby cannot change when resuming"):
-        task(compose_train(f"ckpt_path={tmp_path / 'a'}", "experiment=nanogpt_baby", output_dir=tmp_path / "c"))
+        task(compose_train(f"ckpt_path={tmp_path / 'a'}", "experiment=nanogpt_baby", output_dir=tmp_path / "d"))
 
 
 def test_an_explicit_decay_steps_stretches_the_schedule(compose_train, tmp_path):
