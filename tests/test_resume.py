@@ -146,3 +146,14 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_newest_whole_one(compose_tr
     assert resolve_ckpt_path("auto", str(tmp_path), str(run)) is None  # nothing to resume: a fresh start
     with pytest.raises(UserError, match="no checkpoint that loads in"):
         lightning_gpt.find_checkpoint(run)
+
+
+def test_the_progress_bar_of_a_resumed_run_counts_steps_out_of_max_steps(compose_train, tmp_path, capfd):
+    task(compose_train(*TINY, *DATA, "trainer.max_steps=10", "trainer.val_check_interval=10",
+                       output_dir=tmp_path / "a"))  # fmt: skip
+    capfd.readouterr()
+    task(compose_train(f"ckpt_path={tmp_path / 'a'}", "trainer.max_steps=20", "trainer.enable_progress_bar=true",
+                       output_dir=tmp_path / "b"))  # fmt: skip
+    bars = capfd.readouterr().out.replace("\r", "\n")
+    assert "10/20 [00:00<" in bars and "20/20 [" in bars  # starts at the resumed step, ends at max_steps
+    assert "20/?" not in bars and "40/20" not in bars
