@@ -107,13 +107,13 @@ def resolve_ckpt_path(value: str | None, log_dir: str, output_dir: str, task_nam
 def latest_run(log_dir: str, task_name: str | None) -> Path:
     """The run folder of task_name (every task if None) whose newest checkpoint is newest, skipping runs
     that are still training (their lock is held)."""
+    from lightning_gpt import newest_whole_checkpoint
+
     root = Path(log_dir) / (task_name or "")
     runs = [c.parent for c in root.glob("**/checkpoints") if c.is_dir()]
     busy = [r for r in runs if in_use(r)]
     newest = {r: max((p.stat().st_mtime for p in (r / "checkpoints").glob("*.ckpt")), default=None) for r in runs}
     for run in sorted((r for r in runs if r not in busy and newest[r]), key=newest.get, reverse=True):
-        from lightning_gpt import newest_whole_checkpoint
-
         if newest_whole_checkpoint(run):
             return run
     still = f" ({len(busy)} still training)" if busy else ""
@@ -145,7 +145,11 @@ def run_lock(run: Path) -> Iterator[None]:
     resume of a run that is still training is refused."""
     import fcntl
 
-    fd = os.open(run / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UserError(f"cannot write to the run folder {run} ({e.strerror}); set paths.log_dir") from e
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -290,6 +294,7 @@ def _write_atomically(path: Path, text: str) -> None:
 def save_config(cfg: DictConfig, output_dir: Path, overrides: list[str], step: int | None) -> None:
     """config.yaml: the resolved config a run started with, never rewritten. A launch in a folder that has
     one (a resume in place) writes config-resumed.yaml instead and adds an entry to resumes.yaml."""
+    output_dir.mkdir(parents=True, exist_ok=True)  # for a process whose rank 0 is elsewhere
     text = OmegaConf.to_yaml(cfg)
     if not (output_dir / CONFIG).is_file():
         _write_atomically(output_dir / CONFIG, text)
@@ -364,44 +369,47 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def task(cfg: DictConfig) -> float | None:
     """One Hydra job: resolve the config, save it in the run folder, train. Returns val/loss for sweepers.
 
-    With ckpt_path=<run folder> (or latest, or a checkpoint in a run folder) the config is that run's saved
-    one plus this command line's overrides. For a run folder main() has already made it the Hydra run
-    folder, so the run continues there; a checkpoint file starts a new folder.
+    The run folder is locked while this runs; if the run fails before saving anything, the folder goes.
     """
     from hydra.core.hydra_config import HydraConfig
 
     quiet_console()
     if note := fit_threads_to_load():
         log.warning(note)
-    check_wandb(cfg)
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     OmegaConf.resolve(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_value = cfg.ckpt_path
-    if ckpt_value == "latest":
-        ckpt_value = str(latest_run(cfg.paths.log_dir, cfg.task_name))
-    run = run_folder_of(ckpt_value) if ckpt_value not in (None, "auto") else None
-    if run is not None:
-        cfg = resumed_config(run, cfg, overrides, set(hydra_cfg.runtime.choices))
-    cfg.ckpt_path = resolve_ckpt_path(ckpt_value, cfg.paths.log_dir, str(output_dir), cfg.task_name)
-    step = keep_decay_horizon(cfg, cfg.ckpt_path, overrides) if cfg.ckpt_path else None
-    rank_zero = _global_rank() == 0
+    rank_zero = _global_rank() == 0  # under torchrun or srun every process runs this
     fresh = not (output_dir / CONFIG).exists()
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if rank_zero:
-            save_config(cfg, output_dir, overrides, step)
-    except OSError as e:
-        raise UserError(f"cannot write to the run folder {output_dir} ({e.strerror}); set paths.log_dir") from e
-    try:
         with run_lock(output_dir) if rank_zero else contextlib.nullcontext():
+            check_wandb(cfg)
+            cfg, step = launch_config(cfg, overrides, set(hydra_cfg.runtime.choices))
+            if rank_zero:
+                save_config(cfg, output_dir, overrides, step)
             metrics = train(cfg)
     except BaseException:
         if fresh and rank_zero:
             remove_if_unused(output_dir)
         raise
     return metrics.get("val/loss")
+
+
+def launch_config(cfg: DictConfig, overrides: list[str], groups: set[str]) -> tuple[DictConfig, int | None]:
+    """This launch's config, with ckpt_path resolved to a file (or None), and the step it resumes from.
+
+    With ckpt_path=<run folder> (or latest, or a checkpoint in a run folder) the config is that run's saved
+    one plus this command line's overrides. For a run folder main() has already made it the Hydra run
+    folder, so the run continues there; a checkpoint file starts a new folder.
+    """
+    output_dir = cfg.paths.output_dir
+    value = str(latest_run(cfg.paths.log_dir, cfg.task_name)) if cfg.ckpt_path == "latest" else cfg.ckpt_path
+    run = run_folder_of(value) if value not in (None, "auto") else None
+    if run is not None:
+        cfg = resumed_config(run, cfg, overrides, groups)
+    cfg.ckpt_path = resolve_ckpt_path(value, cfg.paths.log_dir, output_dir, cfg.task_name)
+    return cfg, keep_decay_horizon(cfg, cfg.ckpt_path, overrides) if cfg.ckpt_path else None
 
 
 _hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")(one_line_errors(task))

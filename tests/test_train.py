@@ -150,9 +150,10 @@ def test_a_typo_in_a_key_fails_at_once_with_its_name(tmp_path, cache_dir):
 
 
 def test_a_run_that_fails_after_composition_leaves_no_run_folder(tmp_path, cache_dir):
-    result = run_cli(*cli_args(tmp_path, cache_dir), "model.n_head=5")  # composes, then fails building the model
-    assert result.returncode == 2
-    assert list((tmp_path / "outputs" / "train" / "runs").iterdir()) == []
+    for mistake in ("model.n_head=5", "ckpt_path=/no/such/run"):  # composes, then fails in the app
+        result = run_cli(*cli_args(tmp_path, cache_dir), mistake)
+        assert result.returncode == 2
+        assert list((tmp_path / "outputs" / "train" / "runs").iterdir()) == []
 
 
 def test_the_console_prints_each_line_once_without_ads_or_library_warnings(tmp_path, cache_dir):
