@@ -259,8 +259,11 @@ def keep_decay_horizon(cfg: DictConfig, ckpt_path: str, overrides: list[str]) ->
     optim.decay_steps=N stretches it. Returns the checkpoint's step."""
     import torch
 
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    step, saved = checkpoint.get("global_step", 0), checkpoint.get("hyper_parameters", {}).get("optim", {})
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        step, saved = checkpoint["global_step"], checkpoint["hyper_parameters"]["optim"]
+    except Exception:
+        return 0  # not one of ours, or damaged: check_resumable says so before training
     if any(o.split("=", 1)[0].lstrip("+") == "optim.decay_steps" for o in overrides):
         log.info(f"resuming at step {step}: optim.decay_steps={cfg.optim.decay_steps} given, the cosine schedule "
                  f"is stretched to it (it was {saved.get('decay_steps')})")  # fmt: skip
