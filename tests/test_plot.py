@@ -33,3 +33,11 @@ def test_a_path_without_a_log_is_a_one_line_error(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"error: no metrics.csv at {tmp_path}: give a run folder (with csv/metrics.csv) or a CSV file"
     ]
+
+
+def test_runs_without_a_log_are_skipped_among_others(run, tmp_path, capsys):
+    (tmp_path / "failed").mkdir()
+    out = tmp_path / "loss.png"
+    main([str(run), str(tmp_path / "failed"), "-o", str(out)])
+    assert out.is_file()
+    assert capsys.readouterr().err == f"skipping {tmp_path / 'failed'}: no metrics.csv in it\n"
