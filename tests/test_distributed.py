@@ -42,7 +42,7 @@ def last_step(run: Path) -> int:
 
 def the_run(root: Path) -> Path:
     """The one run folder under root/outputs (there must be exactly one)."""
-    runs = [p.parent for p in (root / "outputs").rglob("config.yaml") if p.parent.name != ".hydra"]
+    runs = [p.parent for p in (root / "outputs").rglob("config.yaml") if ".hydra" not in p.parts]
     assert len(runs) == 1, runs
     return runs[0]
 
@@ -114,8 +114,8 @@ def test_ddp_preset_on_two_cpu_processes_trains_and_resumes(tmp_path, cache_dir)
     first = [(run / f"first_batch_rank{r}.txt").read_text() for r in (0, 1)]
     assert first[0] != first[1]  # each process draws its own windows
     assert "global_batch_size: 16" in (run / "csv" / "hparams.yaml").read_text()  # 2 processes x 8 sequences
-    cli(tmp_path / "b", cache_dir, *common, "trainer.max_steps=6", f"ckpt_path={run}")
-    assert last_step(the_run(tmp_path / "b")) == 6
+    cli(tmp_path, cache_dir, *common, "trainer.max_steps=6", f"ckpt_path={run}")
+    assert the_run(tmp_path) == run and last_step(run) == 6  # the run continues in its own folder
 
 
 @pytest.mark.slow
@@ -125,9 +125,9 @@ def test_fsdp_on_two_cpu_processes_shards_clips_checkpoints_and_resumes_exactly(
     cli(tmp_path / "whole", cache_dir, *common, "trainer.max_steps=6")
     cli(tmp_path / "half", cache_dir, *common, "trainer.max_steps=3")
     half = the_run(tmp_path / "half")
-    cli(tmp_path / "resumed", cache_dir, *common, "trainer.max_steps=6", f"ckpt_path={half}",
+    cli(tmp_path / "half", cache_dir, *common, "trainer.max_steps=6", f"ckpt_path={half}",
         "trainer.strategy.activation_checkpointing=true")  # fmt: skip
-    whole, resumed = the_run(tmp_path / "whole"), the_run(tmp_path / "resumed")
+    whole, resumed = the_run(tmp_path / "whole"), the_run(tmp_path / "half")  # resumed in its own folder
     assert grad_norms(whole)[-1] <= 0.05 + 1e-6 and "DTensor" in (whole / "grad_norms.txt").read_text()
     # One full checkpoint file, the same weights whether or not the run was interrupted.
     a, b = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for r in (whole, resumed))
@@ -186,8 +186,8 @@ def test_torchrun_static_and_c10d_rendezvous_make_one_run_folder_and_resume(tmp_
     assert last_step(run) == 4
     assert "global_batch_size: 16" in (run / "csv" / "hparams.yaml").read_text()  # 2 nodes x 8 sequences
     c10d = ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}"]
-    torchrun_two_nodes(tmp_path / "b", cache_dir, c10d, "trainer.max_steps=6", f"ckpt_path={run}")
-    assert last_step(the_run(tmp_path / "b")) == 6
+    torchrun_two_nodes(tmp_path, cache_dir, c10d, "trainer.max_steps=6", f"ckpt_path={run}")
+    assert the_run(tmp_path) == run and last_step(run) == 6  # both nodes continued the run in its folder
 
 
 @pytest.mark.slow
