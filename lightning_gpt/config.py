@@ -119,6 +119,13 @@ class SampleConfig:
 
 
 @dataclass
+class HparamsSearchConfig:
+    """Set by a preset of conf/hparams_search/, which reads it into the sweeper's settings."""
+
+    n_trials: int = 20
+
+
+@dataclass
 class TrainConfig:
     tokenizer: TokenizerConfig = MISSING
     data: DataConfig = MISSING
@@ -133,6 +140,7 @@ class TrainConfig:
     tags: list[str] = field(default_factory=list)
     seed: int = 1337
     ckpt_path: str | None = None  # resume: a .ckpt file, a run folder, "latest" or "auto"
+    hparams_search: HparamsSearchConfig | None = None  # hparams_search=optuna
 
 
 # ---------------------------------------------------------------------------------------------------
