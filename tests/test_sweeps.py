@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,32 @@ def test_optuna_preset_runs_its_trials_prints_the_best_and_resumes_from_its_stor
     assert more.returncode == 0, more.stderr[-3000:]
     assert len(optuna.load_study(study_name="lgpt", storage=f"sqlite:///{sweep}/optuna.db").trials) == 4
     assert len(list((tmp_path / "outputs" / "train" / "multiruns").iterdir())) == 2
+
+
+@pytest.mark.slow
+def test_mlflow_logger_writes_metrics_params_and_sample_artifacts_that_mlflow_reads_back(
+    compose_train, tmp_path, monkeypatch
+):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from lightning_gpt.train import task
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = compose_train("logger=[csv,mlflow]", *TINY, *DATA, "trainer.max_steps=6", "trainer.val_check_interval=3",
+                        "trainer.log_every_n_steps=2")  # fmt: skip
+    val_loss = task(cfg)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")  # the default store
+    (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+    assert run.info.run_name == "run"  # the run folder's name
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    for key in "val/loss", "train/loss":  # the same points as the CSV log
+        logged = [(m.step, pytest.approx(m.value)) for m in client.get_metric_history(run.info.run_id, key)]
+        assert logged == [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
+    assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 2
+    assert run.data.metrics["val/loss"] == pytest.approx(val_loss)
+    assert run.data.params["config/optim/lr"] == "0.001" and run.data.params["config/model/n_layer"] == "2"
+    samples = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
+    assert samples == ["samples/step000003.txt", "samples/step000006.txt"]
+    assert (tmp_path / "outputs" / "mlruns").is_dir()  # artifacts beside the store, not in the working folder
