@@ -13,7 +13,7 @@ Importing the package stays cheap: torch loads only when a checkpoint does.
 
 from __future__ import annotations
 
-import re
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,24 +25,54 @@ if TYPE_CHECKING:
 
 __all__ = ["UserError", "find_checkpoint", "load", "load_checkpoint", "read_checkpoint"]
 
-_VAL_LOSS = re.compile(r"val(\d+(?:\.\d+)?)")  # the loss in "step000500-val1.4697.ckpt"
+log = logging.getLogger(__name__)
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """A .ckpt file or a Hugging Face GPT-2 folder as given, or a run folder's best checkpoint (lowest
-    val loss in its name), else its last.ckpt."""
+    """A .ckpt file or a Hugging Face GPT-2 folder as given, or a run folder's newest checkpoint that loads.
+
+    For a run folder (or its checkpoints/ folder): last.ckpt, the state the run ended or stopped in, unless
+    it is missing or damaged (a kill during its first save), then the newest whole step*.ckpt.
+    """
     path = Path(path).expanduser()
     if _is_hf_folder(path):
         return path
     if path.is_dir():
-        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        scored = [(float(m.group(1)), p) for p in folder.glob("*.ckpt") if p.stem != "last"
-                  for m in [_VAL_LOSS.search(p.stem)] if m]  # fmt: skip
-        path = min(scored)[1] if scored else folder / "last.ckpt"
+        found = newest_whole_checkpoint(path)
+        if found is None:
+            raise UserError(f"no checkpoint that loads in {path}; give a .ckpt file, a run folder with "
+                            "checkpoints/ or a Hugging Face GPT-2 folder")  # fmt: skip
+        return found
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}; give a .ckpt file, a run folder with checkpoints/ "
                         "or a Hugging Face GPT-2 folder")  # fmt: skip
     return path
+
+
+def newest_whole_checkpoint(run: Path) -> Path | None:
+    """The run folder's last.ckpt (or the newer of it and a SLURM requeue's hpc_ckpt_<n>.ckpt), else, when
+    that is missing or does not load, the newest other checkpoint that does; None if there is none."""
+    folder = run / "checkpoints" if (run / "checkpoints").is_dir() else run
+    by_age = lambda paths: sorted((p for p in paths if p.is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
+    last = by_age([folder / "last.ckpt", *run.glob("hpc_ckpt_*.ckpt")])
+    others = by_age(p for p in folder.glob("*.ckpt") if p not in last)
+    for i, candidate in enumerate([*last, *others]):
+        if _is_whole(candidate):
+            if i:
+                log.warning(f"{last[0] if last else folder / 'last.ckpt'} is missing or damaged; using {candidate}")
+            return candidate
+    return None
+
+
+def _is_whole(path: Path) -> bool:
+    """Whether a checkpoint file reads back (a truncated one does not); tensors are mapped, not read."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False
+    return isinstance(checkpoint, dict) and "state_dict" in checkpoint
 
 
 def _is_hf_folder(path: Path) -> bool:
@@ -126,8 +156,8 @@ def load_checkpoint(path: str | Path, device: Any = "cpu", mmap: bool = False) -
 
 
 def load(ckpt_path: str | Path, device: Any = "cpu") -> tuple[GPT, Tokenizer]:
-    """The GPT (in eval mode, on device) and its tokenizer from a checkpoint file, a run folder (its best
-    checkpoint) or a Hugging Face GPT-2 folder."""
+    """The GPT (in eval mode, on device) and its tokenizer from a checkpoint file, a run folder (its
+    last.ckpt) or a Hugging Face GPT-2 folder."""
     import torch
 
     from lightning_gpt.model import GPT, GPTConfig

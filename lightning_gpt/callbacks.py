@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.callbacks import ThroughputMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -39,6 +39,38 @@ class TokenThroughputMonitor(ThroughputMonitor):
         validation throughput on a step axis of its own (validation batches), beside training's steps."""
         if not trainer.sanity_checking:
             self._update(trainer, pl_module, batch, trainer._evaluation_loop.batch_progress.total.ready)
+
+    def _compute(self, trainer: L.Trainer, iter_num: int | None = None) -> None:
+        # Logged at the training step: Lightning logs validation tokens/s at a count of validation batches,
+        # which puts rows at unrelated steps into the same metrics.csv.
+        super()._compute(trainer)
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's progress bar counting optimizer steps out of trainer.max_steps. A resumed run shows
+    300/400 and its own rate; Lightning's shows 400/? there (it skips the epoch start when resuming
+    mid-epoch) and counts micro-batches with gradient accumulation."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._count_steps(trainer)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self._count_steps(trainer)
+
+    def _count_steps(self, trainer: L.Trainer) -> None:
+        bar = self.train_progress_bar
+        if bar is None or bar.disable or trainer.max_steps < 1:
+            return
+        bar.reset(total=trainer.max_steps)
+        bar.initial = bar.n = bar.last_print_n = trainer.global_step  # the rate counts this run's steps only
+        bar.set_description(f"Epoch {trainer.current_epoch}")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
+        step_idx = trainer.global_step - 1 if trainer.max_steps > 0 else batch_idx
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, step_idx)
 
 
 class SampleText(L.Callback):

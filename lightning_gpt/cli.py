@@ -17,6 +17,7 @@ from typing import Any
 
 from lightning_gpt.errors import UserError
 
+_GLOBAL_GROUPS = ("experiment", "debug")  # lgpt-train's config groups that set keys everywhere, no key of their own
 _CANNOT_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.ENOSPC, errno.EDQUOT}
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Inside an installed wheel the configs live in the package; in a source checkout, beside it.
@@ -55,6 +56,59 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("lgpt_run_stamp", run_stamp, replace=True)
 
 
+_ADVERTISEMENTS = ("💡 Tip:", "`weights_only` was not set")  # Lightning's ads; its note on a full save
+
+
+def quiet_console() -> None:
+    """Each log line once, without Lightning's advertisements or library deprecation noise.
+
+    Lightning gives its loggers a console handler of their own and lets them propagate too: under
+    Hydra's logging (console + <run>/<app>.log) every line printed twice. Call once Hydra has set up logging.
+    """
+    import logging
+    import warnings
+
+    import lightning.pytorch  # noqa: F401  # adds its handlers on import: remove them after
+
+    if logging.getLogger().hasHandlers():
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            lightning_logger = logging.getLogger(name)
+            for handler in list(lightning_logger.handlers):
+                lightning_logger.removeHandler(handler)
+            lightning_logger.propagate = True
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.trainer.connectors.checkpoint_connector"):
+        logging.getLogger(name).addFilter(lambda record: not str(record.msg).startswith(_ADVERTISEMENTS))
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # torch vs Lightning's _pytree
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # a resume
+
+
+def fit_threads_to_load() -> str | None:
+    """Fewer torch threads when other processes keep the CPUs busy; returns what it did, to log.
+
+    torch starts one thread per core; when other work holds those cores, its threads wait for each other
+    at every parallel region and training slows down many times (docs/benchmarks.md, "threads"). With
+    the 1-minute load average above the idle cores, use only the idle ones (at least one). Done once per
+    process, before this process loads the CPUs itself; OMP_NUM_THREADS, when set, always wins.
+    """
+    import torch
+
+    global _threads_fitted
+    if _threads_fitted or "OMP_NUM_THREADS" in os.environ or torch.cuda.is_available():
+        return None
+    _threads_fitted = True
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load, threads = os.getloadavg()[0], torch.get_num_threads()
+    idle = max(1, round(cores - load))
+    if idle >= threads:
+        return None
+    torch.set_num_threads(idle)
+    return (f"the CPUs are busy (load average {load:.1f} on {cores} cores): using {idle} torch thread(s) instead "
+            f"of {threads}; set OMP_NUM_THREADS to choose")  # fmt: skip
+
+
+_threads_fitted = False
+
+
 def run_app(hydra_main: Callable[[], Any]) -> None:
     """Run a Hydra app, turning user mistakes into one line on stderr and exit code 2.
 
@@ -85,7 +139,7 @@ def one_line_errors(fn: Callable) -> Callable:
 
 def describe(e: BaseException) -> str | None:
     """One line for a user mistake (bad input, bad config); None for anything else."""
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, OverrideParseException
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
@@ -96,6 +150,10 @@ def describe(e: BaseException) -> str | None:
     for err in chain:
         if isinstance(err, UserError):
             return str(err)
+        if type(err).__module__.startswith("wandb."):  # e.g. UsageError: api_key not configured
+            return f"W&B: {_first_line(err).rstrip('.')}; or log offline: logger.wandb.offline=true (then `wandb sync`)"
+        if isinstance(err, OverrideParseException) and "=" in err.override:
+            return _quoting_hint(err.override)
         if isinstance(err, OSError) and err.filename and err.errno in _CANNOT_WRITE:
             return (
                 f"cannot write {err.filename} ({err.strerror}); choose a writable folder: "
@@ -113,6 +171,17 @@ def describe(e: BaseException) -> str | None:
     return None
 
 
+def _quoting_hint(override: str) -> str:
+    """Hydra's grammar wants commas, quotes, spaces and non-ASCII text quoted: show the command as it must be typed."""
+    import shlex
+
+    key, value = override.split("=", 1)
+    hydra_quoted = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    stdin = f"; or, for a prompt, {key}=- reads it from standard input" if key == "prompt" else ""
+    return (f"cannot parse {override!r}: Hydra needs such a value quoted; type it as "
+            f"{shlex.quote(f'{key}={hydra_quoted}')}{stdin}")  # fmt: skip
+
+
 def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0]
 
@@ -122,9 +191,15 @@ def _suggest(err: Any) -> str:
     node_type = getattr(err, "object_type", None)
     if not dataclasses.is_dataclass(node_type):
         return ""
+    from lightning_gpt.config import TrainConfig
+
     names = [f.name for f in dataclasses.fields(node_type)]
-    match = difflib.get_close_matches(str(err.key), names, n=1)
+    groups = list(_GLOBAL_GROUPS) if node_type is TrainConfig and "." not in err.full_key else []
+    match = difflib.get_close_matches(str(err.key), names + groups, n=1)
     if not match:
-        return f" (valid keys: {', '.join(names)})"
+        presets = "".join(f", {g}=..." for g in groups)
+        return f" (valid keys: {', '.join(names)}{presets})"
+    if match[0] in groups:
+        return f"; did you mean {match[0]}=...?"
     prefix = err.full_key.rsplit(".", 1)[0] + "." if "." in err.full_key else ""
     return f"; did you mean '{prefix}{match[0]}'?"

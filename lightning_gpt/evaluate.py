@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_gpt.cli import CONF_DIR, one_line_errors, register_resolvers, run_app
+from lightning_gpt.cli import CONF_DIR, fit_threads_to_load, one_line_errors, quiet_console, register_resolvers, run_app
 from lightning_gpt.errors import UserError
 
 register_resolvers()
@@ -36,6 +37,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from lightning_gpt.module import GPTLightningModule
     from lightning_gpt.train import build_trainer
 
+    quiet_console()
+    if note := fit_threads_to_load():
+        warnings.warn(note, stacklevel=1)
     if cfg.split not in ("train", "val"):
         raise UserError(f"split must be train or val, got {cfg.split!r}")
     path = find_checkpoint(cfg.ckpt_path)
@@ -49,7 +53,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     # Tokenizers named by their name alone share training's token cache; a char vocabulary travels whole.
     tokenizer = tokenizer_spec if len(tokenizer_spec) > 1 else tokenizer_spec["name"]
     datamodule = GPTDataModule(tokenizer=tokenizer, **data)
-    datamodule.setup()
+    try:
+        datamodule.setup()
+    except UserError as e:
+        if "not in the character vocabulary" not in str(e):
+            raise
+        raise UserError(f"{e}{training_data_hint(path)}") from e
     split = datamodule._split(cfg.split)
 
     unused_optim = asdict(OptimConfig(decay_steps=1))  # the module wants one; evaluation never steps
@@ -75,6 +84,21 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         out_file.write_text(json.dumps(result, indent=2) + "\n")
         print(f"written to {out_file}")
     return result
+
+
+def training_data_hint(path: Path) -> str:
+    """'; it was trained on ...: use data=...', from the run config a checkpoint carries."""
+    import torch
+
+    try:
+        config = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]["config"]
+        data = config["data"]
+    except Exception:
+        return ""
+    source = data.get("source")
+    use = {"local": f"data=local data.path={data.get('path')}", "hub": f"data=hub data.name={data.get('name')}",
+           "embedded": "data=shakespeare"}.get(source, f"data={source}")  # fmt: skip
+    return f"; the checkpoint's training corpus has them all: {use}"
 
 
 def describe_data(data: DictConfig) -> str:

@@ -189,6 +189,8 @@ def export_gpt2(model: GPT, tokenizer: Tokenizer | None, out_dir: str | Path) ->
     }
     (out / "config.json").write_text(json.dumps(hf_config, indent=2))
     save_file(_hf_state_dict(model), out / "model.safetensors", metadata={"format": "pt"})
+    # safetensors writes through a private temporary file (mode 0600): share it as config.json is shared.
+    (out / "model.safetensors").chmod((out / "config.json").stat().st_mode & 0o777)
     files = [out / "config.json", out / "model.safetensors"]
     if eot is not None:
         files += write_gpt2_tokenizer(out, model_max_length=c.block_size)

@@ -21,8 +21,11 @@ METRICS = "metrics.csv"
 
 
 def find_logs(paths: list[str]) -> list[Path]:
-    """The metrics.csv of each path: the file itself, a run folder's csv/metrics.csv, or all those under a folder."""
-    logs = []
+    """The metrics.csv of each path: the file itself, a run folder's csv/metrics.csv, or all those under a folder.
+
+    Of several paths (`runs/*`), those without a log (a run that failed before logging) are skipped, saying so.
+    """
+    logs, missing = [], []
     for arg in paths:
         path = Path(arg).expanduser()
         if path.is_file():
@@ -32,7 +35,11 @@ def find_logs(paths: list[str]) -> list[Path]:
         elif path.is_dir() and (found := sorted(path.rglob(METRICS))):
             logs.extend(found)
         else:
-            raise UserError(f"no {METRICS} at {arg}: give a run folder (with csv/{METRICS}) or a CSV file")
+            missing.append(arg)
+    if missing and not logs:
+        raise UserError(f"no {METRICS} at {missing[0]}: give a run folder (with csv/{METRICS}) or a CSV file")
+    for arg in missing:
+        print(f"skipping {arg}: no {METRICS} in it", file=sys.stderr)
     return logs
 
 

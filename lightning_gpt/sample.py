@@ -1,8 +1,9 @@
 """lgpt-sample: generate text from a checkpoint, streamed to stdout as it is generated.
 
-lgpt-sample ckpt_path=outputs/train/runs/<stamp>                  # the run's best checkpoint, else last.ckpt
+lgpt-sample ckpt_path=outputs/train/runs/<stamp>                  # the run's last.ckpt
 lgpt-sample ckpt_path=<run> prompt="ROMEO:" temperature=0.7 top_k=50 max_new_tokens=200
 lgpt-sample ckpt_path=<run> prompt=@prompt.txt num_samples=4      # four samples, one batch
+echo "Ω café, I'll go" | lgpt-sample ckpt_path=<run> prompt=-     # any text, no quoting: standard input
 
 Several samples are generated as one batch: the first streams token by token, the others print when
 the batch is done. Each sample is printed with its prompt and followed by a line of dashes. Messages go
@@ -18,7 +19,7 @@ from typing import TextIO
 import hydra
 from omegaconf import DictConfig
 
-from lightning_gpt.cli import CONF_DIR, one_line_errors, register_resolvers, run_app
+from lightning_gpt.cli import CONF_DIR, fit_threads_to_load, one_line_errors, register_resolvers, run_app
 from lightning_gpt.errors import UserError
 
 register_resolvers()
@@ -50,7 +51,10 @@ class TextStream:
 
 
 def read_prompt(prompt: str) -> str:
-    """The prompt itself, or the contents of a file given as @path."""
+    """The prompt itself, the contents of a file given as @path, or standard input for "-" (text with
+    commas, quotes or non-ASCII characters needs no quoting there)."""
+    if prompt == "-":
+        return sys.stdin.read()
     if not prompt.startswith("@"):
         return prompt
     path = Path(prompt[1:]).expanduser()
@@ -89,7 +93,7 @@ def generate(cfg: DictConfig, out: TextIO | None = None) -> list[str]:
     """Write the samples to out, stdout by default (the first as it is generated), and return them."""
     import torch
 
-    from lightning_gpt import load
+    from lightning_gpt import find_checkpoint, load
     from lightning_gpt.model import check_sampling
 
     try:
@@ -99,11 +103,15 @@ def generate(cfg: DictConfig, out: TextIO | None = None) -> list[str]:
     if cfg.num_samples < 1:
         raise UserError(f"num_samples must be at least 1, got {cfg.num_samples}")
     device, dtype = pick_device(cfg.device, cfg.precision)
+    if device.type == "cpu" and (note := fit_threads_to_load()):
+        print(note, file=sys.stderr)
     prompt = read_prompt(cfg.prompt)
-    model, tokenizer = load(cfg.ckpt_path, device)
+    path = find_checkpoint(cfg.ckpt_path)
+    model, tokenizer = load(path, device)
     model.to(dtype)
     idx = torch.tensor([tokenizer.encode_prompt(prompt)] * cfg.num_samples, device=device)
-    print(f"{model.num_params() / 1e6:.2f}M parameters, {tokenizer.name} tokenizer, on {device}", file=sys.stderr)
+    print(f"loaded {path}: {model.num_params() / 1e6:.2f}M parameters, {tokenizer.name} tokenizer, on {device}",
+          file=sys.stderr)  # fmt: skip
 
     stop = tokenizer.eot_id if cfg.stop_at_eot else None
     generator = torch.Generator(device).manual_seed(cfg.seed)

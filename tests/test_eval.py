@@ -33,10 +33,11 @@ def run_eval(run: Path, tmp_path: Path, cache_dir: Path, *overrides: str) -> dic
 
 
 def test_eval_reproduces_the_validation_loss_of_training(run, tmp_path, cache_dir, capsys):
-    # Training validated on val_batches x batch_size = 2 x 8 evenly spaced windows of the same split.
+    # Training validated on val_batches x batch_size = 2 x 8 evenly spaced windows of the same split, at its
+    # last step (10): the loss in the best checkpoint's name is last.ckpt's.
     result = run_eval(run, tmp_path, cache_dir, *TINY_SHAKESPEARE_DATA, "windows=16", "data.batch_size=8")
-    best = lightning_gpt.find_checkpoint(run)
-    assert result["ckpt_path"] == str(best)
+    assert result["ckpt_path"] == str(run / "checkpoints" / "last.ckpt")  # a run folder means its last checkpoint
+    [best] = (run / "checkpoints").glob("best-*.ckpt")
     assert result["loss"] == pytest.approx(float(best.stem.split("-val")[1]), abs=1e-4)
     assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
     assert (result["windows"], result["block_size"], result["tokens"]) == (16, 32, 512)
@@ -64,7 +65,10 @@ def test_other_text_is_read_in_the_checkpoints_own_tokens(run, tmp_path, cache_d
     [
         (["split=test"], "split must be train or val"),
         (["data.block_size=64"], r"data.block_size=64 is longer than the model's context \(32\)"),
-        (["data=local", "data.path={tmp}/snowmen.txt"], "not in the character vocabulary"),
+        (
+            ["data=local", "data.path={tmp}/snowmen.txt"],
+            "not in the character vocabulary.*training corpus has them all: data=local data.path=.*input.txt",
+        ),
         (["ckpt_path={tmp}/nothing"], "checkpoint not found"),
     ],
 )

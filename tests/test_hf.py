@@ -74,6 +74,8 @@ def test_our_model_exports_to_transformers_with_the_same_logits(tmp_path, config
             p.add_(0.1 * torch.randn_like(p))
     files = export_gpt2(ours, build_tokenizer("byte"), tmp_path)
     assert sorted(f.name for f in files) == ["config.json", "model.safetensors"]  # no HF tokenizer for bytes
+    modes = {f.name: f.stat().st_mode & 0o777 for f in files}
+    assert modes["model.safetensors"] == modes["config.json"]  # readable by others alike (safetensors wrote 0600)
     theirs, info = GPT2LMHeadModel.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     assert max_logit_difference(ours, theirs.eval(), 101) < 1e-4

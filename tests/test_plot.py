@@ -54,3 +54,19 @@ def test_a_sweep_folder_plots_one_line_per_job_labelled_by_its_overrides_and_pri
         assert len(curve) == 2 and value == pytest.approx(min(v for _, v in curve), abs=5e-5)
     starred = [row[0] for row in table if row[-1] == "*"]
     assert len(starred) == 1 and best[starred[0]] == min(best.values())
+
+
+def test_a_path_without_a_log_is_a_one_line_error(tmp_path):
+    result = run_cli(str(tmp_path), module="lightning_gpt.plot")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: no metrics.csv at {tmp_path}: give a run folder (with csv/metrics.csv) or a CSV file"
+    ]
+
+
+def test_runs_without_a_log_are_skipped_among_others(run, tmp_path, capsys):
+    (tmp_path / "failed").mkdir()
+    out = tmp_path / "loss.png"
+    main([str(run), str(tmp_path / "failed"), "-o", str(out)])
+    assert out.is_file()
+    assert capsys.readouterr().err == f"skipping {tmp_path / 'failed'}: no metrics.csv in it\n"

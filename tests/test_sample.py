@@ -70,16 +70,39 @@ def test_prompt_from_a_file_and_empty_prompt(run, tmp_path):
     assert len(text) == 5
 
 
-def test_a_run_folder_means_its_best_checkpoint_else_last(tmp_path):
-    checkpoints = tmp_path / "checkpoints"
-    checkpoints.mkdir()
-    for name in ("last.ckpt", "step000100-val2.5000.ckpt", "step000200-val1.9000.ckpt", "step000300-val2.1000.ckpt"):
-        (checkpoints / name).touch()
-    assert lightning_gpt.find_checkpoint(tmp_path) == checkpoints / "step000200-val1.9000.ckpt"
-    for name in ("step000100-val2.5000.ckpt", "step000200-val1.9000.ckpt", "step000300-val2.1000.ckpt"):
-        (checkpoints / name).unlink()
-    assert lightning_gpt.find_checkpoint(tmp_path) == checkpoints / "last.ckpt"
-    assert lightning_gpt.find_checkpoint(checkpoints / "last.ckpt") == checkpoints / "last.ckpt"
+def test_a_run_folder_means_its_last_checkpoint(run):
+    assert {p.name.split("-")[0] for p in (run / "checkpoints").glob("*.ckpt")} == {
+        "best",
+        "last.ckpt",
+        "step000010.ckpt",
+    }
+    assert lightning_gpt.find_checkpoint(run) == run / "checkpoints" / "last.ckpt"
+    assert lightning_gpt.find_checkpoint(run / "checkpoints") == run / "checkpoints" / "last.ckpt"
+    assert lightning_gpt.find_checkpoint(run / "checkpoints" / "last.ckpt") == run / "checkpoints" / "last.ckpt"
+
+
+def test_a_prompt_that_needs_quoting_reads_from_stdin_or_gets_the_quoted_form(run):
+    text = "Ω café, I'll go"
+    done = subprocess.run([sys.executable, "-m", "lightning_gpt.sample", f"ckpt_path={run}", "prompt=-",
+                           "max_new_tokens=5", "device=cpu"], input="ROMEO, I'll go",
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("ROMEO, I'll go") and len(done.stdout.split("\n")[0]) == len("ROMEO, I'll go") + 5
+    done = run_cli(f"ckpt_path={run}", f"prompt={text}", module="lightning_gpt.sample")
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    quoted = """'prompt="Ω café, I'"'"'ll go"'"""
+    assert line.endswith(f"type it as {quoted}; or, for a prompt, prompt=- reads it from standard input")
+    as_typed = subprocess.run(f"{sys.executable} -m lightning_gpt.sample --cfg job {quoted}", shell=True,
+                              capture_output=True, text=True)  # fmt: skip
+    assert f"prompt: {text}" in as_typed.stdout  # the suggested form really parses
+
+
+def test_help_lists_only_the_apps_own_options():
+    done = run_cli("--help", module="lightning_gpt.sample")
+    assert done.stdout.startswith("lgpt-sample: generate text") and "temperature: 0.8" in done.stdout
+    assert "experiment:" not in done.stdout and "Configuration groups" not in done.stdout
+    assert run_cli("--help").stdout.startswith("lgpt-train is powered by Hydra")
 
 
 def test_load_strips_torch_compile_prefixes(run, tmp_path):
@@ -120,7 +143,7 @@ def test_text_goes_to_stdout_and_messages_to_stderr(run, capsys):
     [text] = generate(compose_app("sample", f"ckpt_path={run}", "device=cpu", "prompt=ROMEO:", "max_new_tokens=20"))
     out, err = capsys.readouterr()
     assert out == f"{text}\n{SEPARATOR}\n"
-    assert "parameters, char tokenizer, on cpu" in err
+    assert f"loaded {run / 'checkpoints' / 'last.ckpt'}: " in err and "parameters, char tokenizer, on cpu" in err
 
 
 def test_the_command_line_reports_bad_input_in_one_line(run):

@@ -92,11 +92,8 @@ def test_resume_continues_at_the_right_step_with_the_data_stream(compose_train, 
 
 
 def test_ckpt_path_latest_finds_the_newest_run(compose_train, tmp_path):
-    task(
-        compose_train(
-            *TINY, "trainer.max_steps=10", "trainer.val_check_interval=10", output_dir=tmp_path / "outputs" / "x"
-        )
-    )
+    runs = tmp_path / "outputs" / "train" / "runs"
+    task(compose_train(*TINY, "trainer.max_steps=10", "trainer.val_check_interval=10", output_dir=runs / "x"))
     cfg = compose_train(*TINY, "trainer.max_steps=15", "trainer.val_check_interval=5", "ckpt_path=latest",
                         output_dir=tmp_path / "outputs" / "y")  # fmt: skip
     task(cfg)
@@ -128,6 +125,27 @@ def test_a_typo_in_a_key_fails_at_once_with_its_name(tmp_path, cache_dir):
     result = run_cli("model.n_layer=four", *cli_args(tmp_path, cache_dir))
     assert result.returncode == 2 and "model.n_layer" in result.stderr and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.ckpt"))
+    result = run_cli("experment=nanogpt_baby", *cli_args(tmp_path, cache_dir))  # a group, not a key
+    assert result.returncode == 2
+    assert "unknown config key 'experment'; did you mean experiment=...?" in result.stderr
+
+
+def test_a_run_that_fails_after_composition_leaves_no_run_folder(tmp_path, cache_dir):
+    for mistake in ("model.n_head=5", "ckpt_path=/no/such/run"):  # composes, then fails in the app
+        result = run_cli(*cli_args(tmp_path, cache_dir), mistake)
+        assert result.returncode == 2
+        assert list((tmp_path / "outputs" / "train" / "runs").iterdir()) == []
+
+
+def test_the_console_prints_each_line_once_without_ads_or_library_warnings(tmp_path, cache_dir):
+    # Validation at step 4, the end at 5: last.ckpt is saved by our callback, where Lightning notes weights_only.
+    result = run_cli(*cli_args(tmp_path, cache_dir), *TINY_SHAKESPEARE_DATA, "trainer.max_steps=5",
+                     "trainer.val_check_interval=4")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    console = result.stdout + result.stderr
+    assert console.count("GPU available") == 1 and console.count("`Trainer.fit` stopped") == 1
+    for noise in ("Tip:", "LeafSpec", "FutureWarning", "weights_only", "exists and is not empty"):
+        assert noise not in console
 
 
 def test_cfg_job_and_help_work_as_in_any_hydra_app(tmp_path):
@@ -147,3 +165,21 @@ def test_runs_started_in_the_same_second_get_their_own_folders():
     assert len(set(stamps)) == 4
     slurm = subprocess.run(stamp, capture_output=True, text=True, env={**env, "SLURM_JOB_ID": "4242"}).stdout.strip()
     assert slurm.startswith("job4242_")  # every node and a requeued job share the folder (see test_distributed)
+
+
+def test_a_busy_machine_gets_fewer_torch_threads_unless_omp_num_threads_is_set():
+    # Two cores with a load average of 3.5 from other processes, as in docs/benchmarks.md ("threads").
+    code = (
+        "import os, torch; os.getloadavg = lambda: (3.5, 3.5, 3.5); os.sched_getaffinity = lambda pid: {0, 1};"
+        "torch.set_num_threads(2); from lightning_gpt.cli import fit_threads_to_load; note = fit_threads_to_load();"
+        "print(torch.get_num_threads(), note)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    busy = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert busy.stdout.strip() == (
+        "1 the CPUs are busy (load average 3.5 on 2 cores): using 1 torch thread(s) instead of 2; "
+        "set OMP_NUM_THREADS to choose"
+    )
+    chosen = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**env, "OMP_NUM_THREADS": "2"})  # fmt: skip
+    assert chosen.stdout.strip() == "2 None"

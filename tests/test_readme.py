@@ -1,0 +1,133 @@
+"""README.md's commands, as written: every lgpt-train command composes; those that fit on a CPU run for real
+in a fresh folder (with a tiny model and few steps where the README's would take minutes)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from lightning_gpt.cli import CONF_DIR, register_resolvers
+
+from .conftest import ROOT, SHARED, TINY
+
+README = (ROOT / "README.md").read_text()
+APPS = {"lgpt-train": "train", "lgpt-sample": "sample", "lgpt-eval": "evaluate", "lgpt-export": "export",
+        "lgpt-plot": "plot"}  # fmt: skip
+NEEDS_A_GPU_OR_NETWORK = re.compile(r"trainer=(gpu|ddp |ddp$|fsdp|multinode)|gpt2_|init_from|tokenizer=gpt2|devices=8")
+
+
+def readme_commands() -> list[str]:
+    """Shell lines of the ```bash blocks (continuations joined), then commands quoted inline in tables and prose."""
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
+        lines += [line.strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    inline = re.findall(r"`((?:echo [^`|]+\| )?lgpt-[a-z]+(?: [^`]*)?)`", README)
+    return lines + inline
+
+
+def train_overrides(command: str) -> list[str] | None:
+    """The overrides of an `lgpt-train` command (flags dropped), or None if it is no single training run."""
+    words = shlex.split(command, comments=True)
+    if "lgpt-train" not in words or "-m" in words:
+        return None
+    return [w for w in words[words.index("lgpt-train") + 1 :] if "=" in w and not w.startswith("-")]
+
+
+def test_the_readme_has_the_commands_this_test_expects():
+    commands = readme_commands()
+    assert sum(train_overrides(c) is not None for c in commands) >= 20
+    assert not [c for c in commands if "..." in c or ".../" in c]  # no placeholders a user cannot run
+
+
+@pytest.mark.parametrize("command", sorted({c for c in readme_commands() if train_overrides(c) is not None}), ids=str)
+def test_every_training_command_composes(command):
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        overrides = [o.replace("<stamp>", "2026-01-01_12-00-00_ab12") for o in train_overrides(command)]
+        cfg = compose("train", overrides=overrides)
+    assert cfg.trainer.max_steps > 0
+
+
+def shell(command: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """Run a README line in bash, its lgpt-* commands being this checkout's apps."""
+    functions = "".join(f'{app}() {{ "{sys.executable}" -m lightning_gpt.{module} "$@"; }}\n'
+                        for app, module in APPS.items())  # fmt: skip
+    return subprocess.run(["bash", "-c", functions + command], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **env})  # fmt: skip
+
+
+def tiny(command: str, steps: int) -> str:
+    """The command with a tiny model and `steps` steps: only keys the command does not set itself, and the step
+    count (appended last, so it wins)."""
+    comment = command.find("  #")
+    command = command[:comment].rstrip() if comment > 0 else command
+    given = {w.split("=", 1)[0] for w in shlex.split(command) if "=" in w}
+    extra = [o for o in TINY if o.split("=", 1)[0] not in given]
+    extra += ["trainer.val_check_interval=5", "callbacks.model_checkpoint.every_n_train_steps=10"]
+    return f"{command} {shlex.join(extra)} trainer.max_steps={steps}"
+
+
+@pytest.mark.slow
+def test_the_cpu_commands_run_as_written_in_a_fresh_folder(tmp_path, cache_dir):
+    (tmp_path / "shared").symlink_to(SHARED)  # ../shared/data/... as beside a checkout
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    (clone / "prompt.txt").write_text("First Citizen:\n")
+    (clone / "other.txt").write_text("ROMEO: What say you, my lord? We shall go to the king.\n" * 300)
+    env = {"LGPT_CACHE_DIR": str(cache_dir)}
+    commands = readme_commands()
+
+    def run(command: str) -> subprocess.CompletedProcess:
+        done = shell(command, clone, **env)
+        assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
+        return done
+
+    # The set-up line's training run (the installation itself is what CI does).
+    [setup] = [c for c in commands if c.startswith("(pip install torch")]
+    run(tiny(setup.rsplit("&& ", 1)[1], 10))
+    [stamp] = [p.name for p in (clone / "outputs" / "train" / "runs").iterdir()]
+    names = {"<stamp>": stamp, "<run>": f"outputs/train/runs/{stamp}", "step002000.ckpt": "step000010.ckpt"}
+
+    def as_written(command: str) -> str:
+        for placeholder, value in names.items():
+            command = command.replace(placeholder, value)
+        return command
+
+    sweeps = [c for c in commands if c.startswith("lgpt-train -m") and "hparams_search" not in c]  # test_sweeps
+    assert len(sweeps) == 2
+    for command in sweeps:
+        run(tiny(command, 2))
+    assert len(list((clone / "outputs" / "train" / "multiruns").glob("*/*/checkpoints/last.ckpt"))) == 4 + 3
+
+    resume = commands[commands.index(next(c for c in commands if c.startswith("lgpt-train ckpt_path="))) :][:4]
+    for i, command in enumerate(resume):
+        run(tiny(as_written(command), 12 + 2 * i))
+    run_dir = clone / "outputs" / "train" / "runs" / stamp
+    assert [line for line in (run_dir / "resumes.yaml").read_text().splitlines() if "step:" in line] == [
+        "  step: 10", "  step: 12"]  # fmt: skip
+    assert (clone / "outputs" / "myrun" / "checkpoints" / "last.ckpt").is_file()
+
+    sampling = [c for c in commands if re.match(r"(echo .*\| )?lgpt-(sample|eval|export) ", c)]
+    assert len(sampling) == 5
+    for command in sampling:
+        done = run(as_written(command))
+        if "lgpt-sample" in command:
+            assert f"loaded outputs/train/runs/{stamp}/checkpoints/last.ckpt" in done.stderr
+    assert "ROMEO: Nay, I'll go." in run(as_written(sampling[2])).stdout
+    assert (clone / "my-gpt2" / "model.safetensors").is_file()
+
+    [plot] = [c for c in commands if c.startswith("lgpt-plot outputs/train/runs/<stamp>")]
+    run(as_written(plot))
+    assert (clone / "loss.png").is_file()
+    [snippet] = re.findall(r"```python\n(.*?)```", README, re.S)
+    done = run(f"{sys.executable} -c {shlex.quote(as_written(snippet))}")
+    assert len(done.stdout) >= 100
