@@ -131,7 +131,9 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_newest_whole_one(compose_tr
     task(compose_train(*TINY, *DATA, "trainer.max_steps=10", "trainer.val_check_interval=10",
                        "callbacks.model_checkpoint.every_n_train_steps=4", output_dir=run))  # fmt: skip
     last = run / "checkpoints" / "last.ckpt"
-    last.write_bytes(last.read_bytes()[:5000])  # killed during its first write
+    damaged = last.read_bytes()[:5000]  # as if killed during its first write (a new file: the others are links)
+    last.unlink()
+    last.write_bytes(damaged)
     assert lightning_gpt.find_checkpoint(run).name.startswith("best-step000010")  # the newest whole one
     [p.unlink() for p in run.glob("checkpoints/best-*.ckpt")]
     step8 = run / "checkpoints" / "step000008.ckpt"
