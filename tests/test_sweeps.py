@@ -6,11 +6,30 @@ import csv
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
+
+from lightning_gpt.cli import CONF_DIR, register_resolvers
 
 from .conftest import TINY, TINY_SHAKESPEARE, run_cli
 
 DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
+
+
+def test_optuna_preset_composes_with_its_trial_count_and_storage_in_the_sweep_folder(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", ["hparams_search=optuna", "hparams_search.n_trials=3", f"paths.root_dir={tmp_path}"],
+                      return_hydra_config=True)  # fmt: skip
+    GlobalHydra.instance().clear()
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.n_trials == 3 and sweeper.direction == "minimize"
+    assert sweeper.storage == f"sqlite:///{cfg.hydra.sweep.dir}/optuna.db" and sweeper.sampler.seed == 1234
+    assert set(sweeper.params) == {"optim.lr", "optim.weight_decay", "optim.warmup_steps", "model.dropout",
+                                   "data.batch_size"}  # fmt: skip
 
 
 @pytest.mark.slow
