@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ThroughputMonitor, TQDMProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_gpt.distributed import full_parameters
@@ -113,6 +113,8 @@ class SampleText(L.Callback):
                 logger.experiment.add_text("samples", f"```\n{text}\n```", step)
             elif isinstance(logger, WandbLogger):
                 logger.log_text(key="samples", columns=["step", "text"], data=[[step, text]])
+            elif isinstance(logger, MLFlowLogger):  # an artifact per validation: samples/step000250.txt
+                logger.experiment.log_text(logger.run_id, text, f"samples/step{step:06d}.txt")
         if trainer.default_root_dir:
             with open(Path(trainer.default_root_dir) / "samples.md", "a", encoding="utf-8") as f:
                 f.write(f"## step {step}\n\n```\n{text}\n```\n\n")

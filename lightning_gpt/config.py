@@ -7,10 +7,11 @@ as `lgpt_schema`, the first entry of every app's defaults list.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 @dataclass
@@ -119,6 +120,13 @@ class SampleConfig:
 
 
 @dataclass
+class HparamsSearchConfig:
+    """Set by a preset of conf/hparams_search/, which reads it into the sweeper's settings."""
+
+    n_trials: int = 20
+
+
+@dataclass
 class TrainConfig:
     tokenizer: TokenizerConfig = MISSING
     data: DataConfig = MISSING
@@ -133,6 +141,7 @@ class TrainConfig:
     tags: list[str] = field(default_factory=list)
     seed: int = 1337
     ckpt_path: str | None = None  # resume: a .ckpt file, a run folder, "latest" or "auto"
+    hparams_search: HparamsSearchConfig | None = None  # hparams_search=optuna
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -193,7 +202,14 @@ class ExplainAppConfig:
     device: str = "cpu"
 
 
+def run_name(output_dir: str) -> str:
+    """A run's name in dashboards: its run folder's name, `<sweep folder>/<job>` for a job of a multirun."""
+    path = Path(output_dir)
+    return f"{path.parent.name}/{path.name}" if path.name.isdigit() else path.name
+
+
 def register_configs() -> None:
+    OmegaConf.register_new_resolver("lgpt_run_name", run_name, replace=True)
     ConfigStore.instance().store(name="lgpt_schema", node=TrainConfig)
     ConfigStore.instance().store(name="lgpt_sample_schema", node=SampleAppConfig)
     ConfigStore.instance().store(name="lgpt_eval_schema", node=EvalAppConfig)

@@ -2,7 +2,8 @@
 
 lgpt-plot outputs/train/runs/<stamp>                  # one run folder (or its csv/metrics.csv) -> loss.png
 lgpt-plot outputs/train/runs/* -o compare.png         # several runs, one colour each
-lgpt-plot outputs/train/multiruns/<stamp>             # every run found under a folder
+lgpt-plot outputs/train/multiruns/<stamp>             # a sweep: one line per job, labelled by its overrides
+With several runs, a table of each run's best val/loss is printed too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 from lightning_gpt.errors import UserError
+from lightning_gpt.sweeps import job_overrides
 
 METRICS = "metrics.csv"
 
@@ -57,41 +59,78 @@ def read_curves(log: Path) -> dict[str, list[tuple[int, float]]]:
     return curves
 
 
+def run_dir(log: Path) -> Path:
+    return log.parent.parent if log.parent.name == "csv" else log.parent
+
+
 def run_label(log: Path, logs: list[Path]) -> str:
     """The run folder's path, shortened to what tells it apart from the other runs."""
-    run = log.parent.parent if log.parent.name == "csv" else log.parent
+    run = run_dir(log)
     if len(logs) == 1:
         return run.name
-    runs = [p.parent.parent if p.parent.name == "csv" else p.parent for p in logs]
-    common = Path(os.path.commonpath([str(r.resolve()) for r in runs]))
+    common = Path(os.path.commonpath([str(run_dir(p).resolve()) for p in logs]))
     return str(run.resolve().relative_to(common)) if run.resolve() != common else run.name
 
 
-def plot(paths: list[str], out: str = "loss.png", title: str | None = None) -> Path:
-    """Draw every run's train loss (line) and val loss (dots on a line) on one chart; return the PNG's path."""
+def short(override: str) -> str:
+    """`optim.lr=0.0026018844` -> `optim.lr=0.002602`: labels stay readable when a sampler picked the values."""
+    key, _, value = override.partition("=")
+    try:
+        return f"{key}={float(value):.4g}" if "." in value or "e" in value.lower() else override
+    except ValueError:
+        return override
+
+
+def swept(logs: list[Path]) -> list[str]:
+    """Each run's overrides that differ between the runs (sweep jobs); empty for runs without overrides."""
+    overrides = [job_overrides(run_dir(log)) for log in logs]
+    common = set.intersection(*map(set, overrides)) if len(logs) > 1 else set()
+    return [" ".join(short(o) for o in ov if o not in common) for ov in overrides]
+
+
+def summary(logs: list[Path], overrides: list[str], curves: list[dict]) -> str:
+    """A table with a row per run: job, overrides, best val/loss; the best run marked with *."""
+    best = [min((v for _, v in c["val/loss"]), default=None) for c in curves]
+    top = min((b for b in best if b is not None), default=None)
+    jobs = [run_label(log, logs) for log in logs]
+    wj, wo = max(3, *map(len, jobs)), max(9, *map(len, overrides))
+    rows = [f"{'job':<{wj}}  {'overrides':<{wo}}  best val/loss"]
+    for job, ov, b in zip(jobs, overrides, best):
+        rows.append(f"{job:<{wj}}  {ov or '-':<{wo}}  " + ("-" if b is None else f"{b:.4f}" + " *" * (b == top)))
+    return "\n".join(rows)
+
+
+def plot(paths: list[str], out: str = "loss.png", title: str | None = None) -> tuple[Path, str]:
+    """Draw every run's train loss (line) and val loss (dots on a line) on one chart, a sweep job labelled by
+    its overrides; return the PNG's path and, for several runs, the summary table (else "")."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
     logs = find_logs(paths)
-    fig = Figure(figsize=(8, 5), dpi=120, layout="constrained")
+    curves, overrides = [read_curves(log) for log in logs], swept(logs)
+    names = [ov or run_label(log, logs) for ov, log in zip(overrides, logs)]
+    # One legend entry per run, below the chart: sweep labels are long, and a sweep may have many jobs.
+    fig = Figure(figsize=(8, 5 + 0.2 * len(logs)), dpi=120, layout="constrained")
     ax = fig.add_subplot()
-    for i, log in enumerate(logs):
-        curves, label, color = read_curves(log), run_label(log, logs), f"C{i % 10}"
-        if curves["train/loss"]:
-            ax.plot(*zip(*curves["train/loss"]), color=color, alpha=0.45, linewidth=1, label=f"{label} train")
-        if curves["val/loss"]:
-            steps, values = zip(*curves["val/loss"])
-            ax.plot(steps, values, "o-", color=color, markersize=4, label=f"{label} val (last {values[-1]:.4f})")
+    for i, (curve, name) in enumerate(zip(curves, names)):
+        color = f"C{i % 10}"
+        if curve["val/loss"]:
+            steps, values = zip(*curve["val/loss"])
+            ax.plot(steps, values, "o-", color=color, markersize=4, label=f"{name} (val {values[-1]:.4f})")
+        if curve["train/loss"]:
+            label = None if curve["val/loss"] else name
+            ax.plot(*zip(*curve["train/loss"]), color=color, alpha=0.45, linewidth=1, label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (cross-entropy, nats)")
-    ax.set_title(title or ("loss" if len(logs) > 1 else f"loss: {run_label(logs[0], logs)}"))
+    what = "loss" if len(logs) > 1 else f"loss: {run_label(logs[0], logs)}"
+    ax.set_title(f"{title or what}\ntrain: thin line, val: dots", fontsize="medium")
     ax.grid(alpha=0.3)
-    ax.legend()
+    fig.legend(loc="outside lower center", fontsize="small")
     path = Path(out).expanduser()
     try:
         fig.savefig(path)
     except OSError as e:
         raise UserError(f"cannot write {path} ({e.strerror}); choose another -o/--out") from e
-    return path
+    return path, summary(logs, overrides, curves) if len(logs) > 1 else ""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--title", help="chart title (default: the run's name)")
     args = parser.parse_args(argv)
     try:
-        print(plot(args.runs, args.out, args.title))
+        path, table = plot(args.runs, args.out, args.title)
+        print(f"{table}\n{path}" if table else path)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

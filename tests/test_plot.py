@@ -7,7 +7,9 @@ import pytest
 from lightning_gpt.plot import main, read_curves
 
 from .apps import train_tiny
-from .conftest import run_cli
+from .conftest import TINY, TINY_SHAKESPEARE, run_cli
+
+DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,34 @@ def test_plots_train_and_val_loss_of_a_run_to_a_png(run, tmp_path, capsys):
     out = tmp_path / "loss.png"
     main([str(run), str(run / "csv" / "metrics.csv"), "-o", str(out)])  # a run folder and a CSV path
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert capsys.readouterr().out.strip() == str(out)
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)  # after the table of the two runs
+
+
+@pytest.mark.slow
+def test_a_sweep_folder_plots_one_line_per_job_labelled_by_its_overrides_and_prints_a_table(tmp_path, cache_dir):
+    steps = ["trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.log_every_n_steps=2"]
+    sweep = run_cli("-m", "optim.lr=1e-3,3e-3", "model.dropout=0.0,0.1", *steps, *TINY, *DATA,
+                    f"paths.cache_dir={cache_dir}", cwd=tmp_path)  # fmt: skip
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    (folder,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    out = tmp_path / "sweep.png"
+    result = run_cli(str(folder), "-o", str(out), module="lightning_gpt.plot")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == str(out) and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = [line.split() for line in lines[1:-1]]
+    assert [row[:3] for row in table] == [
+        ["0", "optim.lr=0.001", "model.dropout=0"],
+        ["1", "optim.lr=0.001", "model.dropout=0.1"],
+        ["2", "optim.lr=0.003", "model.dropout=0"],
+        ["3", "optim.lr=0.003", "model.dropout=0.1"],
+    ]
+    best = {row[0]: float(row[3]) for row in table}
+    for job, value in best.items():  # the lowest val/loss of each job's CSV log
+        curve = read_curves(folder / job / "csv" / "metrics.csv")["val/loss"]
+        assert len(curve) == 2 and value == pytest.approx(min(v for _, v in curve), abs=5e-5)
+    starred = [row[0] for row in table if row[-1] == "*"]
+    assert len(starred) == 1 and best[starred[0]] == min(best.values())
 
 
 def test_a_path_without_a_log_is_a_one_line_error(tmp_path):
