@@ -122,7 +122,7 @@ class SampleText(L.Callback):
 
 class AttentionMaps(L.Callback):
     """After each validation, the attention weights of a fixed prompt as one PNG (a row per layer, a column
-    per head): logged to TensorBoard and W&B when those loggers are on, and written to
+    per head): logged to TensorBoard, W&B and MLflow when those loggers are on, and written to
     <run>/attention/step<N>.png. A forward pass and a matplotlib figure per validation; its cost is in
     docs/benchmarks.md. Prompts longer than the context keep their first block_size tokens."""
 
@@ -167,6 +167,8 @@ class AttentionMaps(L.Callback):
                 logger.experiment.add_image("attention", image, step, dataformats="HWC")
             elif isinstance(logger, WandbLogger):
                 logger.log_image(key="attention", images=[image], step=step)
+            elif isinstance(logger, MLFlowLogger):  # an image artifact per validation
+                logger.experiment.log_image(logger.run_id, image, f"attention/step{step:06d}.png")
         if trainer.default_root_dir:
             folder = Path(trainer.default_root_dir) / "attention"
             folder.mkdir(parents=True, exist_ok=True)

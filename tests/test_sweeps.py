@@ -71,8 +71,8 @@ def test_mlflow_logger_writes_metrics_params_and_sample_artifacts_that_mlflow_re
     from lightning_gpt.train import task
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = compose_train("logger=[csv,mlflow]", *TINY, *DATA, "trainer.max_steps=6", "trainer.val_check_interval=3",
-                        "trainer.log_every_n_steps=2")  # fmt: skip
+    steps = ["trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.log_every_n_steps=2"]
+    cfg = compose_train("logger=[csv,mlflow]", "callbacks=[default,attention_maps]", *TINY, *DATA, *steps)
     val_loss = task(cfg)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")  # the default store
     (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
@@ -87,4 +87,6 @@ def test_mlflow_logger_writes_metrics_params_and_sample_artifacts_that_mlflow_re
     assert run.data.params["config/optim/lr"] == "0.001" and run.data.params["config/model/n_layer"] == "2"
     samples = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
     assert samples == ["samples/step000003.txt", "samples/step000006.txt"]
+    attention = [a.path for a in client.list_artifacts(run.info.run_id, "attention")]
+    assert attention == ["attention/step000003.png", "attention/step000006.png"]  # lgpt-explain's maps callback
     assert (tmp_path / "outputs" / "mlruns").is_dir()  # artifacts beside the store, not in the working folder
