@@ -149,6 +149,12 @@ def test_a_signal_between_micro_batches_stops_after_the_step_and_resumes_exactly
     assert len((tmp_path / "run" / "losses.jsonl").read_text().splitlines()) == 40  # each micro-batch once
     assert got == expected  # bit for bit: the resumed steps are the uninterrupted run's
 
+    def logged(run: Path) -> list[tuple[str, str]]:
+        with open(run / "csv" / "metrics.csv") as f:
+            return [(r["step"], r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+    assert logged(tmp_path / "run") == logged(accumulating_run)  # metrics.csv: every step from 0, once, the same
+
 
 def test_a_kill_during_a_save_never_leaves_a_corrupt_checkpoint(tmp_path, cache_dir):
     # 1.6M parameters: each save (weights + Adam moments, ~20 MB, synced to disk) can be killed midway.
