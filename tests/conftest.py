@@ -70,5 +70,7 @@ def run_cli(*args: str, module: str = "lightning_gpt.train", cwd: Path | None = 
     """Run one of our apps in a fresh process, as a user would."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
-        cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+        # Not LGPT_RUN_STAMP: an in-process test may have named its run folder, a new process names its own.
+        cwd=cwd, env={**{k: v for k, v in os.environ.items() if k != "LGPT_RUN_STAMP"}, **(env or {})},
+        capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip

@@ -41,4 +41,4 @@ def test_the_gpu_check_trains_resumes_and_samples_a_preset(tmp_path, monkeypatch
     args = gpu.presets(1)["trainer=gpu"]
     rows = gpu.check_preset("trainer=gpu (CPU)", [*args, f"paths.cache_dir={cache_dir}"], 10, tmp_path, child_env())
     assert rows[0]["metric"] == "val/loss at the end" and 0 < rows[0]["value"] < 5, rows
-    assert {r["metric"] for r in rows} >= {"tokens/s (all devices)"}
+    assert rows[0]["note"] == "trained, resumed, sampled"
