@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -245,3 +247,37 @@ def test_a_fresh_run_never_writes_into_a_folder_holding_another_run(compose_trai
     with pytest.raises(UserError, match="already holds another run's checkpoints; resume it with ckpt_path=auto"):
         task(compose_train(*TINY, *DATA, "trainer.max_steps=2", "optim.lr=3e-4"))
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_two_trainings_in_one_slurm_job_each_resume_their_own_after_a_kill(tmp_path, cache_dir):
+    """Two `lgpt-train` calls in one SLURM job; the first is killed, and its requeued command resumes it."""
+    from .test_reliability import saved_step, wait_for_step
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LGPT_RUN_STAMP", "TORCHELASTIC_RUN_ID")}
+    env["SLURM_JOB_ID"] = "4242"
+    common = [*TINY, *DATA, f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}", "trainer.max_steps=30",
+              "callbacks.model_checkpoint.every_n_train_steps=2", "ckpt_path=auto",
+              "+callbacks.slow._target_=tests.helpers.Slow"]  # fmt: skip
+    first, second = [*common, "optim.lr=1e-3"], [*common, "optim.lr=3e-4"]
+    command = lambda args: [sys.executable, "-m", "lightning_gpt.train", *args]
+    proc = subprocess.Popen(command(first), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    runs = tmp_path / "outputs" / "train" / "runs"
+    while not list(runs.glob("job4242_*/checkpoints/last.ckpt")):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    [killed] = [p.parent.parent for p in runs.glob("job4242_*/checkpoints/last.ckpt")]
+    wait_for_step(killed / "checkpoints" / "last.ckpt", 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert saved_step(killed / "checkpoints" / "last.ckpt") < 30
+    for args in (second, first):  # the second training, then the first's requeued command
+        done = subprocess.run(command(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    folders = sorted(runs.iterdir())
+    assert len(folders) == 2 and killed in folders
+    assert (killed / "resumes.yaml").is_file()  # resumed from its own checkpoint, not restarted
+    for folder in folders:
+        saved = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
+        assert saved["global_step"] == 30
+        assert saved["hyper_parameters"]["optim"]["lr"] == (1e-3 if folder == killed else 3e-4)
