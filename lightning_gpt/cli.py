@@ -183,7 +183,7 @@ def _quoting_hint(override: str) -> str:
 
 
 def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0]
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _suggest(err: Any) -> str:

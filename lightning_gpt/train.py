@@ -19,7 +19,15 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_gpt.cli import CONF_DIR, fit_threads_to_load, one_line_errors, quiet_console, register_resolvers, run_app
+from lightning_gpt.cli import (
+    CONF_DIR,
+    _first_line,
+    fit_threads_to_load,
+    one_line_errors,
+    quiet_console,
+    register_resolvers,
+    run_app,
+)
 from lightning_gpt.errors import UserError
 
 register_resolvers()
@@ -104,10 +112,6 @@ def check_trainer(t: dict[str, Any]) -> None:
             f"trainer.val_check_interval must be a positive number of optimizer steps (or a fraction of an "
             f"epoch), got {interval}"
         )
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def resolve_ckpt_path(value: str | None, log_dir: str, output_dir: str, task_name: str | None = None) -> str | None:
