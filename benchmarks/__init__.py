@@ -20,8 +20,16 @@ SHARED = Path(os.environ.get("LGPT_SHARED", ROOT.parent / "shared")).resolve()
 TINY_SHAKESPEARE = SHARED / "data" / "tinyshakespeare" / "input.txt"
 
 
-def row(benchmark: str, case: str, metric: str, value: float, unit: str, ratio: float | None = None,
-        target: str | None = None, note: str | None = None) -> dict[str, Any]:  # fmt: skip
+def row(
+    benchmark: str,
+    case: str,
+    metric: str,
+    value: float,
+    unit: str,
+    ratio: float | None = None,
+    target: str | None = None,
+    note: str | None = None,
+) -> dict[str, Any]:
     out = {"benchmark": benchmark, "case": case, "metric": metric, "value": value, "unit": unit}
     out.update({k: v for k, v in (("ratio", ratio), ("target", target), ("note", note)) if v is not None})
     return out

@@ -30,8 +30,14 @@ def machine() -> dict[str, Any]:
         names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
         cpu = names[0] if names else cpu
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpus": os.cpu_count(), "cpu": cpu, "gpu": gpu, "torch": torch.__version__,
-            "python": platform.python_version(), "torch_threads": torch.get_num_threads()}  # fmt: skip
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def met(r: dict[str, Any]) -> str:
@@ -88,8 +94,10 @@ def main() -> None:
     command = "python -m benchmarks " + shlex.join(sys.argv[1:])
     info = {**machine(), "load_average_before": load_before}
     print(f"\n{markdown(rows)}\n")
-    print(f"{info['cpus']} CPUs ({info['cpu']}), GPU: {info['gpu'] or 'none'}, torch {info['torch']}; "
-          f"`{command.strip()}` took {total.seconds:.0f} s")  # fmt: skip
+    print(
+        f"{info['cpus']} CPUs ({info['cpu']}), GPU: {info['gpu'] or 'none'}, torch {info['torch']}; "
+        f"`{command.strip()}` took {total.seconds:.0f} s"
+    )
     if load_before > 0.5 * info["cpus"]:
         print(
             f"warning: the load average was {load_before:.1f} on {info['cpus']} CPUs before the benchmarks "
@@ -98,8 +106,14 @@ def main() -> None:
         )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"command": command.strip(), "quick": args.quick, "seconds": round(total.seconds, 1),
-              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": info, "rows": rows}  # fmt: skip
+    record = {
+        "command": command.strip(),
+        "quick": args.quick,
+        "seconds": round(total.seconds, 1),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": info,
+        "rows": rows,
+    }
     out.write_text(json.dumps(record, indent=1))
     print(f"results: {out}")
     sys.exit(1 if failed or any(r["metric"] == "FAILED" for r in rows) else 0)

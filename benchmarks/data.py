@@ -51,8 +51,16 @@ def run(quick: bool) -> list[dict]:
     repeats = 1 if quick else 3
     texts = load_plays()
     megabytes = sum(len(t.encode("utf-8")) for t in texts) / 1e6
-    rows = [row("data", "embedded corpus", "read and convert the plays", round(best_seconds(repeats, load_plays), 3),
-                "s", note=f"{len(texts)} plays, {megabytes:.2f} MB of UTF-8 text")]  # fmt: skip
+    rows = [
+        row(
+            "data",
+            "embedded corpus",
+            "read and convert the plays",
+            round(best_seconds(repeats, load_plays), 3),
+            "s",
+            note=f"{len(texts)} plays, {megabytes:.2f} MB of UTF-8 text",
+        )
+    ]
     cores = os.cpu_count() or 1
     for name in ("char", "gpt2"):
         tokenizer = build_tokenizer(name, texts)
@@ -61,12 +69,29 @@ def run(quick: bool) -> list[dict]:
         for num_proc in sorted({1, cores}):
             target = ">= 5" if name == "gpt2" and num_proc == cores else None
             seconds = best_seconds(repeats, prepare_fresh, name, num_proc)
-            rows.append(row("data", f"{name} pipeline, num_proc={num_proc}", "tokenize into a fresh cache",
-                            round(megabytes / seconds, 1), "MB/s", target=target,
-                            note=f"{seconds:.2f} s, reading the corpus included"))  # fmt: skip
+            rows.append(
+                row(
+                    "data",
+                    f"{name} pipeline, num_proc={num_proc}",
+                    "tokenize into a fresh cache",
+                    round(megabytes / seconds, 1),
+                    "MB/s",
+                    target=target,
+                    note=f"{seconds:.2f} s, reading the corpus included",
+                )
+            )
         with tempfile.TemporaryDirectory(prefix="lgpt-bench-data-") as cache:
             prepare_tokens(Source("embedded"), name, 0.1, cache)
             seconds = best_seconds(repeats, load_cached, name, cache)
-        rows.append(row("data", f"{name} cached", "load the cache, first batch", round(seconds, 3), "s",
-                        target="< 1", note="in a process that has already imported torch and lightning"))  # fmt: skip
+        rows.append(
+            row(
+                "data",
+                f"{name} cached",
+                "load the cache, first batch",
+                round(seconds, 3),
+                "s",
+                target="< 1",
+                note="in a process that has already imported torch and lightning",
+            )
+        )
     return rows

@@ -28,10 +28,22 @@ from benchmarks import TINY_SHAKESPEARE, child_env, lgpt_train, row, run_child
 
 ON_CPU = os.environ.get("LGPT_GPU_CHECK_ON_CPU") == "1"
 LOCAL = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
-TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.block_size=64", "data.batch_size=4",
-        "data.val_batches=2", "model.compile=false"]  # fmt: skip
-QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "sample.max_new_tokens=16",
-         "trainer.log_every_n_steps=5", "+callbacks.peak_memory._target_=benchmarks.gpu.PeakMemory"]  # fmt: skip
+TINY = [
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=64",
+    "model.block_size=64",
+    "data.batch_size=4",
+    "data.val_batches=2",
+    "model.compile=false",
+]
+QUIET = [
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "sample.max_new_tokens=16",
+    "trainer.log_every_n_steps=5",
+    "+callbacks.peak_memory._target_=benchmarks.gpu.PeakMemory",
+]
 
 
 class PeakMemory(L.Callback):
@@ -57,7 +69,7 @@ def presets(gpus: int) -> dict[str, list[str]]:
             "trainer=fsdp",
             *devices,
             "trainer.strategy.activation_checkpointing=true",
-        ],  # fmt: skip
+        ],
         "trainer=multinode (1 node)": ["trainer=multinode", "trainer.num_nodes=1", *devices],
         "experiment=nanogpt_shakespeare_char": ["experiment=nanogpt_shakespeare_char", "trainer=gpu"],
         "experiment=gpt2_124m": [
@@ -66,7 +78,7 @@ def presets(gpus: int) -> dict[str, list[str]]:
             "logger=csv",
             "data.num_workers=0",
             "trainer.accumulate_grad_batches=2",
-        ],  # fmt: skip
+        ],
     }
     if ON_CPU:  # the same launches on CPU processes (gloo), tiny
         cases = {name: [*args, "trainer.accelerator=cpu", *TINY] for name, args in cases.items()}
@@ -92,8 +104,14 @@ def folder_name(case: str) -> str:
 def check_preset(name: str, args: list[str], steps: int, root: Path, env: dict[str, str]) -> list[dict[str, Any]]:
     """Train, resume and sample one preset; a row per figure, or one FAILED row."""
     run = root / folder_name(name)
-    common = [*LOCAL, *args, *QUIET, "callbacks.throughput.window_size=5", f"hydra.run.dir={run}",
-              "trainer.val_check_interval=1000"]  # fmt: skip
+    common = [
+        *LOCAL,
+        *args,
+        *QUIET,
+        "callbacks.throughput.window_size=5",
+        f"hydra.run.dir={run}",
+        "trainer.val_check_interval=1000",
+    ]
     try:
         run_child([*lgpt_train(), *common, f"trainer.max_steps={steps}"], env)
         first = metrics(run)
@@ -121,11 +139,22 @@ def gpt2_speed(compile: bool, steps: int, root: Path, env: dict[str, str]) -> li
     name = f"gpt2_small bf16 compile={str(compile).lower()}"
     run = root / folder_name(name)
     shape = TINY if ON_CPU else ["data.batch_size=8"]
-    args = [*LOCAL, "model=gpt2_small", "tokenizer=gpt2", "trainer=gpu", *QUIET, *shape, f"model.compile={compile}",
-            f"trainer.max_steps={steps}", "trainer.val_check_interval=100000", "trainer.limit_val_batches=0",
-            f"hydra.run.dir={run}", "callbacks=none",
-            "+callbacks.throughput._target_=lightning_gpt.callbacks.TokenThroughputMonitor",
-            "+callbacks.throughput.window_size=5"]  # fmt: skip
+    args = [
+        *LOCAL,
+        "model=gpt2_small",
+        "tokenizer=gpt2",
+        "trainer=gpu",
+        *QUIET,
+        *shape,
+        f"model.compile={compile}",
+        f"trainer.max_steps={steps}",
+        "trainer.val_check_interval=100000",
+        "trainer.limit_val_batches=0",
+        f"hydra.run.dir={run}",
+        "callbacks=none",
+        "+callbacks.throughput._target_=lightning_gpt.callbacks.TokenThroughputMonitor",
+        "+callbacks.throughput.window_size=5",
+    ]
     if ON_CPU:
         args.append("trainer.accelerator=cpu")
     try:

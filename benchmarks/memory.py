@@ -30,8 +30,16 @@ def run(quick: bool) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="lgpt-bench-memory-") as tmp:
         env = child_env(LGPT_ROOT=tmp, LGPT_CACHE_DIR=os.environ.get("LGPT_BENCH_CACHE", f"{tmp}/cache"))
         imports = "import torch, lightning, lightning_gpt.train, lightning_gpt.module, lightning_gpt.data"
-        rows.append(row("memory", "imports only", "peak RSS", round(peak_rss([sys.executable, "-c", imports], env)),
-                        "MB", note="the libraries alone: a floor for both apps"))  # fmt: skip
+        rows.append(
+            row(
+                "memory",
+                "imports only",
+                "peak RSS",
+                round(peak_rss([sys.executable, "-c", imports], env)),
+                "MB",
+                note="the libraries alone: a floor for both apps",
+            )
+        )
 
         steps = 20 if quick else 100
         run_dir = Path(tmp) / "baby"
@@ -44,19 +52,51 @@ def run(quick: bool) -> list[dict]:
         if not quick:
             cases.insert(0, ("first run: tokenizes the corpus", fresh_cache))
         for case, extra in cases:
-            rows.append(row("memory", f"lgpt-train defaults (0.8M params, char), {case}", "peak RSS",
-                            round(peak_rss([*lgpt_train(), *train, *extra], env)), "MB",
-                            note=f"{steps} steps, one validation, checkpoints, final sample"))  # fmt: skip
+            rows.append(
+                row(
+                    "memory",
+                    f"lgpt-train defaults (0.8M params, char), {case}",
+                    "peak RSS",
+                    round(peak_rss([*lgpt_train(), *train, *extra], env)),
+                    "MB",
+                    note=f"{steps} steps, one validation, checkpoints, final sample",
+                )
+            )
         tokens = 200 if quick else 500
         sample = [sys.executable, "-m", "lightning_gpt.sample", f"ckpt_path={run_dir}", f"max_new_tokens={tokens}"]
-        rows.append(row("memory", "lgpt-sample (the run above)", "peak RSS", round(peak_rss(sample, env, cwd=tmp)),
-                        "MB", note=f"{tokens} new tokens, KV cache"))  # fmt: skip
+        rows.append(
+            row(
+                "memory",
+                "lgpt-sample (the run above)",
+                "peak RSS",
+                round(peak_rss(sample, env, cwd=tmp)),
+                "MB",
+                note=f"{tokens} new tokens, KV cache",
+            )
+        )
         if not quick:
             data = ["data=local", f"data.path={TINY_SHAKESPEARE}"] if TINY_SHAKESPEARE.exists() else []
-            gpt2 = ["model=gpt2_small", "tokenizer=gpt2", "model.vocab_multiple=64", "model.block_size=128",
-                    "data.batch_size=2", "data.val_batches=1", "trainer.max_steps=3", "trainer.val_check_interval=3",
-                    "callbacks=none", "sample.max_new_tokens=20", *data]  # fmt: skip
-            rows.append(row("memory", "lgpt-train GPT-2 small shape (124M params)", "peak RSS",
-                            round(peak_rss([*lgpt_train(), *gpt2], env)), "MB",
-                            note="block_size=128, batch 2, 3 steps, fp32 AdamW, callbacks=none"))  # fmt: skip
+            gpt2 = [
+                "model=gpt2_small",
+                "tokenizer=gpt2",
+                "model.vocab_multiple=64",
+                "model.block_size=128",
+                "data.batch_size=2",
+                "data.val_batches=1",
+                "trainer.max_steps=3",
+                "trainer.val_check_interval=3",
+                "callbacks=none",
+                "sample.max_new_tokens=20",
+                *data,
+            ]
+            rows.append(
+                row(
+                    "memory",
+                    "lgpt-train GPT-2 small shape (124M params)",
+                    "peak RSS",
+                    round(peak_rss([*lgpt_train(), *gpt2], env)),
+                    "MB",
+                    note="block_size=128, batch 2, 3 steps, fp32 AdamW, callbacks=none",
+                )
+            )
     return rows

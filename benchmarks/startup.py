@@ -25,8 +25,19 @@ TAG = "BENCH_FIRST_STEP "
 STAGES_TAG = "BENCH_STAGES "
 MARKER = [f"+callbacks.bench_first_step._target_={__name__}.first_step_marker"]
 # The packages whose import cost we list (first import, with what they pull in that was not loaded yet).
-PACKAGES = ("hydra", "torch", "lightning", "torchmetrics", "transformers", "matplotlib", "torch._dynamo", "datasets",
-            "tiktoken", "tensorboard", "wandb")  # fmt: skip
+PACKAGES = (
+    "hydra",
+    "torch",
+    "lightning",
+    "torchmetrics",
+    "transformers",
+    "matplotlib",
+    "torch._dynamo",
+    "datasets",
+    "tiktoken",
+    "tensorboard",
+    "wandb",
+)
 ENTRY_IMPORTS = "import lightning_gpt.train, lightning_gpt.data, lightning_gpt.module, lightning_gpt.callbacks"
 
 
@@ -72,9 +83,13 @@ def breakdown(overrides: list[str]) -> None:
     from lightning_gpt.module import GPTLightningModule
 
     run_config = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])  # what task() passes on
-    module = GPTLightningModule(model=build_model_config(cfg, tokenizer), tokenizer=tokenizer.to_dict(),
-                                optim=OmegaConf.to_container(cfg.optim), compile=cfg.model.compile,
-                                config=OmegaConf.to_container(run_config, resolve=True))  # fmt: skip
+    module = GPTLightningModule(
+        model=build_model_config(cfg, tokenizer),
+        tokenizer=tokenizer.to_dict(),
+        optim=OmegaConf.to_container(cfg.optim),
+        compile=cfg.model.compile,
+        config=OmegaConf.to_container(run_config, resolve=True),
+    )
     stage("model: build the GPT")
     trainer = build_trainer(cfg)
     stage("Trainer, loggers and callbacks")
@@ -94,8 +109,9 @@ def _launch(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 def import_costs(env: dict[str, str]) -> dict[str, float]:
     """Seconds of import per top-level package (python -X importtime self times, summed), largest first."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", ENTRY_IMPORTS], env=env, capture_output=True,
-                          text=True, check=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", ENTRY_IMPORTS], env=env, capture_output=True, text=True, check=True
+    )
     costs: dict[str, float] = collections.Counter()
     for match in re.finditer(r"import time:\s+(\d+) \|\s+\d+ \|\s+(\S+)$", proc.stderr, re.M):
         costs[match[2].split(".")[0]] += int(match[1]) / 1e6
@@ -122,18 +138,46 @@ def run(quick: bool) -> list[dict]:
         costs = import_costs(env)
 
     total = statistics.median(times)
-    parts = {"start the Python interpreter": statistics.median(interpreter), **stages["stages"],
-             "fit: until the end of step 1": read_json_line(stdout, TAG) - stages["fit_start"]}  # fmt: skip
-    rows = [row("startup", "lgpt-train (defaults)", "time to first step", round(total, 2), "s", target="<= 10",
-                note=f"median of {launches} launches {[round(t, 2) for t in times]}; data cached; "
-                f"the breakdown below ran in one more process and sums to {sum(parts.values()):.2f} s")]  # fmt: skip
+    parts = {
+        "start the Python interpreter": statistics.median(interpreter),
+        **stages["stages"],
+        "fit: until the end of step 1": read_json_line(stdout, TAG) - stages["fit_start"],
+    }
+    rows = [
+        row(
+            "startup",
+            "lgpt-train (defaults)",
+            "time to first step",
+            round(total, 2),
+            "s",
+            target="<= 10",
+            note=f"median of {launches} launches {[round(t, 2) for t in times]}; data cached; "
+            f"the breakdown below ran in one more process and sums to {sum(parts.values()):.2f} s",
+        )
+    ]
     rows += [row("startup", "breakdown", name, round(seconds, 2), "s") for name, seconds in parts.items()]
-    rows.append(row("startup", "imports", "all imports of our modules", round(sum(costs.values()), 2), "s",
-                    note=f"python -X importtime -c '{ENTRY_IMPORTS}'"))  # fmt: skip
+    rows.append(
+        row(
+            "startup",
+            "imports",
+            "all imports of our modules",
+            round(sum(costs.values()), 2),
+            "s",
+            note=f"python -X importtime -c '{ENTRY_IMPORTS}'",
+        )
+    )
     shown = [name for name in costs if costs[name] >= 0.05 or name == "lightning_gpt"]
     for name in shown:
-        rows.append(row("startup", "imports", f"import {name}", round(costs[name], 2), "s",
-                        note="self time of its modules, summed" if name == shown[0] else None))  # fmt: skip
+        rows.append(
+            row(
+                "startup",
+                "imports",
+                f"import {name}",
+                round(costs[name], 2),
+                "s",
+                note="self time of its modules, summed" if name == shown[0] else None,
+            )
+        )
     return rows
 
 

@@ -22,8 +22,12 @@ from typing import Any
 from benchmarks import child_env, read_json_line, row
 
 TAG = "BENCH_THREADS "
-CASES = {"torch default": {}, "OMP_NUM_THREADS=1": {"OMP_NUM_THREADS": "1"},
-         "OMP_NUM_THREADS=2": {"OMP_NUM_THREADS": "2"}, "lgpt default": {"LGPT_BENCH_RULE": "1"}}  # fmt: skip
+CASES = {
+    "torch default": {},
+    "OMP_NUM_THREADS=1": {"OMP_NUM_THREADS": "1"},
+    "OMP_NUM_THREADS=2": {"OMP_NUM_THREADS": "2"},
+    "lgpt default": {"LGPT_BENCH_RULE": "1"},
+}
 
 
 def child(seconds: float) -> None:
@@ -81,8 +85,17 @@ def run(quick: bool) -> list[dict[str, Any]]:
         base = results["torch default"]["tokens_per_s"]
         for name, r in results.items():
             note = f"{r['threads']} threads, {cores} cores, load average {load_average:.1f}"
-            rows.append(row("threads", f"{name}, +{extra} busy", "tokens/s", round(r["tokens_per_s"]), "tokens/s",
-                            ratio=round(r["tokens_per_s"] / base, 2), note=note))  # fmt: skip
+            rows.append(
+                row(
+                    "threads",
+                    f"{name}, +{extra} busy",
+                    "tokens/s",
+                    round(r["tokens_per_s"]),
+                    "tokens/s",
+                    ratio=round(r["tokens_per_s"] / base, 2),
+                    note=note,
+                )
+            )
     return rows
 
 

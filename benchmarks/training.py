@@ -82,8 +82,12 @@ class ChunkTimer:
         return False
 
     def report(self, tokens_per_step: int, loss: float, flops_per_token: int) -> None:
-        result = {"chunks": self.chunks, "tokens_per_step": tokens_per_step, "loss": loss,
-                  "flops_per_token": flops_per_token}  # fmt: skip
+        result = {
+            "chunks": self.chunks,
+            "tokens_per_step": tokens_per_step,
+            "loss": loss,
+            "flops_per_token": flops_per_token,
+        }
         print(TAG + json.dumps(result), flush=True)
 
 
@@ -140,8 +144,9 @@ def hand_loop(overrides: list[str], first: int, last: int, chunk: int) -> None:
     if cfg.model.compile:
         model.compile()
     fused = o.fused if o.fused is not None else device.type in ("cuda", "cpu")  # as GPTLightningModule
-    optimizer = torch.optim.AdamW(model.optimizer_groups(o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                  fused=fused)  # fmt: skip
+    optimizer = torch.optim.AdamW(
+        model.optimizer_groups(o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: cosine_lr(step, o.lr, o.min_lr, o.warmup_steps, o.decay_steps) / o.lr
     )
@@ -169,8 +174,10 @@ def hand_loop(overrides: list[str], first: int, last: int, chunk: int) -> None:
 
 def _lgpt_train(case: Case, extra: tuple[str, ...] = ()) -> list[str]:
     timer = [f"+callbacks.bench_timer._target_={__name__}.step_timer"]
-    timer += [f"+callbacks.bench_timer.{k}={v}" for k, v in (("first", case.first), ("last", case.last),
-                                                              ("chunk", case.chunk))]  # fmt: skip
+    timer += [
+        f"+callbacks.bench_timer.{k}={v}"
+        for k, v in (("first", case.first), ("last", case.last), ("chunk", case.chunk))
+    ]
     return [*lgpt_train(), *case.overrides, *extra, *timer]
 
 
@@ -188,8 +195,13 @@ def paired_trial(commands: dict[str, list[str]], chunks: int, env: dict[str, str
             done[name], child_done = os.pipe()
             logs[name] = Path(tmp) / f"{i}.log"
             with open(logs[name], "w") as log:
-                procs[name] = subprocess.Popen(cmd, env={**env, BATON: f"{child_go},{child_done}"}, stdout=log,
-                                               stderr=subprocess.STDOUT, pass_fds=(child_go, child_done))  # fmt: skip
+                procs[name] = subprocess.Popen(
+                    cmd,
+                    env={**env, BATON: f"{child_go},{child_done}"},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(child_go, child_done),
+                )
             os.close(child_go)
             os.close(child_done)
 
@@ -236,19 +248,40 @@ def compare(case: Case, trials: int, env: dict[str, str]) -> list[dict]:
     chunks = sum(len(r["hand loop"]["chunks"]) for r in results)
     losses = {side: results[-1][side]["loss"] for side in SIDES}
     rows = [
-        row("training", case.name, "tokens/s hand loop", round(rate["hand loop"]), "tok/s",
-            note=f"{case.settings}; median of {chunks} chunks of {case.chunk} steps, taking turns"),
-        row("training", case.name, "tokens/s lgpt-train", round(rate["lgpt-train"]), "tok/s",
-            ratio=round(rate["lgpt-train"] / rate["hand loop"], 3), target=">= 0.97",
+        row(
+            "training",
+            case.name,
+            "tokens/s hand loop",
+            round(rate["hand loop"]),
+            "tok/s",
+            note=f"{case.settings}; median of {chunks} chunks of {case.chunk} steps, taking turns",
+        ),
+        row(
+            "training",
+            case.name,
+            "tokens/s lgpt-train",
+            round(rate["lgpt-train"]),
+            "tok/s",
+            ratio=round(rate["lgpt-train"] / rate["hand loop"], 3),
+            target=">= 0.97",
             note=f"{overhead_ms:+.2f} ms/step vs the loop; "
-            f"last-step loss {losses['lgpt-train']:.4f} vs loop {losses['hand loop']:.4f}"),
-    ]  # fmt: skip
+            f"last-step loss {losses['lgpt-train']:.4f} vs loop {losses['hand loop']:.4f}",
+        ),
+    ]
     peak = _peak_flops()
     if peak:
         flops_per_token = results[0]["hand loop"]["flops_per_token"]
         for side in SIDES:
-            rows.append(row("training", case.name, f"MFU {side}", round(100 * rate[side] * flops_per_token / peak, 1),
-                            "%", note="of the bf16 peak Lightning knows for this GPU"))  # fmt: skip
+            rows.append(
+                row(
+                    "training",
+                    case.name,
+                    f"MFU {side}",
+                    round(100 * rate[side] * flops_per_token / peak, 1),
+                    "%",
+                    note="of the bf16 peak Lightning knows for this GPU",
+                )
+            )
     return rows
 
 
@@ -262,11 +295,13 @@ def option(case: Case, override: str, env: dict[str, str], why: str) -> dict:
 
 # Options that the defaults settle (full run only): below 1 means the defaults are faster.
 OPTIONS = {
-    "nanogpt_baby": [("optim.fused=false", "the default is fused AdamW, on CPUs too"),
-                     ("data.num_workers=2", "loader workers compete with the model for 2 cores; default 0"),
-                     ("model.compile=true", "compilation (in the warm-up) buys nothing at this size on CPU")],
+    "nanogpt_baby": [
+        ("optim.fused=false", "the default is fused AdamW, on CPUs too"),
+        ("data.num_workers=2", "loader workers compete with the model for 2 cores; default 0"),
+        ("model.compile=true", "compilation (in the warm-up) buys nothing at this size on CPU"),
+    ],
     "gpt2_small shape": [("optim.fused=false", "the default is fused AdamW, on CPUs too")],
-}  # fmt: skip
+}
 
 
 def _peak_flops() -> float | None:
@@ -299,14 +334,28 @@ def cases(quick: bool) -> list[Case]:
     if torch.cuda.is_available():
         first, last = (10, 30) if quick else (20, 120)
         for compile_ in (False, True):
-            out.append(Case(f"gpt2_small bf16 compile={compile_}",
-                            [*gpt2, "trainer=gpu", "data.batch_size=12", f"model.compile={compile_}"], first, last, 10,
-                            f"GPT-2 small, 12x1024 tokens/step, bf16-mixed, steps {first + 1}-{last}"))  # fmt: skip
+            out.append(
+                Case(
+                    f"gpt2_small bf16 compile={compile_}",
+                    [*gpt2, "trainer=gpu", "data.batch_size=12", f"model.compile={compile_}"],
+                    first,
+                    last,
+                    10,
+                    f"GPT-2 small, 12x1024 tokens/step, bf16-mixed, steps {first + 1}-{last}",
+                )
+            )
     elif not quick:  # a GPT-2-sized step takes seconds on a CPU: too long for --quick
         first, last = 3, 15
-        out.append(Case("gpt2_small shape", [*gpt2, "trainer=cpu", "model.block_size=128", "data.batch_size=2"],
-                        first, last, 1, f"GPT-2 small (124M) at block_size=128, 2x128 tokens/step, fp32, "
-                        f"steps {first + 1}-{last}"))  # fmt: skip
+        out.append(
+            Case(
+                "gpt2_small shape",
+                [*gpt2, "trainer=cpu", "model.block_size=128", "data.batch_size=2"],
+                first,
+                last,
+                1,
+                f"GPT-2 small (124M) at block_size=128, 2x128 tokens/step, fp32, steps {first + 1}-{last}",
+            )
+        )
     return out
 
 

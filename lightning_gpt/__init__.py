@@ -40,12 +40,16 @@ def find_checkpoint(path: str | Path) -> Path:
     if path.is_dir():
         found = newest_whole_checkpoint(path)
         if found is None:
-            raise UserError(f"no checkpoint that loads in {path}; give a .ckpt file, a run folder with "
-                            "checkpoints/ or a Hugging Face GPT-2 folder")  # fmt: skip
+            raise UserError(
+                f"no checkpoint that loads in {path}; give a .ckpt file, a run folder with "
+                "checkpoints/ or a Hugging Face GPT-2 folder"
+            )
         return found
     if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}; give a .ckpt file, a run folder with checkpoints/ "
-                        "or a Hugging Face GPT-2 folder")  # fmt: skip
+        raise UserError(
+            f"checkpoint not found: {path}; give a .ckpt file, a run folder with checkpoints/ "
+            "or a Hugging Face GPT-2 folder"
+        )
     return path
 
 
@@ -90,18 +94,25 @@ def read_checkpoint(path: str | Path, device: Any = "cpu") -> tuple[dict, dict, 
 
         config = gpt2_config(str(path))
         if config.vocab_size != 50257:
-            raise UserError(f"{path} is not a GPT-2-vocabulary model ({config.vocab_size} tokens, not 50257): "
-                            "its tokenizer is unknown")  # fmt: skip
+            raise UserError(
+                f"{path} is not a GPT-2-vocabulary model ({config.vocab_size} tokens, not 50257): "
+                "its tokenizer is unknown"
+            )
         state = {k: v.to(device) for k, v in gpt2_state_dict(str(path)).items()}
         return config.to_dict(), {"name": "gpt2"}, state
     ckpt = load_checkpoint(path, device)
     hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     if "model" not in hparams or "tokenizer" not in hparams or "state_dict" not in ckpt:
-        raise UserError(f"{path} is not a lightning_gpt checkpoint (no model config or tokenizer in it); "
-                        "give a checkpoint written by lgpt-train")  # fmt: skip
+        raise UserError(
+            f"{path} is not a lightning_gpt checkpoint (no model config or tokenizer in it); "
+            "give a checkpoint written by lgpt-train"
+        )
     # Lightning prefixes the GPT's parameters with "model."; torch.compile adds "_orig_mod.".
-    state = {k.removeprefix("model.").replace("_orig_mod.", ""): v for k, v in ckpt["state_dict"].items()
-             if k.startswith("model.")}  # fmt: skip
+    state = {
+        k.removeprefix("model.").replace("_orig_mod.", ""): v
+        for k, v in ckpt["state_dict"].items()
+        if k.startswith("model.")
+    }
     return hparams["model"], hparams["tokenizer"], state
 
 

@@ -67,8 +67,9 @@ class StepProgressBar(TQDMProgressBar):
         bar.initial = bar.n = bar.last_print_n = trainer.global_step  # the rate counts this run's steps only
         bar.set_description(f"Epoch {trainer.current_epoch}")
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:  # fmt: skip
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step_idx = trainer.global_step - 1 if trainer.max_steps > 0 else batch_idx
         super().on_train_batch_end(trainer, pl_module, outputs, batch, step_idx)
 
@@ -77,8 +78,14 @@ class SampleText(L.Callback):
     """Generates a short sample after each validation and logs it as text, so a dashboard shows the
     model learning. Every process generates (a sharded FSDP model needs them all); rank 0 logs."""
 
-    def __init__(self, prompt: str = "", max_new_tokens: int = 200, temperature: float = 0.8,
-                 top_k: int | None = 200, seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        prompt: str = "",
+        max_new_tokens: int = 200,
+        temperature: float = 0.8,
+        top_k: int | None = 200,
+        seed: int = 0,
+    ):
         self.prompt, self.max_new_tokens = prompt, max_new_tokens
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
 
@@ -96,7 +103,7 @@ class SampleText(L.Callback):
             t.item()
             for t in pl_module.model.generate(
                 idx, self.max_new_tokens, self.temperature, self.top_k, stop_token=tokenizer.eot_id, generator=generator
-            )  # fmt: skip
+            )
         ]
         pl_module.train(was_training)
         return self.prompt + tokenizer.decode(t for t in tokens if t != tokenizer.eot_id)

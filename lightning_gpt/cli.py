@@ -102,8 +102,10 @@ def fit_threads_to_load() -> str | None:
     if idle >= threads:
         return None
     torch.set_num_threads(idle)
-    return (f"the CPUs are busy (load average {load:.1f} on {cores} cores): using {idle} torch thread(s) instead "
-            f"of {threads}; set OMP_NUM_THREADS to choose")  # fmt: skip
+    return (
+        f"the CPUs are busy (load average {load:.1f} on {cores} cores): using {idle} torch thread(s) instead "
+        f"of {threads}; set OMP_NUM_THREADS to choose"
+    )
 
 
 _threads_fitted = False
@@ -178,8 +180,10 @@ def _quoting_hint(override: str) -> str:
     key, value = override.split("=", 1)
     hydra_quoted = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     stdin = f"; or, for a prompt, {key}=- reads it from standard input" if key == "prompt" else ""
-    return (f"cannot parse {override!r}: Hydra needs such a value quoted; type it as "
-            f"{shlex.quote(f'{key}={hydra_quoted}')}{stdin}")  # fmt: skip
+    return (
+        f"cannot parse {override!r}: Hydra needs such a value quoted; type it as "
+        f"{shlex.quote(f'{key}={hydra_quoted}')}{stdin}"
+    )
 
 
 def _first_line(e: BaseException) -> str:

@@ -31,8 +31,16 @@ from lightning_gpt.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-_FORMATS = {".txt": "text", ".md": "text", ".text": "text", "": "text", ".json": "json", ".jsonl": "json",
-            ".csv": "csv", ".parquet": "parquet"}  # fmt: skip
+_FORMATS = {
+    ".txt": "text",
+    ".md": "text",
+    ".text": "text",
+    "": "text",
+    ".json": "json",
+    ".jsonl": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
 
 
 @dataclass(frozen=True)
@@ -159,8 +167,12 @@ def _check_columns(ds, source: Source) -> None:
 
 def fingerprint(source: Source, tokenizer_name: str | dict[str, Any], val_fraction: float) -> str:
     """Changes whenever the prepared tokens would: source (with file sizes and times), tokenizer, split."""
-    spec: dict[str, Any] = {"format": CACHE_FORMAT, "source": asdict(source), "tokenizer": tokenizer_name,
-                            "val_fraction": val_fraction}  # fmt: skip
+    spec: dict[str, Any] = {
+        "format": CACHE_FORMAT,
+        "source": asdict(source),
+        "tokenizer": tokenizer_name,
+        "val_fraction": val_fraction,
+    }
     if source.kind == "local":
         for key in ("path", "val_path"):
             if getattr(source, key):
@@ -191,9 +203,16 @@ def _tokenize(
 
     if num_proc is None:  # one process per core and per 100 MB of text: on less, more cost more than they save
         num_proc = min(os.cpu_count() or 1, len(ds), 1 + ds.data.nbytes // 100_000_000)
-    return ds.map(encode, batched=True, batch_size=64, num_proc=num_proc if num_proc > 1 else None,
-                  remove_columns=ds.column_names, desc="tokenizing", new_fingerprint=name,
-                  cache_file_name=str(work_dir / f"{name}.arrow"))  # fmt: skip
+    return ds.map(
+        encode,
+        batched=True,
+        batch_size=64,
+        num_proc=num_proc if num_proc > 1 else None,
+        remove_columns=ds.column_names,
+        desc="tokenizing",
+        new_fingerprint=name,
+        cache_file_name=str(work_dir / f"{name}.arrow"),
+    )
 
 
 def _write_tokens(parts: list, path: Path, dtype: np.dtype) -> tuple[list[int], int]:
@@ -238,8 +257,13 @@ def _damage(folder: Path) -> str | None:
     return None
 
 
-def prepare_tokens(source: Source, tokenizer_name: str | dict[str, Any], val_fraction: float, cache_dir: str,
-                   num_proc: int | None = None) -> Path:  # fmt: skip
+def prepare_tokens(
+    source: Source,
+    tokenizer_name: str | dict[str, Any],
+    val_fraction: float,
+    cache_dir: str,
+    num_proc: int | None = None,
+) -> Path:
     """Tokenize the source into cache_dir/<fingerprint>/ unless it is already there, intact; return that folder.
 
     One process prepares while the others wait on a file lock, then read. A damaged folder is rebuilt; a
@@ -326,8 +350,11 @@ def _build(
         texts = (t for ds in (train, val) if ds is not None for t in ds[source.text_column] if t)
         tokenizer = build_tokenizer(tokenizer_name, texts if tokenizer_name == "char" else None)
     dtype = _token_dtype(tokenizer.vocab_size)
-    parts = [_tokenize(ds, tokenizer, source.text_column, num_proc, dtype, f"lgpt-{name}-{split}", work)
-             for split, ds in (("train", train), ("val", val)) if ds is not None]  # fmt: skip
+    parts = [
+        _tokenize(ds, tokenizer, source.text_column, num_proc, dtype, f"lgpt-{name}-{split}", work)
+        for split, ds in (("train", train), ("val", val))
+        if ds is not None
+    ]
     lengths, crc = _write_tokens(parts, partial / "tokens.bin", dtype)
     del train, val, parts  # close datasets' files before removing them
     shutil.rmtree(work)
@@ -335,9 +362,17 @@ def _build(
     if total == 0:
         raise UserError(f"the {source.kind} corpus {source.path or source.name or ''} has no text; check data.path")
     split_at = lengths[0] if len(lengths) > 1 else int(total * (1 - val_fraction))
-    meta = {"format": CACHE_FORMAT, "tokenizer": tokenizer.to_dict(), "dtype": dtype.name,
-            "num_tokens": total, "train_tokens": split_at, "val_tokens": total - split_at, "crc32": crc,
-            "source": asdict(source), "val_fraction": val_fraction}  # fmt: skip
+    meta = {
+        "format": CACHE_FORMAT,
+        "tokenizer": tokenizer.to_dict(),
+        "dtype": dtype.name,
+        "num_tokens": total,
+        "train_tokens": split_at,
+        "val_tokens": total - split_at,
+        "crc32": crc,
+        "source": asdict(source),
+        "val_fraction": val_fraction,
+    }
     (partial / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
@@ -418,8 +453,15 @@ class FixedWindows(IterableDataset):
     DistributedSampler would repeat windows instead).
     """
 
-    def __init__(self, split: _SplitTokens, block_size: int, count: int, batch_size: int,
-                 rank: int | None = None, world_size: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        split: _SplitTokens,
+        block_size: int,
+        count: int,
+        batch_size: int,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
         self.split, self.block_size, self.batch_size = split, block_size, batch_size
         self.rank, self.world_size = rank, world_size
         self.starts = np.linspace(0, len(split) - block_size - 1, num=count).astype(np.int64)
@@ -482,8 +524,9 @@ class GPTDataModule(L.LightningDataModule):
                 raise UserError(f"data.{key} must be a positive integer, got {value}")
         if num_workers < 0:
             raise UserError(f"data.num_workers must be 0 (load in the training process) or more, got {num_workers}")
-        self.source = Source(source, path, val_path, name, config_name, split, val_split, revision,
-                             text_column, sample_by)  # fmt: skip
+        self.source = Source(
+            source, path, val_path, name, config_name, split, val_split, revision, text_column, sample_by
+        )
         self.tokenizer_name = tokenizer
         self.val_fraction = val_fraction
         self.block_size, self.batch_size, self.val_batches = block_size, batch_size, val_batches
@@ -535,8 +578,9 @@ class GPTDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        windows = RandomWindows(self._split("train"), self.block_size, self.batch_size, self.seed, rank,
-                                start=self.batches_seen)  # fmt: skip
+        windows = RandomWindows(
+            self._split("train"), self.block_size, self.batch_size, self.seed, rank, start=self.batches_seen
+        )
         return self._loader(windows, batch_size=None)  # the dataset yields whole batches
 
     def val_dataloader(self) -> DataLoader:

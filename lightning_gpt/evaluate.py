@@ -48,8 +48,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     data = OmegaConf.to_container(cfg.data, resolve=True)
     block_size, context = data["block_size"], model_config["block_size"]
     if block_size > context:
-        raise UserError(f"data.block_size={block_size} is longer than the model's context ({context}); "
-                        f"use data.block_size={context} or less")  # fmt: skip
+        raise UserError(
+            f"data.block_size={block_size} is longer than the model's context ({context}); "
+            f"use data.block_size={context} or less"
+        )
     # Tokenizers named by their name alone share training's token cache; a char vocabulary travels whole.
     tokenizer = tokenizer_spec if len(tokenizer_spec) > 1 else tokenizer_spec["name"]
     datamodule = GPTDataModule(tokenizer=tokenizer, **data)
@@ -74,9 +76,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics = trainer.validate(module, dataloaders=loader, verbose=False)[0]
 
     loss = float(metrics["val/loss"])
-    result = {"ckpt_path": str(path), "split": cfg.split, "data": describe_data(cfg.data), "loss": loss,
-              "perplexity": math.exp(loss), "windows": windows, "block_size": block_size,
-              "tokens": windows * block_size, "devices": trainer.world_size}  # fmt: skip
+    result = {
+        "ckpt_path": str(path),
+        "split": cfg.split,
+        "data": describe_data(cfg.data),
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "windows": windows,
+        "block_size": block_size,
+        "tokens": windows * block_size,
+        "devices": trainer.world_size,
+    }
     if trainer.is_global_zero:
         print(table(result))
         out_file = Path(cfg.out_file)
@@ -96,8 +106,11 @@ def training_data_hint(path: Path) -> str:
     except Exception:
         return ""
     source = data.get("source")
-    use = {"local": f"data=local data.path={data.get('path')}", "hub": f"data=hub data.name={data.get('name')}",
-           "embedded": "data=shakespeare"}.get(source, f"data={source}")  # fmt: skip
+    use = {
+        "local": f"data=local data.path={data.get('path')}",
+        "hub": f"data=hub data.name={data.get('name')}",
+        "embedded": "data=shakespeare",
+    }.get(source, f"data={source}")
     return f"; the checkpoint's training corpus has them all: {use}"
 
 
@@ -110,9 +123,13 @@ def describe_data(data: DictConfig) -> str:
 
 
 def table(result: dict[str, Any]) -> str:
-    rows = [("checkpoint", result["ckpt_path"]), ("data", f"{result['data']}, {result['split']} split"),
-            ("tokens", f"{result['tokens']:,} ({result['windows']} windows of {result['block_size']})"),
-            ("loss", f"{result['loss']:.4f}"), ("perplexity", f"{result['perplexity']:.3f}")]  # fmt: skip
+    rows = [
+        ("checkpoint", result["ckpt_path"]),
+        ("data", f"{result['data']}, {result['split']} split"),
+        ("tokens", f"{result['tokens']:,} ({result['windows']} windows of {result['block_size']})"),
+        ("loss", f"{result['loss']:.4f}"),
+        ("perplexity", f"{result['perplexity']:.3f}"),
+    ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 

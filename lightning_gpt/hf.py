@@ -69,8 +69,10 @@ def gpt2_config(source: str, block_size: int | None = None, dropout: float = 0.0
         raise UserError(f"{source!r} is not a GPT-2 model we can load: {'; '.join(problems)}")
     positions = hf.get("n_positions", 1024)
     if block_size is not None and block_size > positions:
-        raise UserError(f"model.block_size={block_size} is longer than {source!r}'s {positions} positions; "
-                        f"use model.block_size={positions} or less")  # fmt: skip
+        raise UserError(
+            f"model.block_size={block_size} is longer than {source!r}'s {positions} positions; "
+            f"use model.block_size={positions} or less"
+        )
     return GPTConfig(
         block_size=block_size or positions,
         vocab_size=hf.get("vocab_size", 50257),
@@ -229,8 +231,12 @@ def write_gpt2_tokenizer(out: Path, model_max_length: int = 1024) -> list[Path]:
     vocab = {text(token): rank for token, rank in ranks.items()} | {eot: encoding.eot_token}
     merges = [f"{text(a)} {text(b)}" for a, b in _merges(ranks)]
     special = {"bos_token": eot, "eos_token": eot, "unk_token": eot}
-    tokenizer_config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": model_max_length,
-                        "add_prefix_space": False, **special}  # fmt: skip
+    tokenizer_config = {
+        "tokenizer_class": "GPT2Tokenizer",
+        "model_max_length": model_max_length,
+        "add_prefix_space": False,
+        **special,
+    }
     files = {
         "vocab.json": json.dumps(vocab, ensure_ascii=False),
         "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",

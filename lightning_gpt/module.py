@@ -57,8 +57,14 @@ class SumRatio(Metric):
 class GPTLightningModule(L.LightningModule):
     """Holds a GPT and everything a checkpoint needs to rebuild it: model config, tokenizer, optimizer."""
 
-    def __init__(self, model: dict[str, Any], tokenizer: dict[str, Any], optim: dict[str, Any], compile: bool = False,
-                 config: dict[str, Any] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model: dict[str, Any],
+        tokenizer: dict[str, Any],
+        optim: dict[str, Any],
+        compile: bool = False,
+        config: dict[str, Any] | None = None,
+    ):
         super().__init__()
         # Model config, tokenizer and the whole run config travel inside every checkpoint (and to the loggers).
         check_optim(optim)
@@ -197,9 +203,12 @@ class GPTLightningModule(L.LightningModule):
                 "them after clipping); use optim.fused=null, trainer.precision=bf16-mixed or no clipping"
             )
         optimizer = torch.optim.AdamW(
-            self.model.optimizer_groups(o["weight_decay"]), lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
+            self.model.optimizer_groups(o["weight_decay"]),
+            lr=o["lr"],
+            betas=tuple(o["betas"]),
+            eps=o["eps"],
             fused=fused,
-        )  # fmt: skip
+        )
 
         def factor(step: int) -> float:
             return cosine_lr(step, o["lr"], o["min_lr"], o["warmup_steps"], o["decay_steps"]) / o["lr"]

@@ -134,9 +134,12 @@ def plot(paths: list[str], out: str = "loss.png", title: str | None = None) -> t
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lgpt-plot", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:]))  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="lgpt-plot",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
     parser.add_argument("runs", nargs="+", help="run folders, metrics.csv files, or folders holding runs")
     parser.add_argument("-o", "--out", default="loss.png", help="the PNG to write (default: loss.png)")
     parser.add_argument("--title", help="chart title (default: the run's name)")

@@ -110,13 +110,16 @@ def generate(cfg: DictConfig, out: TextIO | None = None) -> list[str]:
     model, tokenizer = load(path, device)
     model.to(dtype)
     idx = torch.tensor([tokenizer.encode_prompt(prompt)] * cfg.num_samples, device=device)
-    print(f"loaded {path}: {model.num_params() / 1e6:.2f}M parameters, {tokenizer.name} tokenizer, on {device}",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"loaded {path}: {model.num_params() / 1e6:.2f}M parameters, {tokenizer.name} tokenizer, on {device}",
+        file=sys.stderr,
+    )
 
     stop = tokenizer.eot_id if cfg.stop_at_eot else None
     generator = torch.Generator(device).manual_seed(cfg.seed)
-    steps = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, stop_token=stop,
-                           generator=generator)  # fmt: skip
+    steps = model.generate(
+        idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, stop_token=stop, generator=generator
+    )
     stream = TextStream(tokenizer)
     out = out or sys.stdout
     out.write(prompt)

@@ -55,8 +55,10 @@ def build_model_config(cfg: DictConfig, tokenizer) -> dict[str, Any]:
         from lightning_gpt.hf import GPT2_TOKENIZERS, gpt2_config
 
         if tokenizer.name not in GPT2_TOKENIZERS:
-            raise UserError(f"model.init_from={cfg.model.init_from} needs GPT-2's tokenizer, not {tokenizer.name}; "
-                            "add tokenizer=gpt2")  # fmt: skip
+            raise UserError(
+                f"model.init_from={cfg.model.init_from} needs GPT-2's tokenizer, not {tokenizer.name}; "
+                "add tokenizer=gpt2"
+            )
         return gpt2_config(cfg.model.init_from, model["block_size"], model["dropout"]).to_dict()
     if model["vocab_size"] is None:
         model["vocab_size"] = tokenizer.vocab_size
@@ -146,8 +148,10 @@ def latest_run(log_dir: str, task_name: str | None) -> Path:
         if newest_whole_checkpoint(run):
             return run
     still = f" ({len(busy)} still training)" if busy else ""
-    raise UserError(f"ckpt_path=latest: no stopped or finished run with a checkpoint under {root}{still}; "
-                    "train first, or give ckpt_path=<run folder>")  # fmt: skip
+    raise UserError(
+        f"ckpt_path=latest: no stopped or finished run with a checkpoint under {root}{still}; "
+        "train first, or give ckpt_path=<run folder>"
+    )
 
 
 def in_use(run: Path) -> bool:
@@ -183,8 +187,10 @@ def run_lock(run: Path) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         os.close(fd)
-        raise UserError(f"{run} is in use by another lgpt-train (it holds {run / LOCK}); wait for it to end, "
-                        "or train in another folder") from e  # fmt: skip
+        raise UserError(
+            f"{run} is in use by another lgpt-train (it holds {run / LOCK}); wait for it to end, "
+            "or train in another folder"
+        ) from e
     try:
         yield
     finally:
@@ -267,8 +273,10 @@ def resumed_config(run: Path, composed: DictConfig, overrides: list[str], groups
         elif key in groups and key not in composed:  # a group of the global package: experiment=, debug=
             if key == "experiment" and composed.task_name == saved.task_name:
                 continue  # the run's own preset, repeated
-            raise UserError(f"{key}={override.value()} cannot change when resuming {run}: it sets many keys at "
-                            "once; override the keys themselves, or start a new run without ckpt_path")  # fmt: skip
+            raise UserError(
+                f"{key}={override.value()} cannot change when resuming {run}: it sets many keys at "
+                "once; override the keys themselves, or start a new run without ckpt_path"
+            )
         else:
             OmegaConf.update(saved, key, OmegaConf.select(composed, key), merge=False, force_add=True)
     return saved
@@ -294,12 +302,16 @@ def keep_decay_horizon(cfg: DictConfig, ckpt_path: str, overrides: list[str]) ->
     except Exception:
         return 0  # not one of ours, or damaged: check_resumable says so before training
     if any(o.split("=", 1)[0].lstrip("+") == "optim.decay_steps" for o in overrides):
-        log.info(f"resuming at step {step}: optim.decay_steps={cfg.optim.decay_steps} given, the cosine schedule "
-                 f"is stretched to it (it was {saved.get('decay_steps')})")  # fmt: skip
+        log.info(
+            f"resuming at step {step}: optim.decay_steps={cfg.optim.decay_steps} given, the cosine schedule "
+            f"is stretched to it (it was {saved.get('decay_steps')})"
+        )
     elif "decay_steps" in saved:
         cfg.optim.decay_steps = saved["decay_steps"]
-        log.info(f"resuming at step {step}: the learning rate keeps its schedule, decaying to optim.min_lr at "
-                 f"step {cfg.optim.decay_steps} and staying there; optim.decay_steps=N stretches it")  # fmt: skip
+        log.info(
+            f"resuming at step {step}: the learning rate keeps its schedule, decaying to optim.min_lr at "
+            f"step {cfg.optim.decay_steps} and staying there; optim.decay_steps=N stretches it"
+        )
     return step
 
 
@@ -309,8 +321,10 @@ def check_wandb(cfg: DictConfig) -> None:
 
     wandb = [name for name, node in cfg.logger.items() if node and "Wandb" in str(node.get("_target_", ""))]
     if wandb and importlib.util.find_spec("wandb") is None:
-        raise UserError(f"logger.{wandb[0]} logs to Weights & Biases, which needs the wandb package: "
-                        "pip install 'lgpt[wandb]', or use logger=csv or logger=tensorboard")  # fmt: skip
+        raise UserError(
+            f"logger.{wandb[0]} logs to Weights & Biases, which needs the wandb package: "
+            "pip install 'lgpt[wandb]', or use logger=csv or logger=tensorboard"
+        )
 
 
 def _global_rank() -> int:
@@ -332,8 +346,12 @@ def save_config(cfg: DictConfig, output_dir: Path, overrides: list[str], step: i
         _write_atomically(output_dir / CONFIG, text)
         return
     _write_atomically(output_dir / RESUMED_CONFIG, text)
-    entry = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "step": step, "checkpoint": cfg.ckpt_path,
-             "overrides": [o for o in overrides if not o.startswith("hydra.")]}  # fmt: skip
+    entry = {
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "step": step,
+        "checkpoint": cfg.ckpt_path,
+        "overrides": [o for o in overrides if not o.startswith("hydra.")],
+    }
     with open(output_dir / RESUMES, "a", encoding="utf-8") as f:
         f.write(OmegaConf.to_yaml([entry]))
 

@@ -33,7 +33,17 @@ def train_tiny(root: Path, cache_dir: Path, *overrides: str) -> Path:
     from lightning_gpt.train import task
 
     run = root / "run"
-    task(compose_app("train", f"paths.root_dir={root}", f"paths.output_dir={run}", f"paths.cache_dir={cache_dir}",
-                     *TINY, *TINY_SHAKESPEARE_DATA, "trainer.max_steps=10", "trainer.val_check_interval=10",
-                     *overrides))  # fmt: skip
+    task(
+        compose_app(
+            "train",
+            f"paths.root_dir={root}",
+            f"paths.output_dir={run}",
+            f"paths.cache_dir={cache_dir}",
+            *TINY,
+            *TINY_SHAKESPEARE_DATA,
+            "trainer.max_steps=10",
+            "trainer.val_check_interval=10",
+            *overrides,
+        )
+    )
     return run

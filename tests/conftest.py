@@ -28,9 +28,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # with pytest -n, one thread per work
     torch.set_num_threads(1)
 
 # A tiny model that trains in seconds on a CPU.
-TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "data.batch_size=8",
-        "data.val_batches=2", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false", "sample.max_new_tokens=20"]  # fmt: skip
+TINY = [
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.block_size=32",
+    "data.batch_size=8",
+    "data.val_batches=2",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "sample.max_new_tokens=20",
+]
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +62,7 @@ def compose_train(tmp_path, cache_dir):
                     f"paths.output_dir={output_dir or tmp_path / 'run'}",
                     f"paths.cache_dir={cache_dir}",
                     *overrides,
-                ],  # fmt: skip
+                ],
                 return_hydra_config=True,
             )
         HydraConfig.instance().set_config(cfg)
@@ -65,12 +74,20 @@ def compose_train(tmp_path, cache_dir):
     GlobalHydra.instance().clear()
 
 
-def run_cli(*args: str, module: str = "lightning_gpt.train", cwd: Path | None = None, env: dict | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess:  # fmt: skip
+def run_cli(
+    *args: str,
+    module: str = "lightning_gpt.train",
+    cwd: Path | None = None,
+    env: dict | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
     """Run one of our apps in a fresh process, as a user would."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         # Not LGPT_RUN_STAMP: an in-process test may have named its run folder, a new process names its own.
-        cwd=cwd, env={**{k: v for k, v in os.environ.items() if k != "LGPT_RUN_STAMP"}, **(env or {})},
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cwd=cwd,
+        env={**{k: v for k, v in os.environ.items() if k != "LGPT_RUN_STAMP"}, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

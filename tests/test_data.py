@@ -72,8 +72,9 @@ def test_structured_files_with_a_text_column(tmp_path, cache_dir, fmt):
     path = tmp_path / f"docs.{fmt}"
     ds = datasets.Dataset.from_dict(rows)
     {"jsonl": ds.to_json, "csv": ds.to_csv, "parquet": ds.to_parquet}[fmt](str(path))
-    dm = GPTDataModule(tokenizer="byte", source="local", path=str(path), text_column="body", block_size=16,
-                       cache_dir=str(cache_dir))  # fmt: skip
+    dm = GPTDataModule(
+        tokenizer="byte", source="local", path=str(path), text_column="body", block_size=16, cache_dir=str(cache_dir)
+    )
     assert dm.load_cache().meta["num_tokens"] == sum(len(t) + 1 for t in rows["body"])
     with pytest.raises(UserError, match=r"no column 'text' \(columns: body, id\); set data.text_column"):
         GPTDataModule(tokenizer="byte", source="local", path=str(path), cache_dir=str(cache_dir)).load_cache()
@@ -85,13 +86,25 @@ def test_folders_and_globs_and_a_separate_validation_file(tmp_path, cache_dir):
         (tmp_path / "train" / f"{i}.txt").write_text(f"text file {i}\n" * 40)
     (tmp_path / "val.txt").write_text("held out\n" * 20)
     val = str(tmp_path / "val.txt")
-    dm = GPTDataModule(tokenizer="byte", source="local", path=str(tmp_path / "train"), val_path=val, block_size=8,
-                       cache_dir=str(cache_dir))  # fmt: skip
+    dm = GPTDataModule(
+        tokenizer="byte",
+        source="local",
+        path=str(tmp_path / "train"),
+        val_path=val,
+        block_size=8,
+        cache_dir=str(cache_dir),
+    )
     meta = dm.load_cache().meta
     assert meta["train_tokens"] == 3 * (len("text file 0\n") * 40 + 1)
     assert meta["val_tokens"] == len("held out\n") * 20 + 1
-    by_glob = GPTDataModule(tokenizer="byte", source="local", path=str(tmp_path / "train" / "*.txt"),
-                            val_path=str(tmp_path / "val.txt"), block_size=8, cache_dir=str(cache_dir))  # fmt: skip
+    by_glob = GPTDataModule(
+        tokenizer="byte",
+        source="local",
+        path=str(tmp_path / "train" / "*.txt"),
+        val_path=str(tmp_path / "val.txt"),
+        block_size=8,
+        cache_dir=str(cache_dir),
+    )
     assert by_glob.load_cache().meta["num_tokens"] == meta["num_tokens"]
 
 
@@ -131,8 +144,14 @@ def test_hub_dataset_offline_says_how_to_use_local_files(cache_dir):
 
 
 def test_training_windows_are_seeded_per_process_and_resume_mid_stream(cache_dir):
-    dm = GPTDataModule(tokenizer="char", source="local", path=str(TINY_SHAKESPEARE), cache_dir=str(cache_dir),
-                       block_size=32, batch_size=4)  # fmt: skip
+    dm = GPTDataModule(
+        tokenizer="char",
+        source="local",
+        path=str(TINY_SHAKESPEARE),
+        cache_dir=str(cache_dir),
+        block_size=32,
+        batch_size=4,
+    )
     split = dm._split("train")
     stream = RandomWindows(split, 32, 4, seed=1, rank=0)
     batches = [b for _, b in zip(range(5), stream)]
@@ -175,8 +194,10 @@ def test_only_one_process_tokenizes(tmp_path):
         "from lightning_gpt.data import Source, prepare_tokens;"
         f"print(prepare_tokens(Source('local', path={str(TINY_SHAKESPEARE)!r}), 'gpt2', 0.1, {str(tmp_path)!r}))"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=os.environ)
-             for _ in range(2)]  # fmt: skip
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=os.environ)
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sum(out.count("tokenizing the local corpus") for out in outputs) == 1

@@ -72,7 +72,7 @@ def the_run(root: Path) -> Path:
             "data.val_fraction=0.1",
             "trainer.accumulate_grad_batches=2",
         ],
-    ],  # fmt: skip
+    ],
     ids=lambda p: p[0],
 )
 def test_each_single_process_preset_trains_clips_and_resumes(preset, compose_train, tmp_path):
@@ -88,8 +88,11 @@ def test_each_single_process_preset_trains_clips_and_resumes(preset, compose_tra
 
 
 def test_validation_counts_optimizer_steps_under_accumulation(compose_train, tmp_path):
-    task(compose_train(*TINY, *DATA, "trainer.max_steps=6", "trainer.val_check_interval=2",
-                       "trainer.accumulate_grad_batches=3"))  # fmt: skip
+    task(
+        compose_train(
+            *TINY, *DATA, "trainer.max_steps=6", "trainer.val_check_interval=2", "trainer.accumulate_grad_batches=3"
+        )
+    )
     # Lightning logs validation at the step count before the step that triggered it increments.
     assert [s for s, _ in values(tmp_path / "run", "val/loss")] == [1, 3, 5]
 
@@ -100,16 +103,30 @@ def test_validation_counts_optimizer_steps_under_accumulation(compose_train, tmp
 
 def cli(tmp_path: Path, cache_dir: Path, *overrides: str, **kwargs) -> subprocess.CompletedProcess:
     flags = [o for o in overrides if o.startswith("-")]  # Hydra's flags (-m) come before the overrides
-    result = run_cli(*flags, *TINY, *DATA, f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}",
-                     *[o for o in overrides if o not in flags], cwd=ROOT, **kwargs)  # fmt: skip
+    result = run_cli(
+        *flags,
+        *TINY,
+        *DATA,
+        f"paths.root_dir={tmp_path}",
+        f"paths.cache_dir={cache_dir}",
+        *[o for o in overrides if o not in flags],
+        cwd=ROOT,
+        **kwargs,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
 @pytest.mark.slow
 def test_ddp_preset_on_two_cpu_processes_trains_and_resumes(tmp_path, cache_dir):
-    common = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.val_check_interval=4", GRAD_NORMS,
-              "+callbacks.record._target_=tests.helpers.RecordFirstBatch"]  # fmt: skip
+    common = [
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.val_check_interval=4",
+        GRAD_NORMS,
+        "+callbacks.record._target_=tests.helpers.RecordFirstBatch",
+    ]
     cli(tmp_path, cache_dir, *common, "trainer.max_steps=4")
     run = the_run(tmp_path)  # both processes wrote into rank 0's folder
     assert last_step(run) == 4 and max(grad_norms(run)) <= 1.0 + 1e-6
@@ -122,13 +139,26 @@ def test_ddp_preset_on_two_cpu_processes_trains_and_resumes(tmp_path, cache_dir)
 
 @pytest.mark.slow
 def test_fsdp_on_two_cpu_processes_shards_clips_checkpoints_and_resumes_exactly(tmp_path, cache_dir):
-    common = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-              "trainer.val_check_interval=3", "trainer.gradient_clip_val=0.05", GRAD_NORMS]  # fmt: skip
+    common = [
+        "trainer=fsdp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "trainer.val_check_interval=3",
+        "trainer.gradient_clip_val=0.05",
+        GRAD_NORMS,
+    ]
     cli(tmp_path / "whole", cache_dir, *common, "trainer.max_steps=6")
     cli(tmp_path / "half", cache_dir, *common, "trainer.max_steps=3")
     half = the_run(tmp_path / "half")
-    cli(tmp_path / "half", cache_dir, *common, "trainer.max_steps=6", f"ckpt_path={half}",
-        "trainer.strategy.activation_checkpointing=true")  # fmt: skip
+    cli(
+        tmp_path / "half",
+        cache_dir,
+        *common,
+        "trainer.max_steps=6",
+        f"ckpt_path={half}",
+        "trainer.strategy.activation_checkpointing=true",
+    )
     whole, resumed = the_run(tmp_path / "whole"), the_run(tmp_path / "half")  # resumed in its own folder
     assert grad_norms(whole)[-1] <= 0.05 + 1e-6 and "DTensor" in (whole / "grad_norms.txt").read_text()
     # One full checkpoint file, the same weights whether or not the run was interrupted.
@@ -153,8 +183,17 @@ def free_port() -> int:
 def torchrun_two_nodes(tmp_path: Path, cache_dir: Path, rendezvous: list[str], *overrides: str) -> None:
     """Two torchrun agents on this machine, one process each, as two nodes would run them."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = ["trainer=multinode", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2", *TINY, *DATA,
-            f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}", *overrides]  # fmt: skip
+    args = [
+        "trainer=multinode",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "trainer.num_nodes=2",
+        *TINY,
+        *DATA,
+        f"paths.root_dir={tmp_path}",
+        f"paths.cache_dir={cache_dir}",
+        *overrides,
+    ]
     nodes = [
         subprocess.Popen(
             [
@@ -173,7 +212,7 @@ def torchrun_two_nodes(tmp_path: Path, cache_dir: Path, rendezvous: list[str], *
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-        )  # fmt: skip
+        )
         for node in (0, 1)
     ]
     outputs = [node.communicate(timeout=300)[0] for node in nodes]
@@ -197,8 +236,16 @@ def test_torchrun_static_and_c10d_rendezvous_make_one_run_folder_and_resume(tmp_
 def test_a_sweep_of_ddp_jobs_runs_every_job(launcher, tmp_path, cache_dir):
     if launcher != "basic":
         pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    cli(tmp_path, cache_dir, "-m", f"hydra/launcher={launcher}", "trainer=ddp_cpu", "optim.lr=1e-3,3e-4",
-        "trainer.max_steps=4", "trainer.val_check_interval=4")  # fmt: skip
+    cli(
+        tmp_path,
+        cache_dir,
+        "-m",
+        f"hydra/launcher={launcher}",
+        "trainer=ddp_cpu",
+        "optim.lr=1e-3,3e-4",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=4",
+    )
     jobs = sorted(p.parent.parent for p in (tmp_path / "outputs").glob("train/multiruns/*/*/checkpoints/last.ckpt"))
     assert [j.name for j in jobs] == ["0", "1"]
     saved = [torch.load(j / "checkpoints" / "last.ckpt", weights_only=True) for j in jobs]
@@ -256,9 +303,16 @@ def test_two_trainings_in_one_slurm_job_each_resume_their_own_after_a_kill(tmp_p
 
     env = {k: v for k, v in os.environ.items() if k not in ("LGPT_RUN_STAMP", "TORCHELASTIC_RUN_ID")}
     env["SLURM_JOB_ID"] = "4242"
-    common = [*TINY, *DATA, f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}", "trainer.max_steps=30",
-              "callbacks.model_checkpoint.every_n_train_steps=2", "ckpt_path=auto",
-              "+callbacks.slow._target_=tests.helpers.Slow"]  # fmt: skip
+    common = [
+        *TINY,
+        *DATA,
+        f"paths.root_dir={tmp_path}",
+        f"paths.cache_dir={cache_dir}",
+        "trainer.max_steps=30",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+        "ckpt_path=auto",
+        "+callbacks.slow._target_=tests.helpers.Slow",
+    ]
     first, second = [*common, "optim.lr=1e-3"], [*common, "optim.lr=3e-4"]
     command = lambda args: [sys.executable, "-m", "lightning_gpt.train", *args]
     proc = subprocess.Popen(command(first), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

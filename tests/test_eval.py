@@ -24,8 +24,13 @@ def run(tmp_path_factory, cache_dir) -> Path:
 
 
 def eval_args(run: Path, tmp_path: Path, cache_dir: Path) -> list[str]:
-    return [f"ckpt_path={run}", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'eval'}",
-            f"paths.cache_dir={cache_dir}", *CPU]  # fmt: skip
+    return [
+        f"ckpt_path={run}",
+        f"paths.root_dir={tmp_path}",
+        f"paths.output_dir={tmp_path / 'eval'}",
+        f"paths.cache_dir={cache_dir}",
+        *CPU,
+    ]
 
 
 def run_eval(run: Path, tmp_path: Path, cache_dir: Path, *overrides: str) -> dict:
@@ -84,9 +89,16 @@ def test_one_two_and_three_processes_give_the_same_loss(run, tmp_path, cache_dir
     one = run_eval(run, tmp_path, cache_dir, *TINY_SHAKESPEARE_DATA, "windows=17", "data.batch_size=4")
     for devices in (2, 3):
         out = tmp_path / f"ddp{devices}.json"
-        done = run_cli(*eval_args(run, tmp_path, cache_dir), *TINY_SHAKESPEARE_DATA, "windows=17", "data.batch_size=4",
-                       "trainer=ddp_cpu", f"trainer.devices={devices}", f"out_file={out}",
-                       module="lightning_gpt.evaluate")  # fmt: skip
+        done = run_cli(
+            *eval_args(run, tmp_path, cache_dir),
+            *TINY_SHAKESPEARE_DATA,
+            "windows=17",
+            "data.batch_size=4",
+            "trainer=ddp_cpu",
+            f"trainer.devices={devices}",
+            f"out_file={out}",
+            module="lightning_gpt.evaluate",
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         result = json.loads(out.read_text())
         assert result["devices"] == devices and result["windows"] == 17

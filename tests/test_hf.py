@@ -103,8 +103,13 @@ def gpt2_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def finetuned_run(gpt2_folder, tmp_path_factory, cache_dir) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("finetune"), cache_dir, f"model.init_from={gpt2_folder}",
-                      "tokenizer=gpt2", "trainer.max_steps=1")  # fmt: skip
+    return train_tiny(
+        tmp_path_factory.mktemp("finetune"),
+        cache_dir,
+        f"model.init_from={gpt2_folder}",
+        "tokenizer=gpt2",
+        "trainer.max_steps=1",
+    )
 
 
 def test_fine_tuning_starts_from_gpt2_weights(gpt2_folder, finetuned_run):
@@ -118,11 +123,22 @@ def test_fine_tuning_starts_from_gpt2_weights(gpt2_folder, finetuned_run):
 
 
 def test_sampling_from_gpt2_weights_works_offline(gpt2_folder, finetuned_run):
-    samples = generate(compose_app("sample", f"ckpt_path={finetuned_run}", "device=cpu", "num_samples=2",
-                                   "max_new_tokens=8", "stop_at_eot=false"))  # fmt: skip
+    samples = generate(
+        compose_app(
+            "sample",
+            f"ckpt_path={finetuned_run}",
+            "device=cpu",
+            "num_samples=2",
+            "max_new_tokens=8",
+            "stop_at_eot=false",
+        )
+    )
     assert len(samples) == 2 and all(samples)  # an empty prompt starts from <|endoftext|>
-    [text] = generate(compose_app("sample", f"ckpt_path={gpt2_folder}", "device=cpu", "prompt=ROMEO:",
-                                  "max_new_tokens=8", "temperature=0"))  # fmt: skip
+    [text] = generate(
+        compose_app(
+            "sample", f"ckpt_path={gpt2_folder}", "device=cpu", "prompt=ROMEO:", "max_new_tokens=8", "temperature=0"
+        )
+    )
     model, tokenizer = lightning_gpt.load(gpt2_folder)
     prompt = torch.tensor([tokenizer.encode("ROMEO:")])
     tokens = torch.cat(list(model.generate(prompt, 8, temperature=0)), dim=1)[0].tolist()

@@ -12,12 +12,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_carries_the_configs_and_runs_from_any_folder(tmp_path):
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)  # fmt: skip
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = zipfile.ZipFile(next(tmp_path.glob("lgpt-*.whl")))
-    shipped = {Path(n).relative_to("lightning_gpt/conf").as_posix() for n in wheel.namelist()
-               if n.startswith("lightning_gpt/conf/")}  # fmt: skip
+    shipped = {
+        Path(n).relative_to("lightning_gpt/conf").as_posix()
+        for n in wheel.namelist()
+        if n.startswith("lightning_gpt/conf/")
+    }
     in_repo = {p.relative_to(ROOT / "conf").as_posix() for p in (ROOT / "conf").rglob("*.yaml")}
     assert shipped == in_repo
     assert "lightning_gpt/explain_page.html" in wheel.namelist()  # lgpt-explain's page template
@@ -26,10 +43,20 @@ def test_the_wheel_carries_the_configs_and_runs_from_any_folder(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}
-    result = subprocess.run([sys.executable, "-m", "lightning_gpt.train", "--cfg", "job", "experiment=nanogpt_baby"],
-                            cwd=elsewhere, env=env, capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_gpt.train", "--cfg", "job", "experiment=nanogpt_baby"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "task_name: nanogpt_baby" in result.stdout
-    where = subprocess.run([sys.executable, "-c", "from lightning_gpt.cli import CONF_DIR; print(CONF_DIR)"],
-                           cwd=elsewhere, env=env, capture_output=True, text=True)  # fmt: skip
+    where = subprocess.run(
+        [sys.executable, "-c", "from lightning_gpt.cli import CONF_DIR; print(CONF_DIR)"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert where.stdout.strip() == str(site / "lightning_gpt" / "conf")

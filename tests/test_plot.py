@@ -14,8 +14,12 @@ DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    return train_tiny(tmp_path_factory.mktemp("plot"), tmp_path_factory.mktemp("cache"), "trainer.log_every_n_steps=2",
-                      "trainer.val_check_interval=5")  # fmt: skip
+    return train_tiny(
+        tmp_path_factory.mktemp("plot"),
+        tmp_path_factory.mktemp("cache"),
+        "trainer.log_every_n_steps=2",
+        "trainer.val_check_interval=5",
+    )
 
 
 def test_plots_train_and_val_loss_of_a_run_to_a_png(run, tmp_path, capsys):
@@ -32,8 +36,16 @@ def test_plots_train_and_val_loss_of_a_run_to_a_png(run, tmp_path, capsys):
 @pytest.mark.slow
 def test_a_sweep_folder_plots_one_line_per_job_labelled_by_its_overrides_and_prints_a_table(tmp_path, cache_dir):
     steps = ["trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.log_every_n_steps=2"]
-    sweep = run_cli("-m", "optim.lr=1e-3,3e-3", "model.dropout=0.0,0.1", *steps, *TINY, *DATA,
-                    f"paths.cache_dir={cache_dir}", cwd=tmp_path)  # fmt: skip
+    sweep = run_cli(
+        "-m",
+        "optim.lr=1e-3,3e-3",
+        "model.dropout=0.0,0.1",
+        *steps,
+        *TINY,
+        *DATA,
+        f"paths.cache_dir={cache_dir}",
+        cwd=tmp_path,
+    )
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     (folder,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     out = tmp_path / "sweep.png"

@@ -19,8 +19,13 @@ from lightning_gpt.cli import CONF_DIR, register_resolvers
 from .conftest import ROOT, SHARED, TINY
 
 README = (ROOT / "README.md").read_text()
-APPS = {"lgpt-train": "train", "lgpt-sample": "sample", "lgpt-eval": "evaluate", "lgpt-export": "export",
-        "lgpt-plot": "plot"}  # fmt: skip
+APPS = {
+    "lgpt-train": "train",
+    "lgpt-sample": "sample",
+    "lgpt-eval": "evaluate",
+    "lgpt-export": "export",
+    "lgpt-plot": "plot",
+}
 NEEDS_A_GPU_OR_NETWORK = re.compile(r"trainer=(gpu|ddp |ddp$|fsdp|multinode)|gpt2_|init_from|tokenizer=gpt2|devices=8")
 
 
@@ -59,10 +64,17 @@ def test_every_training_command_composes(command):
 
 def shell(command: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     """Run a README line in bash, its lgpt-* commands being this checkout's apps."""
-    functions = "".join(f'{app}() {{ "{sys.executable}" -m lightning_gpt.{module} "$@"; }}\n'
-                        for app, module in APPS.items())  # fmt: skip
-    return subprocess.run(["bash", "-c", functions + command], cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), **env})  # fmt: skip
+    functions = "".join(
+        f'{app}() {{ "{sys.executable}" -m lightning_gpt.{module} "$@"; }}\n' for app, module in APPS.items()
+    )
+    return subprocess.run(
+        ["bash", "-c", functions + command],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+    )
 
 
 def tiny(command: str, steps: int) -> str:
@@ -119,7 +131,9 @@ def test_the_cpu_commands_run_as_written_in_a_fresh_folder(tmp_path, cache_dir):
         run(tiny(as_written(command), 12 + 2 * i))
     run_dir = clone / "outputs" / "train" / "runs" / stamp
     assert [line for line in (run_dir / "resumes.yaml").read_text().splitlines() if "step:" in line] == [
-        "  step: 10", "  step: 12"]  # fmt: skip
+        "  step: 10",
+        "  step: 12",
+    ]
     assert (clone / "outputs" / "myrun" / "checkpoints" / "last.ckpt").is_file()
 
     sampling = [c for c in commands if re.match(r"(echo .*\| )?lgpt-(sample|eval|export) ", c)]

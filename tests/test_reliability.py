@@ -30,18 +30,31 @@ DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
 
 
 def train_args(tmp_path: Path, cache_dir: Path, run: str, *extra: str) -> list[str]:
-    return [*TINY, *DATA, f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}",
-            f"hydra.run.dir={tmp_path / run}", *extra]  # fmt: skip
+    return [
+        *TINY,
+        *DATA,
+        f"paths.root_dir={tmp_path}",
+        f"paths.cache_dir={cache_dir}",
+        f"hydra.run.dir={tmp_path / run}",
+        *extra,
+    ]
 
 
 def start(args: list[str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lightning_gpt.train", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "lightning_gpt.train", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lightning_gpt.train", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_gpt.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def saved_step(path: Path) -> int:
@@ -64,8 +77,14 @@ def train_losses(run_dir: Path) -> dict[int, float]:
         return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
 
 
-EXACT = ["model.dropout=0.1", "trainer.deterministic=true", "trainer.log_every_n_steps=1", "trainer.max_steps=40",
-         "trainer.val_check_interval=20", "callbacks.model_checkpoint.every_n_train_steps=5"]  # fmt: skip
+EXACT = [
+    "model.dropout=0.1",
+    "trainer.deterministic=true",
+    "trainer.log_every_n_steps=1",
+    "trainer.max_steps=40",
+    "trainer.val_check_interval=20",
+    "callbacks.model_checkpoint.every_n_train_steps=5",
+]
 
 
 def test_a_run_killed_and_resumed_logs_the_same_losses_as_an_uninterrupted_one(tmp_path, cache_dir):
@@ -158,9 +177,17 @@ def test_a_signal_between_micro_batches_stops_after_the_step_and_resumes_exactly
 
 def test_a_kill_during_a_save_never_leaves_a_corrupt_checkpoint(tmp_path, cache_dir):
     # 1.6M parameters: each save (weights + Adam moments, ~20 MB, synced to disk) can be killed midway.
-    args = train_args(tmp_path, cache_dir, "run", "model.n_layer=2", "model.n_embd=256", "model.n_head=8",
-                      "trainer.max_steps=1000", "callbacks.model_checkpoint.every_n_train_steps=1",
-                      "ckpt_path=auto")  # fmt: skip
+    args = train_args(
+        tmp_path,
+        cache_dir,
+        "run",
+        "model.n_layer=2",
+        "model.n_embd=256",
+        "model.n_head=8",
+        "trainer.max_steps=1000",
+        "callbacks.model_checkpoint.every_n_train_steps=1",
+        "ckpt_path=auto",
+    )
     folder = tmp_path / "run" / "checkpoints"
     for _ in range(10):
         proc = start(args)
@@ -200,10 +227,16 @@ def test_a_kill_during_a_multi_process_save_never_leaves_a_corrupt_checkpoint(tm
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, cache_dir):
-    args = train_args(tmp_path, cache_dir, "run", "trainer.max_steps=100", "trainer.log_every_n_steps=5",
-                      "callbacks.model_checkpoint.every_n_train_steps=10",
-                      "+callbacks.poison._target_=tests.helpers.PoisonWeights",
-                      "+callbacks.poison.step=12")  # fmt: skip
+    args = train_args(
+        tmp_path,
+        cache_dir,
+        "run",
+        "trainer.max_steps=100",
+        "trainer.log_every_n_steps=5",
+        "callbacks.model_checkpoint.every_n_train_steps=10",
+        "+callbacks.poison._target_=tests.helpers.PoisonWeights",
+        "+callbacks.poison.step=12",
+    )
     result = run(args)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -254,8 +287,13 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_checkpoint
         f"resource.setrlimit(resource.RLIMIT_FSIZE, ({len(before) // 2}, {len(before) // 2}));"
         "sys.argv = ['lgpt-train', *sys.argv[1:]]; runpy.run_module('lightning_gpt.train', run_name='__main__')"
     )
-    args = [*train_args(tmp_path, cache_dir, "x"), f"hydra.run.dir={run_dir}", "trainer.max_steps=8",
-            "trainer.val_check_interval=8", "ckpt_path=auto"]  # fmt: skip
+    args = [
+        *train_args(tmp_path, cache_dir, "x"),
+        f"hydra.run.dir={run_dir}",
+        "trainer.max_steps=8",
+        "trainer.val_check_interval=8",
+        "ckpt_path=auto",
+    ]
     result = subprocess.run(
         [sys.executable, "-c", limited, *args], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
@@ -309,9 +347,13 @@ def test_the_cli_prints_one_line_and_exits_2_with_the_traceback_on_demand(tmp_pa
     assert result.stderr.strip().splitlines() == [
         "error: model.n_embd (32) must be divisible by model.n_head (5); try model.n_head=4"
     ]
-    full = subprocess.run([sys.executable, "-m", "lightning_gpt.train", *train_args(tmp_path, cache_dir, "run"),
-                           "model.n_head=5"], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "HYDRA_FULL_ERROR": "1"})  # fmt: skip
+    full = subprocess.run(
+        [sys.executable, "-m", "lightning_gpt.train", *train_args(tmp_path, cache_dir, "run"), "model.n_head=5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+    )
     assert full.returncode != 0 and "Traceback" in full.stderr
 
 

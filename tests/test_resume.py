@@ -67,8 +67,15 @@ def test_resuming_a_run_folder_continues_it_with_its_own_config(tmp_path, cache_
 
 def test_a_resume_in_place_keeps_the_logs_and_the_schedule(tmp_path, cache_dir):
     """The same in seconds: 30 steps, then 40 in the same folder (ckpt_path=auto, as a requeued job)."""
-    args = [*cli_args(tmp_path, cache_dir), *DATA, f"hydra.run.dir={tmp_path / 'run'}", "trainer.log_every_n_steps=1",
-            "trainer.val_check_interval=10", "optim.warmup_steps=5", "ckpt_path=auto"]  # fmt: skip
+    args = [
+        *cli_args(tmp_path, cache_dir),
+        *DATA,
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "trainer.log_every_n_steps=1",
+        "trainer.val_check_interval=10",
+        "optim.warmup_steps=5",
+        "ckpt_path=auto",
+    ]
     assert run_cli(*args, "trainer.max_steps=30").returncode == 0
     metrics_before = rows(tmp_path / "run")
     resumed = run_cli(*args, "trainer.max_steps=40")
@@ -78,8 +85,16 @@ def test_a_resume_in_place_keeps_the_logs_and_the_schedule(tmp_path, cache_dir):
 
 
 def test_resuming_a_run_folder_in_process_uses_its_config_in_a_new_folder(compose_train, tmp_path):
-    task(compose_train(*TINY, *DATA, "model.n_layer=1", "trainer.max_steps=10", "trainer.val_check_interval=10",
-                       output_dir=tmp_path / "a"))  # fmt: skip
+    task(
+        compose_train(
+            *TINY,
+            *DATA,
+            "model.n_layer=1",
+            "trainer.max_steps=10",
+            "trainer.val_check_interval=10",
+            output_dir=tmp_path / "a",
+        )
+    )
     # Nothing repeated but the new step count: model, data and tokenizer come from the run's config.
     task(compose_train("ckpt_path=" + str(tmp_path / "a"), "trainer.max_steps=15", output_dir=tmp_path / "b"))
     saved = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
@@ -87,18 +102,25 @@ def test_resuming_a_run_folder_in_process_uses_its_config_in_a_new_folder(compos
     assert saved["callbacks"]["model_checkpoint"]["dirpath"] == str(tmp_path / "b" / "checkpoints")
     assert saved["optim"]["decay_steps"] == 10  # the original horizon
     assert torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 15
-    task(compose_train(f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}", "trainer.max_steps=12",
-                       output_dir=tmp_path / "c"))  # fmt: skip
+    task(
+        compose_train(
+            f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}",
+            "trainer.max_steps=12",
+            output_dir=tmp_path / "c",
+        )
+    )
     assert yaml.safe_load((tmp_path / "c" / "config.yaml").read_text())["model"]["n_layer"] == 1  # its run's config
     with pytest.raises(UserError, match="experiment=nanogpt_baby cannot change when resuming"):
         task(compose_train(f"ckpt_path={tmp_path / 'a'}", "experiment=nanogpt_baby", output_dir=tmp_path / "d"))
 
 
 def test_an_explicit_decay_steps_stretches_the_schedule(compose_train, tmp_path):
-    task(compose_train(*TINY, *DATA, "trainer.max_steps=10", "trainer.val_check_interval=10",
-                       output_dir=tmp_path / "a"))  # fmt: skip
-    cfg = compose_train(f"ckpt_path={tmp_path / 'a'}", "trainer.max_steps=12", "optim.decay_steps=50",
-                        output_dir=tmp_path / "b")  # fmt: skip
+    task(
+        compose_train(*TINY, *DATA, "trainer.max_steps=10", "trainer.val_check_interval=10", output_dir=tmp_path / "a")
+    )
+    cfg = compose_train(
+        f"ckpt_path={tmp_path / 'a'}", "trainer.max_steps=12", "optim.decay_steps=50", output_dir=tmp_path / "b"
+    )
     task(cfg)
     assert (
         torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["optim"][
@@ -111,8 +133,16 @@ def test_an_explicit_decay_steps_stretches_the_schedule(compose_train, tmp_path)
 def test_latest_stays_in_its_task_and_skips_runs_still_training(compose_train, tmp_path):
     runs = tmp_path / "outputs"
     for task_name, name in [("train", "old"), ("train", "new"), ("other", "newest")]:
-        task(compose_train(*TINY, *DATA, "trainer.max_steps=5", "trainer.val_check_interval=5",
-                           f"task_name={task_name}", output_dir=runs / task_name / "runs" / name))  # fmt: skip
+        task(
+            compose_train(
+                *TINY,
+                *DATA,
+                "trainer.max_steps=5",
+                "trainer.val_check_interval=5",
+                f"task_name={task_name}",
+                output_dir=runs / task_name / "runs" / name,
+            )
+        )
     assert latest_run(str(runs), "train") == runs / "train" / "runs" / "new"
     with run_lock(runs / "train" / "runs" / "new"):  # as a run still training holds it
         assert latest_run(str(runs), "train") == runs / "train" / "runs" / "old"
@@ -128,8 +158,16 @@ def test_latest_stays_in_its_task_and_skips_runs_still_training(compose_train, t
 
 def test_a_damaged_last_checkpoint_falls_back_to_the_newest_whole_one(compose_train, tmp_path, capsys):
     run = tmp_path / "run"
-    task(compose_train(*TINY, *DATA, "trainer.max_steps=10", "trainer.val_check_interval=10",
-                       "callbacks.model_checkpoint.every_n_train_steps=4", output_dir=run))  # fmt: skip
+    task(
+        compose_train(
+            *TINY,
+            *DATA,
+            "trainer.max_steps=10",
+            "trainer.val_check_interval=10",
+            "callbacks.model_checkpoint.every_n_train_steps=4",
+            output_dir=run,
+        )
+    )
     last = run / "checkpoints" / "last.ckpt"
     damaged = last.read_bytes()[:5000]  # as if killed during its first write (a new file: the others are links)
     last.unlink()
@@ -151,11 +189,18 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_newest_whole_one(compose_tr
 
 
 def test_the_progress_bar_of_a_resumed_run_counts_steps_out_of_max_steps(compose_train, tmp_path, capfd):
-    task(compose_train(*TINY, *DATA, "trainer.max_steps=10", "trainer.val_check_interval=10",
-                       output_dir=tmp_path / "a"))  # fmt: skip
+    task(
+        compose_train(*TINY, *DATA, "trainer.max_steps=10", "trainer.val_check_interval=10", output_dir=tmp_path / "a")
+    )
     capfd.readouterr()
-    task(compose_train(f"ckpt_path={tmp_path / 'a'}", "trainer.max_steps=20", "trainer.enable_progress_bar=true",
-                       output_dir=tmp_path / "b"))  # fmt: skip
+    task(
+        compose_train(
+            f"ckpt_path={tmp_path / 'a'}",
+            "trainer.max_steps=20",
+            "trainer.enable_progress_bar=true",
+            output_dir=tmp_path / "b",
+        )
+    )
     bars = capfd.readouterr().out.replace("\r", "\n")
     assert "10/20 [00:00<" in bars and "20/20 [" in bars  # starts at the resumed step, ends at max_steps
     assert "20/?" not in bars and "40/20" not in bars

@@ -83,9 +83,20 @@ def test_a_run_folder_means_its_last_checkpoint(run):
 
 def test_a_prompt_that_needs_quoting_reads_from_stdin_or_gets_the_quoted_form(run):
     text = "Ω café, I'll go"
-    done = subprocess.run([sys.executable, "-m", "lightning_gpt.sample", f"ckpt_path={run}", "prompt=-",
-                           "max_new_tokens=5", "device=cpu"], input="ROMEO, I'll go",
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lightning_gpt.sample",
+            f"ckpt_path={run}",
+            "prompt=-",
+            "max_new_tokens=5",
+            "device=cpu",
+        ],
+        input="ROMEO, I'll go",
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("ROMEO, I'll go") and len(done.stdout.split("\n")[0]) == len("ROMEO, I'll go") + 5
     done = run_cli(f"ckpt_path={run}", f"prompt={text}", module="lightning_gpt.sample")
@@ -93,8 +104,9 @@ def test_a_prompt_that_needs_quoting_reads_from_stdin_or_gets_the_quoted_form(ru
     [line] = done.stderr.strip().splitlines()
     quoted = """'prompt="Ω café, I'"'"'ll go"'"""
     assert line.endswith(f"type it as {quoted}; or, for a prompt, prompt=- reads it from standard input")
-    as_typed = subprocess.run(f"{sys.executable} -m lightning_gpt.sample --cfg job {quoted}", shell=True,
-                              capture_output=True, text=True)  # fmt: skip
+    as_typed = subprocess.run(
+        f"{sys.executable} -m lightning_gpt.sample --cfg job {quoted}", shell=True, capture_output=True, text=True
+    )
     assert f"prompt: {text}" in as_typed.stdout  # the suggested form really parses
 
 

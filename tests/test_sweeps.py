@@ -22,14 +22,22 @@ def test_optuna_preset_composes_with_its_trial_count_and_storage_in_the_sweep_fo
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", ["hparams_search=optuna", "hparams_search.n_trials=3", f"paths.root_dir={tmp_path}"],
-                      return_hydra_config=True)  # fmt: skip
+        cfg = compose(
+            "train",
+            ["hparams_search=optuna", "hparams_search.n_trials=3", f"paths.root_dir={tmp_path}"],
+            return_hydra_config=True,
+        )
     GlobalHydra.instance().clear()
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.n_trials == 3 and sweeper.direction == "minimize"
     assert sweeper.storage == f"sqlite:///{cfg.hydra.sweep.dir}/optuna.db" and sweeper.sampler.seed == 1234
-    assert set(sweeper.params) == {"optim.lr", "optim.weight_decay", "optim.warmup_steps", "model.dropout",
-                                   "data.batch_size"}  # fmt: skip
+    assert set(sweeper.params) == {
+        "optim.lr",
+        "optim.weight_decay",
+        "optim.warmup_steps",
+        "model.dropout",
+        "data.batch_size",
+    }
 
 
 @pytest.mark.slow
@@ -44,8 +52,13 @@ def test_optuna_preset_runs_its_trials_prints_the_best_and_resumes_from_its_stor
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2"]
     study = optuna.load_study(study_name="lgpt", storage=f"sqlite:///{sweep}/optuna.db")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
-    assert set(study.best_params) == {"optim.lr", "optim.weight_decay", "optim.warmup_steps", "model.dropout",
-                                      "data.batch_size"}  # fmt: skip
+    assert set(study.best_params) == {
+        "optim.lr",
+        "optim.weight_decay",
+        "optim.warmup_steps",
+        "model.dropout",
+        "data.batch_size",
+    }
     best = OmegaConf.load(sweep / "best_trial.yaml")
     assert best.best_value == study.best_value
     assert Path(best.job_dir).name == str(study.best_trial.number)
@@ -54,8 +67,9 @@ def test_optuna_preset_runs_its_trials_prints_the_best_and_resumes_from_its_stor
     assert "reproduce it with: lgpt-train optim.lr=" in done.stdout
 
     # An interrupted study resumes from its storage: one more trial, in a new sweep folder, the same study.
-    more = run_cli(*args, "hparams_search.n_trials=1", f"hydra.sweeper.storage=sqlite:///{sweep}/optuna.db",
-                   cwd=tmp_path)  # fmt: skip
+    more = run_cli(
+        *args, "hparams_search.n_trials=1", f"hydra.sweeper.storage=sqlite:///{sweep}/optuna.db", cwd=tmp_path
+    )
     assert more.returncode == 0, more.stderr[-3000:]
     assert len(optuna.load_study(study_name="lgpt", storage=f"sqlite:///{sweep}/optuna.db").trials) == 4
     assert len(list((tmp_path / "outputs" / "train" / "multiruns").iterdir())) == 2

@@ -53,8 +53,14 @@ def test_presets_are_nanogpts_recipes(compose_train):
 
 
 def test_a_short_run_learns_checkpoints_logs_and_samples(compose_train, tmp_path, capsys):
-    cfg = compose_train(*TINY, *TINY_SHAKESPEARE_DATA, "trainer.max_steps=60", "trainer.val_check_interval=30",
-                        "logger=many", "callbacks.model_checkpoint.every_n_train_steps=20")  # fmt: skip
+    cfg = compose_train(
+        *TINY,
+        *TINY_SHAKESPEARE_DATA,
+        "trainer.max_steps=60",
+        "trainer.val_check_interval=30",
+        "logger=many",
+        "callbacks.model_checkpoint.every_n_train_steps=20",
+    )
     metrics = task(cfg)
     run = tmp_path / "run"
     val = column(read_metrics(run), "val/loss")
@@ -81,8 +87,13 @@ def test_resume_continues_at_the_right_step_with_the_data_stream(compose_train, 
     saved = torch.load(last, weights_only=True)
     assert saved["global_step"] == 20
     assert saved["GPTDataModule"] == {"batches_seen": 20}  # the sampler's position
-    resumed = compose_train(*TINY, "trainer.max_steps=30", "trainer.val_check_interval=10",
-                            f"ckpt_path={tmp_path / 'a'}", output_dir=tmp_path / "b")  # fmt: skip
+    resumed = compose_train(
+        *TINY,
+        "trainer.max_steps=30",
+        "trainer.val_check_interval=10",
+        f"ckpt_path={tmp_path / 'a'}",
+        output_dir=tmp_path / "b",
+    )
     task(resumed)
     after = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
     assert after["global_step"] == 30
@@ -94,8 +105,13 @@ def test_resume_continues_at_the_right_step_with_the_data_stream(compose_train, 
 def test_ckpt_path_latest_finds_the_newest_run(compose_train, tmp_path):
     runs = tmp_path / "outputs" / "train" / "runs"
     task(compose_train(*TINY, "trainer.max_steps=10", "trainer.val_check_interval=10", output_dir=runs / "x"))
-    cfg = compose_train(*TINY, "trainer.max_steps=15", "trainer.val_check_interval=5", "ckpt_path=latest",
-                        output_dir=tmp_path / "outputs" / "y")  # fmt: skip
+    cfg = compose_train(
+        *TINY,
+        "trainer.max_steps=15",
+        "trainer.val_check_interval=5",
+        "ckpt_path=latest",
+        output_dir=tmp_path / "outputs" / "y",
+    )
     task(cfg)
     assert torch.load(tmp_path / "outputs" / "y" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 15
 
@@ -105,8 +121,13 @@ def cli_args(tmp_path: Path, cache_dir: Path) -> list[str]:
 
 
 def test_multirun_gives_each_job_its_own_folder(tmp_path, cache_dir):
-    result = run_cli("-m", *cli_args(tmp_path, cache_dir), "trainer.max_steps=10", "trainer.val_check_interval=10",
-                     "optim.lr=1e-3,3e-3")  # fmt: skip
+    result = run_cli(
+        "-m",
+        *cli_args(tmp_path, cache_dir),
+        "trainer.max_steps=10",
+        "trainer.val_check_interval=10",
+        "optim.lr=1e-3,3e-3",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     jobs = sorted(p.parent.parent for p in (tmp_path / "outputs").glob("train/multiruns/*/*/checkpoints/last.ckpt"))
     assert [j.name for j in jobs] == ["0", "1"]
@@ -139,8 +160,9 @@ def test_a_run_that_fails_after_composition_leaves_no_run_folder(tmp_path, cache
 
 def test_the_console_prints_each_line_once_without_ads_or_library_warnings(tmp_path, cache_dir):
     # Validation at step 4, the end at 5: last.ckpt is saved by our callback, where Lightning notes weights_only.
-    result = run_cli(*cli_args(tmp_path, cache_dir), *TINY_SHAKESPEARE_DATA, "trainer.max_steps=5",
-                     "trainer.val_check_interval=4")  # fmt: skip
+    result = run_cli(
+        *cli_args(tmp_path, cache_dir), *TINY_SHAKESPEARE_DATA, "trainer.max_steps=5", "trainer.val_check_interval=4"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     console = result.stdout + result.stderr
     assert console.count("GPU available") == 1 and console.count("`Trainer.fit` stopped") == 1
@@ -180,6 +202,7 @@ def test_a_busy_machine_gets_fewer_torch_threads_unless_omp_num_threads_is_set()
         "1 the CPUs are busy (load average 3.5 on 2 cores): using 1 torch thread(s) instead of 2; "
         "set OMP_NUM_THREADS to choose"
     )
-    chosen = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**env, "OMP_NUM_THREADS": "2"})  # fmt: skip
+    chosen = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "2"}
+    )
     assert chosen.stdout.strip() == "2 None"
