@@ -65,7 +65,7 @@ def page_rows() -> list[dict]:
     import torch
 
     from lightning_gpt.explain import explain, write_page
-    from lightning_gpt.model import GPT, GPTConfig
+    from lightning_gpt.models.gpt import GPT, GPTConfig
     from lightning_gpt.tokenizers import CharTokenizer
 
     text = TINY_SHAKESPEARE.read_text(encoding="utf-8")

@@ -65,7 +65,7 @@ def breakdown(overrides: list[str]) -> None:
         stages[name] = now - clock
         clock = now
 
-    from lightning_gpt.train import build_datamodule, build_model_config, build_trainer
+    from lightning_gpt.build import build_datamodule, build_model_config, build_trainer
 
     stage("import lightning_gpt.train (the entry point)")
     from benchmarks.training import compose

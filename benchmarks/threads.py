@@ -35,7 +35,7 @@ def child(seconds: float) -> None:
     import torch
 
     from lightning_gpt.cli import fit_threads_to_load
-    from lightning_gpt.model import GPT, GPTConfig
+    from lightning_gpt.models.gpt import GPT, GPTConfig
 
     if os.environ.get("LGPT_BENCH_RULE"):
         fit_threads_to_load()

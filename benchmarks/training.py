@@ -126,10 +126,10 @@ def hand_loop(overrides: list[str], first: int, last: int, chunk: int) -> None:
     """nanoGPT's training loop on the pieces lgpt-train composes, without Lightning."""
     import torch
 
+    from lightning_gpt.build import build_datamodule, build_model_config
     from lightning_gpt.cli import fit_threads_to_load
-    from lightning_gpt.model import GPT, GPTConfig
+    from lightning_gpt.models.gpt import GPT, GPTConfig
     from lightning_gpt.module import cosine_lr
-    from lightning_gpt.train import build_datamodule, build_model_config
 
     fit_threads_to_load()  # the thread count lgpt-train would choose: like against like on a loaded machine
     cfg = compose(overrides)

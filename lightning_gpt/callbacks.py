@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_gpt.distributed import full_parameters
 from lightning_gpt.errors import UserError
+from lightning_gpt.generation import complete, prompt_ids
 
 
 def _sequences(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
@@ -91,22 +92,15 @@ class SampleText(L.Callback):
 
     def generate(self, pl_module: L.LightningModule) -> str:
         with full_parameters(pl_module.model):
-            return self._generate(pl_module)
-
-    def _generate(self, pl_module: L.LightningModule) -> str:
-        tokenizer = pl_module.tokenizer
-        idx = torch.tensor([tokenizer.encode_prompt(self.prompt)], device=pl_module.device)
-        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        was_training = pl_module.training
-        pl_module.eval()
-        tokens = [
-            t.item()
-            for t in pl_module.model.generate(
-                idx, self.max_new_tokens, self.temperature, self.top_k, stop_token=tokenizer.eot_id, generator=generator
-            )
-        ]
-        pl_module.train(was_training)
-        return self.prompt + tokenizer.decode(t for t in tokens if t != tokenizer.eot_id)
+            return complete(
+                pl_module.model,
+                pl_module.tokenizer,
+                self.prompt,
+                self.max_new_tokens,
+                self.temperature,
+                self.top_k,
+                seed=self.seed,
+            )[0]
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
@@ -139,7 +133,7 @@ class AttentionMaps(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         try:  # now, not at the first validation: a prompt the tokenizer cannot encode stops the run at once
-            ids = pl_module.tokenizer.encode_prompt(self.prompt)
+            ids = prompt_ids(pl_module.tokenizer, self.prompt)
         except UserError as e:
             raise UserError(f"callbacks.attention_maps.prompt: {e}") from e
         self.ids = ids[: pl_module.model.config.block_size]

@@ -22,7 +22,6 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lightning_gpt import load_checkpoint
 from lightning_gpt.errors import UserError
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -213,39 +212,3 @@ def _saved_step(path: Path) -> int | None:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
     except (OSError, RuntimeError, KeyError):
         return None
-
-
-SHAPE_KEYS_IGNORED = ("dropout",)  # may change on resume; every other model key fixes the weights' shapes
-
-
-def check_resumable(path: str, model_config: dict[str, Any], tokenizer: dict[str, Any], max_steps: int = -1) -> None:
-    """Fail before training if the checkpoint is damaged, was trained with another shape or tokenizer, or
-    already reached max_steps (the run would end at once, training nothing)."""
-    checkpoint = load_checkpoint(path, mmap=True)
-    try:
-        saved = checkpoint["hyper_parameters"]
-        saved_model, saved_tokenizer = saved["model"], saved["tokenizer"]
-    except (KeyError, TypeError) as e:
-        raise UserError(f"{path} is not a lightning_gpt checkpoint (no model config in it); resume from one") from e
-    if saved_tokenizer["name"] != tokenizer["name"]:
-        raise UserError(
-            f"cannot resume from {path}: it was trained with tokenizer.name={saved_tokenizer['name']}, this run has "
-            f"tokenizer.name={tokenizer['name']}; use the checkpoint's tokenizer"
-        )
-    if saved_tokenizer != tokenizer:
-        raise UserError(
-            f"cannot resume from {path}: its character vocabulary ({len(saved_tokenizer.get('chars', ''))} chars) "
-            f"differs from this run's data ({len(tokenizer.get('chars', ''))} chars); resume on the same data"
-        )
-    for key in sorted(set(saved_model) | set(model_config)):
-        if key not in SHAPE_KEYS_IGNORED and saved_model.get(key) != model_config.get(key):
-            raise UserError(
-                f"cannot resume from {path}: it was trained with model.{key}={saved_model.get(key)}, this run has "
-                f"model.{key}={model_config.get(key)}; use the checkpoint's value, or drop ckpt_path to start afresh"
-            )
-    step = checkpoint.get("global_step", 0)
-    if 0 <= max_steps <= step:
-        raise UserError(
-            f"{path} is already at step {step} and trainer.max_steps={max_steps}: nothing to train; "
-            f"raise trainer.max_steps above {step} to continue"
-        )

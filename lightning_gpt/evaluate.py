@@ -32,10 +32,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from lightning_gpt import find_checkpoint, read_checkpoint
+    from lightning_gpt.build import build_trainer
     from lightning_gpt.config import OptimConfig
     from lightning_gpt.data import FixedWindows, GPTDataModule
     from lightning_gpt.module import GPTLightningModule
-    from lightning_gpt.train import build_trainer
 
     quiet_console()
     if note := fit_threads_to_load():

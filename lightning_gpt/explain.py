@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from lightning_gpt.errors import UserError
-from lightning_gpt.model import GPT, CausalSelfAttention, check_sampling
+from lightning_gpt.generation import check_sampling
+from lightning_gpt.models.gpt import GPT, CausalSelfAttention
 from lightning_gpt.tokenizers import ByteTokenizer, Tokenizer
 
 PAGE_TEMPLATE = Path(__file__).with_name("explain_page.html")

@@ -19,12 +19,13 @@ register_resolvers()
 
 def task(cfg: DictConfig) -> None:
     from lightning_gpt import find_checkpoint, load
-    from lightning_gpt.hf import GPT2_TOKENIZERS, export_gpt2
+    from lightning_gpt.hf import export
+    from lightning_gpt.hf.tokenizer import GPT2_TOKENIZERS
 
     path = find_checkpoint(cfg.ckpt_path)
     model, tokenizer = load(path)
-    files = export_gpt2(model, tokenizer, cfg.out_dir)
-    print(f"exported {path} as a GPT-2 folder: {', '.join(str(f) for f in files)}")
+    files = export(model, tokenizer, cfg.out_dir)
+    print(f"exported {path} as a transformers {model.config.family} folder: {', '.join(str(f) for f in files)}")
     if tokenizer.name not in GPT2_TOKENIZERS:
         print(f"no tokenizer files: the {tokenizer.name} tokenizer has no Hugging Face equivalent")
 

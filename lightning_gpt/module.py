@@ -1,4 +1,4 @@
-"""The LightningModule around `GPT`: loss, optimizer and LR schedule. Everything else is Lightning's."""
+"""The LightningModule around a model of any family: loss, optimizer and LR schedule. Everything else is Lightning's."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import Metric
 
 from lightning_gpt.errors import UserError
-from lightning_gpt.model import GPT, GPTConfig
+from lightning_gpt.models import build
 from lightning_gpt.tokenizers import Tokenizer, tokenizer_from_dict
 
 
@@ -55,7 +55,7 @@ class SumRatio(Metric):
 
 
 class GPTLightningModule(L.LightningModule):
-    """Holds a GPT and everything a checkpoint needs to rebuild it: model config, tokenizer, optimizer."""
+    """Holds a model and everything a checkpoint needs to rebuild it: model config, tokenizer, optimizer."""
 
     def __init__(
         self,
@@ -69,7 +69,7 @@ class GPTLightningModule(L.LightningModule):
         # Model config, tokenizer and the whole run config travel inside every checkpoint (and to the loggers).
         check_optim(optim)
         self.save_hyperparameters()
-        self.model = GPT(GPTConfig(**model))
+        self.model = build(model)
         self.tokenizer_spec = tokenizer
         self.optim = optim
         self.compile_model = compile
@@ -90,7 +90,7 @@ class GPTLightningModule(L.LightningModule):
         from lightning_gpt.distributed import FSDPStrategy, shard
 
         if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
-            shard(self.model, self.model.transformer.h, self.trainer.strategy, self.trainer.precision)
+            shard(self.model, self.model.blocks, self.trainer.strategy, self.trainer.precision)
         if self.compile_model:
             self.model.compile()  # in place: parameter names (and checkpoints) stay free of _orig_mod.
 

@@ -28,28 +28,6 @@ SEPARATOR = "-" * 15
 _PRECISIONS = {"32": "float32", "bf16": "bfloat16", "16": "float16"}
 
 
-class TextStream:
-    """Decodes tokens one at a time, holding back a character whose bytes span several tokens."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.pending: list[int] = []
-
-    def push(self, token: int) -> str:
-        self.pending.append(token)
-        text = self.tokenizer.decode(self.pending)
-        # A UTF-8 character is at most 4 bytes: past that, a replacement character is really in the text.
-        if text.endswith("\ufffd") and len(self.pending) < 4:
-            return ""
-        self.pending = []
-        return text
-
-    def flush(self) -> str:
-        text = self.tokenizer.decode(self.pending) if self.pending else ""
-        self.pending = []
-        return text
-
-
 def read_prompt(prompt: str) -> str:
     """The prompt itself, the contents of a file given as @path, or standard input for "-" (text with
     commas, quotes or non-ASCII characters needs no quoting there)."""
@@ -91,10 +69,9 @@ def pick_device(device: str, precision: str | None):
 
 def generate(cfg: DictConfig, out: TextIO | None = None) -> list[str]:
     """Write the samples to out, stdout by default (the first as it is generated), and return them."""
-    import torch
 
     from lightning_gpt import find_checkpoint, load
-    from lightning_gpt.model import check_sampling
+    from lightning_gpt.generation import check_sampling, complete
 
     try:
         check_sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
@@ -109,30 +86,31 @@ def generate(cfg: DictConfig, out: TextIO | None = None) -> list[str]:
     path = find_checkpoint(cfg.ckpt_path)
     model, tokenizer = load(path, device)
     model.to(dtype)
-    idx = torch.tensor([tokenizer.encode_prompt(prompt)] * cfg.num_samples, device=device)
     print(
         f"loaded {path}: {model.num_params() / 1e6:.2f}M parameters, {tokenizer.name} tokenizer, on {device}",
         file=sys.stderr,
     )
 
-    stop = tokenizer.eot_id if cfg.stop_at_eot else None
-    generator = torch.Generator(device).manual_seed(cfg.seed)
-    steps = model.generate(
-        idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, stop_token=stop, generator=generator
-    )
-    stream = TextStream(tokenizer)
     out = out or sys.stdout
     out.write(prompt)
-    new_tokens, first_done = [], False
-    for token in steps:
-        new_tokens.append(token)
-        first_done = first_done or int(token[0, 0]) == stop
-        if not first_done:
-            out.write(stream.push(int(token[0, 0])))
-            out.flush()
-    out.write(stream.flush())
-    tokens = torch.cat(new_tokens, dim=1).tolist()
-    samples = [prompt + tokenizer.decode(row[: row.index(stop)] if stop in row else row) for row in tokens]
+
+    def stream(text: str) -> None:
+        out.write(text)
+        out.flush()
+
+    samples = complete(
+        model,
+        tokenizer,
+        prompt,
+        cfg.max_new_tokens,
+        cfg.temperature,
+        cfg.top_k,
+        cfg.top_p,
+        num_samples=cfg.num_samples,
+        seed=cfg.seed,
+        stop_at_eot=cfg.stop_at_eot,
+        on_text=stream,
+    )
     out.write(f"\n{SEPARATOR}\n")
     for text in samples[1:]:
         out.write(f"{text}\n{SEPARATOR}\n")

@@ -47,12 +47,6 @@ class Tokenizer(ABC):
                 doc.append(self.eot_id)
         return ids
 
-    def encode_prompt(self, prompt: str) -> list[int]:
-        """A prompt's ids; an empty prompt starts from end-of-text, or a newline where there is none (char)."""
-        if prompt:
-            return self.encode(prompt)
-        return [self.eot_id] if self.eot_id is not None else self.encode("\n")
-
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name}
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import lightning_gpt
 from lightning_gpt.errors import UserError
 from lightning_gpt.explain import explain, page, task, token_piece, write_page
-from lightning_gpt.model import GPT, GPTConfig
+from lightning_gpt.models.gpt import GPT, GPTConfig
 from lightning_gpt.sample import generate
 from lightning_gpt.tokenizers import CharTokenizer, build_tokenizer
 

@@ -11,8 +11,8 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 import lightning_gpt
 from lightning_gpt.errors import UserError
-from lightning_gpt.hf import export_gpt2, gpt2_config, import_gpt2
-from lightning_gpt.model import GPT, GPTConfig
+from lightning_gpt.hf import export, import_config, import_model
+from lightning_gpt.models.gpt import GPT, GPTConfig
 from lightning_gpt.sample import generate
 from lightning_gpt.tokenizers import build_tokenizer
 
@@ -41,7 +41,7 @@ def max_logit_difference(ours: GPT, theirs: GPT2LMHeadModel, vocab_size: int) ->
 def test_a_transformers_gpt2_imports_with_the_same_logits(tmp_path, activation):
     theirs = random_gpt2(activation=activation)
     theirs.save_pretrained(tmp_path)
-    ours = import_gpt2(str(tmp_path))
+    ours = import_model(str(tmp_path))
     assert ours.config.activation == {"gelu_new": "gelu_tanh", "gelu": "gelu"}[activation]
     assert max_logit_difference(ours, theirs, 101) < 1e-4
 
@@ -53,8 +53,8 @@ def test_an_original_style_pytorch_model_bin_imports(tmp_path):
     state |= {f"h.{i}.attn.bias": torch.ones(1, 1, 24, 24).tril() for i in range(2)}
     torch.save(state, tmp_path / "pytorch_model.bin")
     theirs.config.to_json_file(tmp_path / "config.json")
-    assert max_logit_difference(import_gpt2(str(tmp_path)), theirs, 101) < 1e-4
-    assert import_gpt2(str(tmp_path), block_size=16).transformer.wpe.weight.shape == (16, 32)  # cropped context
+    assert max_logit_difference(import_model(str(tmp_path)), theirs, 101) < 1e-4
+    assert import_model(str(tmp_path), block_size=16).transformer.wpe.weight.shape == (16, 32)  # cropped context
 
 
 @pytest.mark.parametrize(
@@ -72,19 +72,19 @@ def test_our_model_exports_to_transformers_with_the_same_logits(tmp_path, config
     with torch.no_grad():
         for p in ours.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    files = export_gpt2(ours, build_tokenizer("byte"), tmp_path)
+    files = export(ours, build_tokenizer("byte"), tmp_path)
     assert sorted(f.name for f in files) == ["config.json", "model.safetensors"]  # no HF tokenizer for bytes
     modes = {f.name: f.stat().st_mode & 0o777 for f in files}
     assert modes["model.safetensors"] == modes["config.json"]  # readable by others alike (safetensors wrote 0600)
     theirs, info = GPT2LMHeadModel.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     assert max_logit_difference(ours, theirs.eval(), 101) < 1e-4
-    assert max_logit_difference(import_gpt2(str(tmp_path)), theirs, 101) < 1e-4  # and back
+    assert max_logit_difference(import_model(str(tmp_path)), theirs, 101) < 1e-4  # and back
 
 
 def test_gpt2_tokenizer_files_encode_exactly_as_tiktoken(tmp_path):
     ours = GPT(GPTConfig(block_size=16, n_layer=1, n_head=1, n_embd=8))
-    export_gpt2(ours, build_tokenizer("gpt2"), tmp_path)
+    export(ours, build_tokenizer("gpt2"), tmp_path)
     theirs = AutoTokenizer.from_pretrained(tmp_path)
     tiktoken_gpt2 = build_tokenizer("gpt2")
     text = TINY_SHAKESPEARE.read_text()[:20000] + " Ünïcödé, 日本語, emoji 🎉 and   spaces\n\n\tdone."
@@ -117,7 +117,7 @@ def test_fine_tuning_starts_from_gpt2_weights(gpt2_folder, finetuned_run):
     # The shape is the imported model's (not TINY's 2 x 32), its context cropped to model.block_size=32.
     assert (config["n_layer"], config["n_head"], config["n_embd"], config["block_size"]) == (1, 3, 48, 32)
     assert tokenizer == {"name": "gpt2"}
-    imported = import_gpt2(str(gpt2_folder), block_size=32).state_dict()
+    imported = import_model(str(gpt2_folder), block_size=32).state_dict()
     for name in ("transformer.h.0.mlp.c_fc.weight", "transformer.wpe.weight"):  # one warmup step moved them ~1e-5
         assert (state[name] - imported[name]).abs().max() < 1e-3
 
@@ -160,14 +160,14 @@ def test_bad_gpt2_sources_are_clear_errors(tmp_path, gpt2_folder, cache_dir, mon
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as with no network, without waiting
     with pytest.raises(UserError, match="could not download 'gpt2-xl' from the Hugging Face hub"):
-        gpt2_config("gpt2-xl")
+        import_config("gpt2-xl")
     with pytest.raises(UserError, match="no such folder"):
-        gpt2_config(str(tmp_path / "nowhere"))
-    (tmp_path / "llama").mkdir()
-    (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(UserError, match="not a GPT-2 model we can load: model_type is 'llama'"):
-        gpt2_config(str(tmp_path / "llama"))
+        import_config(str(tmp_path / "nowhere"))
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(UserError, match="is a 'bert' model; we load gpt2"):
+        import_config(str(tmp_path / "bert"))
     with pytest.raises(UserError, match="longer than .* 64 positions"):
-        gpt2_config(str(gpt2_folder), block_size=128)
+        import_config(str(gpt2_folder), block_size=128)
     with pytest.raises(UserError, match="needs GPT-2's tokenizer"):
         train_tiny(tmp_path, cache_dir, f"model.init_from={gpt2_folder}")  # the char tokenizer

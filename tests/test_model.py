@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from lightning_gpt.model import GPT, GPTConfig, sample_next
+from lightning_gpt.generation import sample_next
+from lightning_gpt.models.gpt import GPT, GPTConfig
 
 TINY = GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=32)
 
@@ -69,7 +70,7 @@ def test_flops_per_token_is_6n_plus_attention():
 
 
 def test_bad_shapes_are_clear_errors():
-    with pytest.raises(ValueError, match="divisible by model.n_head"):
+    with pytest.raises(ValueError, match="divisible by n_head"):
         GPTConfig(n_embd=100, n_head=3)
     with pytest.raises(ValueError, match="block_size must be a positive"):
         GPTConfig(block_size=0)

@@ -1,0 +1,160 @@
+"""One config -> the objects of a run: the data module, the LightningModule and the Trainer.
+
+lgpt-train, lgpt-eval and the benchmarks all build through here, so a setting means the same in each.
+Errors from the layers below (plain ValueErrors naming their own fields) become one-line messages that
+name the config key to change.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_gpt.cli import _first_line
+from lightning_gpt.errors import UserError
+
+
+def config_error(e: ValueError, fields: list[str], prefix: str) -> UserError:
+    """A lower layer's message in the config's language: its field names gain prefix (n_head -> model.n_head)."""
+    pattern = r"\b(" + "|".join(map(re.escape, sorted(fields, key=len, reverse=True))) + r")\b"
+    return UserError(re.sub(pattern, lambda m: prefix + m.group(1), str(e)))
+
+
+def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
+    """(data module, LightningModule, Trainer) for a resolved train config."""
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule.tokenizer)
+    if datamodule.block_size > module.model.config.block_size:
+        raise UserError(
+            f"data.block_size={datamodule.block_size} is longer than the model's context "
+            f"(model.block_size={module.model.config.block_size}); drop the data.block_size override"
+        )
+    return datamodule, module, build_trainer(cfg)
+
+
+def build_module(cfg: DictConfig, tokenizer: Any) -> Any:
+    """The LightningModule; with model.init_from, holding the pretrained weights."""
+    from lightning_gpt.module import GPTLightningModule
+
+    module = GPTLightningModule(
+        model=build_model_config(cfg, tokenizer),
+        tokenizer=tokenizer.to_dict(),
+        optim=OmegaConf.to_container(cfg.optim),
+        compile=cfg.model.compile,
+        config=OmegaConf.to_container(cfg),
+    )
+    if cfg.model.init_from:  # fine-tuning: start from pretrained weights
+        from lightning_gpt.hf import import_state_dict
+
+        module.model.load_state_dict(import_state_dict(cfg.model.init_from, module.model.config.block_size))
+    return module
+
+
+def build_datamodule(cfg: DictConfig):
+    from lightning_gpt.data import GPTDataModule
+
+    return GPTDataModule(tokenizer=cfg.tokenizer.name, **OmegaConf.to_container(cfg.data, resolve=True))
+
+
+def build_model_config(cfg: DictConfig, tokenizer: Any) -> dict[str, Any]:
+    """The model's shape: its family's defaults, the keys the model config sets, and a vocabulary that
+    follows the tokenizer's unless model.vocab_size says otherwise.
+
+    With model.init_from, the shape is the pretrained model's; model.block_size may only crop its context.
+    """
+    from lightning_gpt.models import family_module
+
+    model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if v is not None}
+    for key in ("compile", "init_from"):
+        model.pop(key, None)
+    if cfg.model.init_from:
+        from lightning_gpt.hf import import_config
+        from lightning_gpt.hf.tokenizer import GPT2_TOKENIZERS
+
+        config = import_config(cfg.model.init_from, model.get("block_size"), model.get("dropout", 0.0))
+        if config.family == "gpt2" and tokenizer.name not in GPT2_TOKENIZERS:
+            raise UserError(
+                f"model.init_from={cfg.model.init_from} needs GPT-2's tokenizer, not {tokenizer.name}; "
+                "add tokenizer=gpt2"
+            )
+        return config.to_dict()
+    if "vocab_size" not in model:
+        model["vocab_size"] = tokenizer.vocab_size
+    elif model["vocab_size"] < tokenizer.vocab_size:
+        raise UserError(
+            f"model.vocab_size={model['vocab_size']} is smaller than the {tokenizer.name} tokenizer's "
+            f"{tokenizer.vocab_size} tokens; remove the override (null follows the tokenizer)"
+        )
+    family = model.get("family", "gpt2")
+    try:
+        config_class = family_module(family).Config
+    except ValueError as e:
+        raise config_error(e, ["family"], "model.") from e
+    fields = [f for f in config_class.field_names() if f != "family"]
+    unknown = sorted(set(model) - {"family", *fields})
+    if unknown:
+        raise UserError(
+            f"model.{unknown[0]} is not a setting of the {family} model family (it has {', '.join(fields)}); "
+            "remove it, or choose another model="
+        )
+    try:
+        return config_class(**model).to_dict()
+    except ValueError as e:
+        raise config_error(e, fields, "model.") from e
+
+
+def build_trainer(cfg: DictConfig):
+    import lightning as L
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ProgressBar
+
+    def instantiate_all(group: DictConfig) -> list:
+        try:
+            return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
+        except Exception as e:
+            raise UserError(f"could not create {group._key()}: {e.__cause__ or e}".splitlines()[0]) from e
+
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    check_trainer(trainer_kwargs)
+    if isinstance(trainer_kwargs["val_check_interval"], int):  # optimizer steps; Lightning counts batches
+        trainer_kwargs["val_check_interval"] *= trainer_kwargs["accumulate_grad_batches"]
+    if isinstance(trainer_kwargs["strategy"], dict):
+        trainer_kwargs["strategy"] = instantiate(cfg.trainer.strategy)
+    if trainer_kwargs["plugins"]:
+        trainer_kwargs["plugins"] = [instantiate(p) for p in cfg.trainer.plugins]
+    callbacks = instantiate_all(cfg.callbacks)
+    if not trainer_kwargs["enable_progress_bar"]:  # trainer.enable_progress_bar=false wins over callbacks/
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    try:
+        return L.Trainer(**trainer_kwargs, logger=instantiate_all(cfg.logger) or False, callbacks=callbacks)
+    except ValueError as e:  # Lightning's own check of a value, e.g. an unknown precision or strategy name
+        raise UserError(f"bad trainer setting: {_first_line(e)}") from e
+
+
+def check_trainer(t: dict[str, Any]) -> None:
+    """What Lightning would only fail on mid-run (a division by zero, a crash at the first validation)."""
+    for key in ("log_every_n_steps", "accumulate_grad_batches"):
+        if t[key] < 1:
+            raise UserError(f"trainer.{key} must be a positive integer, got {t[key]}")
+    if t["max_steps"] == 0 or t["max_steps"] < -1:
+        raise UserError(f"trainer.max_steps must be a positive integer (or -1 with max_epochs), got {t['max_steps']}")
+    interval = t["val_check_interval"]
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
+        raise UserError(
+            f"trainer.val_check_interval must be a positive number of optimizer steps (or a fraction of an "
+            f"epoch), got {interval}"
+        )
+
+
+def check_wandb(cfg: DictConfig) -> None:
+    """A W&B logger without the wandb package: say so before any work (logger=many includes W&B)."""
+    import importlib.util
+
+    wandb = [name for name, node in cfg.logger.items() if node and "Wandb" in str(node.get("_target_", ""))]
+    if wandb and importlib.util.find_spec("wandb") is None:
+        raise UserError(
+            f"logger.{wandb[0]} logs to Weights & Biases, which needs the wandb package: "
+            "pip install 'lgpt[wandb]', or use logger=csv or logger=tensorboard"
+        )
