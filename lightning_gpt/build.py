@@ -55,7 +55,22 @@ def build_module(cfg: DictConfig, tokenizer: Any) -> Any:
 def build_datamodule(cfg: DictConfig):
     from lightning_gpt.data import GPTDataModule
 
-    return GPTDataModule(tokenizer=cfg.tokenizer.name, **OmegaConf.to_container(cfg.data, resolve=True))
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data["block_size"] = data["block_size"] or model_block_size(cfg)
+    return GPTDataModule(tokenizer=cfg.tokenizer.name, **data)
+
+
+def model_block_size(cfg: DictConfig) -> int:
+    """The model's context when model.block_size is null: the pretrained model's, else its family's default."""
+    from lightning_gpt.models import family_module
+
+    if cfg.model.block_size:
+        return cfg.model.block_size
+    if cfg.model.init_from:
+        from lightning_gpt.hf import import_config
+
+        return import_config(cfg.model.init_from).block_size
+    return family_module(cfg.model.family).Config().block_size
 
 
 def build_model_config(cfg: DictConfig, tokenizer: Any) -> dict[str, Any]:

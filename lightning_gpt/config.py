@@ -32,7 +32,7 @@ class DataConfig:
     text_column: str = "text"
     sample_by: str = "document"  # text files: document, paragraph or line
     val_fraction: float = 0.1  # the last 10% of the token stream, as nanoGPT
-    block_size: int = "${model.block_size}"  # type: ignore[assignment]
+    block_size: int | None = "${model.block_size}"  # type: ignore[assignment]  # null: the model's context
     batch_size: int = 12  # per device; the global batch is batch_size x devices x accumulate_grad_batches
     val_batches: int = 20  # fixed validation windows: val_batches x batch_size
     num_workers: int = 0
@@ -43,17 +43,23 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    block_size: int = 64
+    """Which model family, and the shape keys a preset changes. Every shape key left null takes its family's
+    default (lightning_gpt/models/<family>.py holds the only copy); keys of another family are refused."""
+
+    family: str = "gpt2"  # gpt2 (lightning_gpt/models/gpt.py)
+    block_size: int | None = None  # longest context trained on
     vocab_size: int | None = None  # null: the tokenizer's vocabulary size
-    vocab_multiple: int = 1  # pad the embedding table to a multiple (64 is faster on GPUs)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = True
-    activation: str = "gelu_tanh"  # GPT-2's tanh-approximate GELU, or gelu (exact, as nanoGPT)
+    vocab_multiple: int | None = None  # pad the embedding table to a multiple (64 is faster on GPUs)
+    n_layer: int | None = None
+    n_embd: int | None = None
+    dropout: float | None = None
+    # gpt2
+    n_head: int | None = None
+    bias: bool | None = None  # biases in Linear and LayerNorm
+    activation: str | None = None  # gelu_tanh (GPT-2's) or gelu (exact, as nanoGPT)
+    # every family
     compile: bool = False  # torch.compile the model
-    init_from: str | None = None  # start from GPT-2 weights: gpt2, gpt2-medium, ... or a local HF folder
+    init_from: str | None = None  # start from pretrained weights: gpt2, gpt2-medium, ... or a local HF folder
 
 
 @dataclass
