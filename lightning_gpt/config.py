@@ -46,7 +46,7 @@ class ModelConfig:
     """Which model family, and the shape keys a preset changes. Every shape key left null takes its family's
     default (lightning_gpt/models/<family>.py holds the only copy); keys of another family are refused."""
 
-    family: str = "gpt2"  # gpt2 (lightning_gpt/models/gpt.py)
+    family: str = "gpt2"  # gpt2 or mamba (lightning_gpt/models/<gpt|mamba>.py)
     block_size: int | None = None  # longest context trained on
     vocab_size: int | None = None  # null: the tokenizer's vocabulary size
     vocab_multiple: int | None = None  # pad the embedding table to a multiple (64 is faster on GPUs)
@@ -57,6 +57,18 @@ class ModelConfig:
     n_head: int | None = None
     bias: bool | None = None  # biases in Linear and LayerNorm
     activation: str | None = None  # gelu_tanh (GPT-2's) or gelu (exact, as nanoGPT)
+    # mamba (bias, above: in in_proj and out_proj)
+    d_state: int | None = None  # SSM state size per channel
+    d_conv: int | None = None  # width of the causal depthwise convolution
+    expand: int | None = None  # channels inside a block = expand * n_embd
+    dt_rank: int | None = None  # rank of the step-size projection (null: ceil(n_embd / 16))
+    dt_min: float | None = None  # initial step sizes are log-uniform in [dt_min, dt_max] ...
+    dt_max: float | None = None
+    dt_init_floor: float | None = None  # ... and at least this
+    conv_bias: bool | None = None
+    # llama and mamba
+    norm_eps: float | None = None  # RMSNorm epsilon
+    tie_embeddings: bool | None = None  # output head = token embedding
     # every family
     compile: bool = False  # torch.compile the model
     init_from: str | None = None  # start from pretrained weights: gpt2, gpt2-medium, ... or a local HF folder

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from lightning_gpt.models.base import BaseConfig, LanguageModel
     from lightning_gpt.tokenizers import Tokenizer
 
-MODEL_TYPES = {"gpt2": "gpt2"}  # transformers' model_type -> our family (a module of this package)
+MODEL_TYPES = {"gpt2": "gpt2", "mamba": "mamba"}  # transformers' model_type -> our family (a module of this package)
 
 
 def family_of(model_type: str | None, source: str) -> ModuleType:

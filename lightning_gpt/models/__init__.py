@@ -1,6 +1,7 @@
 """Model families, one module each, found by the `family` field of a model config.
 
     gpt.py     GPT-2: learned positions, LayerNorm, GELU MLP, tied head
+    mamba.py   Mamba: selective state-space layers (no attention), a parallel scan, a recurrent cache
     base.py    what families share: BaseConfig, the LanguageModel interface (loss, counts, generate)
 
 Adding a family is adding a module with a `Config` (a BaseConfig subclass) and a `Model` (a LanguageModel
@@ -17,7 +18,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lightning_gpt.models.base import BaseConfig, LanguageModel
 
-FAMILIES = {"gpt2": "lightning_gpt.models.gpt"}  # family -> module holding `Config` and `Model`
+FAMILIES = {
+    "gpt2": "lightning_gpt.models.gpt",
+    "mamba": "lightning_gpt.models.mamba",
+}  # family -> module holding `Config` and `Model`
 
 
 def family_module(family: str) -> ModuleType:
