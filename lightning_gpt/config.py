@@ -71,7 +71,9 @@ class ModelConfig:
     tie_embeddings: bool | None = None  # output head = token embedding
     # every family
     compile: bool = False  # torch.compile the model
-    init_from: str | None = None  # start from pretrained weights: gpt2, gpt2-medium, ... or a local HF folder
+    init_from: str | None = (
+        None  # start from pretrained weights: gpt2, gpt2-medium, ... or a local HF folder (GPT-2 or Mamba)
+    )
 
 
 @dataclass

@@ -12,7 +12,7 @@ from transformers import MambaConfig as HFMambaConfig
 from transformers import MambaForCausalLM
 
 import lightning_gpt
-from lightning_gpt.build import build_model_config
+from lightning_gpt.build import build_model_config, build_module
 from lightning_gpt.errors import UserError
 from lightning_gpt.hf import export, import_model
 from lightning_gpt.models import build
@@ -135,11 +135,11 @@ def test_cached_generation_equals_uncached_and_its_state_never_grows():
     assert torch.allclose(torch.cat(steps, 1), expected, atol=1e-5)
 
 
-def random_hf_mamba(**options) -> MambaForCausalLM:
+def random_hf_mamba(vocab_size: int = 101, **options) -> MambaForCausalLM:
     """A small transformers Mamba with every weight random (biases, norms and D included)."""
     torch.manual_seed(0)
     config = HFMambaConfig(
-        vocab_size=101, hidden_size=32, state_size=8, num_hidden_layers=2, time_step_rank=5, **options
+        vocab_size=vocab_size, hidden_size=32, state_size=8, num_hidden_layers=2, time_step_rank=5, **options
     )
     model = MambaForCausalLM(config).eval()
     with torch.no_grad():
@@ -188,6 +188,17 @@ def test_an_unsupported_transformers_mamba_is_a_clear_error(tmp_path):
     random_hf_mamba(hidden_act="gelu").save_pretrained(tmp_path)
     with pytest.raises(UserError, match="is not a Mamba model we can load: hidden_act is 'gelu', not silu"):
         import_model(str(tmp_path))
+
+
+def test_fine_tuning_starts_from_a_local_transformers_mamba(tmp_path):
+    theirs = random_hf_mamba(vocab_size=300)
+    theirs.save_pretrained(tmp_path)
+    cfg = compose_app("train", "model=mamba_baby", f"model.init_from={tmp_path}", "tokenizer=byte")
+    ours = build_module(cfg, build_tokenizer("byte")).model.eval()
+    assert (ours.config.n_layer, ours.config.n_embd, ours.config.block_size) == (2, 32, 64)  # its shape, our context
+    assert max_logit_difference(ours, theirs, 256) < 1e-4
+    with pytest.raises(UserError, match="predicts 300 tokens, fewer than the gpt2 tokenizer's 50257"):
+        build_module(compose_app("train", f"model.init_from={tmp_path}", "tokenizer=gpt2"), build_tokenizer("gpt2"))
 
 
 TRAIN = [
