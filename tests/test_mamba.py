@@ -4,6 +4,7 @@ recurrent cache, transformers parity both ways, and lgpt-train / resume / sample
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import pytest
@@ -251,6 +252,37 @@ def test_a_resumed_mamba_run_ends_where_the_uninterrupted_one_does(mamba_run, tm
     a, b = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for r in (mamba_run, resumed))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert train_losses(resumed) == pytest.approx(train_losses(mamba_run)[8:], abs=1e-6)  # steps 8-11 only
+
+
+def test_mamba_trains_in_bf16_mixed_precision_with_clipping(tmp_path, cache_dir):
+    """trainer=gpu's settings on the CPU: bf16 autocast around a float32 scan, fused AdamW, clipping."""
+    grad_norms = "+callbacks.grad_norms._target_=tests.helpers.RecordGradNorm"
+    args = ["trainer=gpu", "trainer.accelerator=cpu", "trainer.gradient_clip_val=0.05", grad_norms]
+    run = train(tmp_path, cache_dir, *args, "trainer.max_steps=4")
+    norms = [float(line.split()[1]) for line in (run / "grad_norms.txt").read_text().splitlines()]
+    assert norms and max(norms) <= 0.05 + 1e-6
+    assert all(math.isfinite(loss) for loss in train_losses(run))
+
+
+@pytest.mark.slow  # two processes: about a minute
+def test_fsdp_with_activation_checkpointing_shards_each_mamba_block(tmp_path, cache_dir):
+    grad_norms = "+callbacks.grad_norms._target_=tests.helpers.RecordGradNorm"
+    fsdp = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
+    paths = [f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}", f"hydra.run.dir={tmp_path / 'run'}"]
+    args = [*TRAIN, *fsdp, "trainer.strategy.activation_checkpointing=true", "trainer.max_steps=4", grad_norms]
+    done = run_cli(*args, *paths)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "DTensor" in (tmp_path / "run" / "grad_norms.txt").read_text()  # sharded parameters
+    model, _ = lightning_gpt.load(tmp_path / "run")  # one full checkpoint, loadable anywhere
+    assert isinstance(model, Mamba) and len(train_losses(tmp_path / "run")) == 4
+    evaluated = run_cli(
+        f"ckpt_path={tmp_path / 'run'}",
+        *TINY_SHAKESPEARE_DATA,
+        "windows=20",
+        *paths[:2],
+        module="lightning_gpt.evaluate",
+    )
+    assert evaluated.returncode == 0 and "perplexity" in evaluated.stdout, evaluated.stderr[-2000:]
 
 
 @pytest.mark.slow  # two fresh processes: about 20 s
