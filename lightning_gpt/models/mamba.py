@@ -126,8 +126,7 @@ def selective_scan(
         t = slice(start, start + chunk)
         decay = torch.exp(dt[:, t, :, None] * A)  # (B, chunk, d_inner, N), in (0, 1]
         inputs = (dt[:, t] * x[:, t])[..., None] * B[:, t, None, :]  # (B, chunk, d_inner, N)
-        # The carried state enters through the chunk's first step.
-        inputs = torch.cat((inputs[:, :1] + decay[:, :1] * h[:, None], inputs[:, 1:]), dim=1)
+        inputs[:, 0] += decay[:, 0] * h  # the carried state enters through the chunk's first step
         states = LinearScan.apply(decay, inputs)  # (B, chunk, d_inner, N)
         ys.append((states * C[:, t, None, :]).sum(-1))  # (B, chunk, d_inner)
         h = states[:, -1]
