@@ -127,14 +127,22 @@ def test_cached_generation_equals_uncached_and_its_state_never_grows():
 
     cache = model.new_cache(3, prompt.device, torch.float32)
     assert cache.capacity is None  # nothing to rebuild, ever
-    shapes = [t.shape for t in cache.conv + cache.ssm]
+
+    def footprint() -> tuple[list[torch.Size], int]:
+        tensors = cache.conv + cache.ssm
+        return [t.shape for t in tensors], sum(t.untyped_storage().nbytes() for t in tensors)
+
+    empty = footprint()
+    assert empty[0][0] == (3, 64, 3) and empty[0][-1] == (3, 64, 8)  # (B, d_inner, d_conv - 1), (B, d_inner, N)
     expected = model.head(model.hidden_states(torch.cat((prompt, cached), 1)))[:, -26:]
     with torch.no_grad():
         steps = [model.head(model.hidden_states(prompt, cache))[:, -1:]]
+        assert footprint() == empty
         for i in range(25):
             steps.append(model.head(model.hidden_states(cached[:, i : i + 1], cache)))
-            assert [t.shape for t in cache.conv + cache.ssm] == shapes  # the same few numbers at any length
-    assert cache.length == 35 and shapes[0] == (3, 64, 3) and shapes[-1] == (3, 64, 8)
+            assert footprint() == empty  # the same few numbers at any length, and nothing else kept
+        model.hidden_states(torch.randint(0, 50, (3, 150)), cache)  # 150 more positions at once: 3 chunks
+    assert cache.length == 185 and footprint() == empty
     assert torch.allclose(torch.cat(steps, 1), expected, atol=1e-5)
 
 

@@ -94,7 +94,7 @@ class LinearScan(torch.autograd.Function):
         a, h = ctx.saved_tensors
         T = a.size(1)
         backwards = torch.arange(T - 1, -1, -1, device=a.device)  # index_select: 3x faster than flip on CPUs
-        a_next = torch.cat((torch.zeros_like(a[:, :1]), a.index_select(1, backwards[:-1])), dim=1)  # a_T = 0
+        a_next = torch.cat((torch.zeros_like(a[:, :1]), a.index_select(1, backwards[:-1])), dim=1)  # a_{t+1}, reversed
         grad_b = linear_scan(a_next, grad_h.index_select(1, backwards)).index_select(1, backwards)
         h_before = torch.cat((torch.zeros_like(h[:, :1]), h[:, :-1]), dim=1)  # h_{t-1}; zeros before the first
         return grad_b * h_before, grad_b
@@ -176,7 +176,8 @@ class MambaMixer(nn.Module):
             past = cache.conv[self.layer_idx]
         x = torch.cat((past, x), dim=2)  # (B, d_inner, d_conv - 1 + T)
         if cache is not None:
-            cache.conv[self.layer_idx] = x[:, :, T:]  # the last d_conv - 1 inputs, for the next position
+            # The last d_conv - 1 inputs, for the next position; copies, as views would keep the prompt's alive.
+            cache.conv[self.layer_idx] = x[:, :, T:].clone()
         x = F.silu(self.conv1d(x)).transpose(1, 2)  # (B, T, d_inner): position t sees inputs t - d_conv + 1 .. t
         dt, B, C = self.x_proj(x).split(self.split, dim=-1)  # (B, T, dt_rank), (B, T, N), (B, T, N)
         dt = F.softplus(self.dt_proj(dt))  # (B, T, d_inner): a positive step size per channel and position
@@ -184,7 +185,7 @@ class MambaMixer(nn.Module):
         h0 = cache.ssm[self.layer_idx] if cache is not None else None
         y, h = selective_scan(x, dt, A, B, C, self.D, h0)  # (B, T, d_inner), (B, d_inner, N)
         if cache is not None:
-            cache.ssm[self.layer_idx] = h
+            cache.ssm[self.layer_idx] = h.clone()
             if self.last_layer:
                 cache.length += T
         y = y.to(z.dtype) * F.silu(z)  # the gate
