@@ -79,14 +79,7 @@ class SampleText(L.Callback):
     """Generates a short sample after each validation and logs it as text, so a dashboard shows the
     model learning. Every process generates (a sharded FSDP model needs them all); rank 0 logs."""
 
-    def __init__(
-        self,
-        prompt: str = "",
-        max_new_tokens: int = 200,
-        temperature: float = 0.8,
-        top_k: int | None = 200,
-        seed: int = 0,
-    ):
+    def __init__(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None, seed: int = 0):
         self.prompt, self.max_new_tokens = prompt, max_new_tokens
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
 
