@@ -14,7 +14,7 @@ import torch
 
 from lightning_gpt.config import DataConfig, ModelConfig, TrainConfig
 from lightning_gpt.data import GPTDataModule
-from lightning_gpt.data.cache import prepare_tokens
+from lightning_gpt.data.cache import fingerprint, prepare_tokens
 from lightning_gpt.data.shakespeare import load_plays
 from lightning_gpt.data.sources import Source
 from lightning_gpt.data.windows import FixedWindows, RandomWindows
@@ -191,3 +191,21 @@ def test_only_one_process_tokenizes(tmp_path):
     assert all(p.returncode == 0 for p in procs)
     assert sum(out.count("tokenizing the local corpus") for out in outputs) == 1
     assert len({out.strip().splitlines()[-1] for out in outputs}) == 1
+
+
+def test_tokenizing_imports_neither_lightning_nor_torch():
+    code = (
+        "import sys; import lightning_gpt.data.cache, lightning_gpt.data.sources;"
+        "print(sorted(m for m in ('lightning', 'torch', 'lightning_gpt.data.module') if m in sys.modules));"
+        "from lightning_gpt.data import GPTDataModule; print('lightning' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["[]", "True"]  # the DataModule still imports from the package, on demand
+
+
+def test_fingerprints_are_those_of_caches_made_before():
+    """A changed fingerprint would silently tokenize every user's corpus again, into a second cache."""
+    owt = Source("hub", name="Skylion007/openwebtext", val_split="validation")
+    assert fingerprint(owt, "gpt2", 0.0005) == "494d000fa7cbc8f0"
+    assert fingerprint(Source("hub", name="a/b"), {"name": "char", "chars": "ab"}, 0.1) == "175b4c6a18b9fc53"
