@@ -34,7 +34,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from lightning_gpt import find_checkpoint, read_checkpoint
     from lightning_gpt.build import build_trainer
     from lightning_gpt.config import OptimConfig
-    from lightning_gpt.data import FixedWindows, GPTDataModule
+    from lightning_gpt.data import GPTDataModule
+    from lightning_gpt.data.windows import FixedWindows
     from lightning_gpt.module import GPTLightningModule
 
     quiet_console()
