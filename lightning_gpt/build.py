@@ -123,7 +123,7 @@ def build_model_config(cfg: DictConfig, tokenizer: Any) -> dict[str, Any]:
 def build_trainer(cfg: DictConfig):
     import lightning as L
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import ProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 
     def instantiate_all(group: DictConfig) -> list:
         try:
@@ -142,6 +142,8 @@ def build_trainer(cfg: DictConfig):
     callbacks = instantiate_all(cfg.callbacks)
     if not trainer_kwargs["enable_progress_bar"]:  # trainer.enable_progress_bar=false wins over callbacks/
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if trainer_kwargs["fast_dev_run"]:  # a smoke test saves nothing (Lightning's ModelCheckpoint still saves last)
+        callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
     try:
         return L.Trainer(**trainer_kwargs, logger=instantiate_all(cfg.logger) or False, callbacks=callbacks)
     except ValueError as e:  # Lightning's own check of a value, e.g. an unknown precision or strategy name
