@@ -144,6 +144,7 @@ def build_trainer(cfg: DictConfig):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if trainer_kwargs["fast_dev_run"]:  # a smoke test saves nothing (Lightning's ModelCheckpoint still saves last)
         callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        trainer_kwargs["enable_checkpointing"] = False  # nor the one Lightning would add
     try:
         return L.Trainer(**trainer_kwargs, logger=instantiate_all(cfg.logger) or False, callbacks=callbacks)
     except ValueError as e:  # Lightning's own check of a value, e.g. an unknown precision or strategy name
