@@ -135,8 +135,9 @@ def build_trainer(cfg: DictConfig):
     check_trainer(trainer_kwargs)
     if isinstance(trainer_kwargs["val_check_interval"], int):  # optimizer steps; Lightning counts batches
         trainer_kwargs["val_check_interval"] *= trainer_kwargs["accumulate_grad_batches"]
-    if isinstance(trainer_kwargs["strategy"], dict):
-        trainer_kwargs["strategy"] = instantiate(cfg.trainer.strategy)
+    for key in ("strategy", "profiler"):
+        if isinstance(trainer_kwargs[key], dict):
+            trainer_kwargs[key] = instantiate(cfg.trainer[key])
     if trainer_kwargs["plugins"]:
         trainer_kwargs["plugins"] = [instantiate(p) for p in cfg.trainer.plugins]
     callbacks = instantiate_all(cfg.callbacks)

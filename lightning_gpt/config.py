@@ -116,7 +116,7 @@ class TrainerConfig:
     benchmark: bool | None = None
     fast_dev_run: Any = False
     overfit_batches: Any = 0.0
-    profiler: str | None = None
+    profiler: Any = None  # simple, advanced, or a {_target_: ...} profiler (debug=profiler)
     detect_anomaly: bool = False
     enable_progress_bar: bool = True
     enable_model_summary: bool = True
