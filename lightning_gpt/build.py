@@ -62,7 +62,7 @@ def build_datamodule(cfg: DictConfig):
 
 def model_block_size(cfg: DictConfig) -> int:
     """The model's context when model.block_size is null: the pretrained model's, else its family's default."""
-    from lightning_gpt.models import family_module
+    from lightning_gpt.models import config_class
 
     if cfg.model.block_size:
         return cfg.model.block_size
@@ -70,7 +70,7 @@ def model_block_size(cfg: DictConfig) -> int:
         from lightning_gpt.hf import import_config
 
         return import_config(cfg.model.init_from).block_size
-    return family_module(cfg.model.family).Config().block_size
+    return config_class(cfg.model.family)().block_size
 
 
 def build_model_config(cfg: DictConfig, tokenizer: Any) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def build_model_config(cfg: DictConfig, tokenizer: Any) -> dict[str, Any]:
 
     With model.init_from, the shape is the pretrained model's; model.block_size may only crop its context.
     """
-    from lightning_gpt.models import family_module
+    from lightning_gpt.models import config_class
 
     model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if v is not None}
     for key in ("compile", "init_from"):
@@ -104,7 +104,7 @@ def build_model_config(cfg: DictConfig, tokenizer: Any) -> dict[str, Any]:
         )
     family = model.get("family", "gpt2")
     try:
-        config_class = family_module(family).Config
+        config_class = config_class(family)
     except ValueError as e:
         raise config_error(e, ["family"], "model.") from e
     fields = [f for f in config_class.field_names() if f != "family"]

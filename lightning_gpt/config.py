@@ -71,12 +71,12 @@ def family_default(*, _parent_: Any, _node_: Any) -> Any:
     """Resolver for a model key's default: the value its family's config dataclass gives it."""
     from dataclasses import fields
 
-    from lightning_gpt.models import family_module
+    from lightning_gpt.models import config_class
 
     if _parent_.get("init_from"):
         return None  # the pretrained model's shape (lightning_gpt.build)
     key = _node_._key()
-    defaults = {f.name: f.default for f in fields(family_module(_parent_.family).Config)}
+    defaults = {f.name: f.default for f in fields(config_class(_parent_.family))}
     return defaults.get(key)
 
 

@@ -81,9 +81,9 @@ def test_group_files_state_only_what_differs(path):
     else:
         base = defaults_of(GROUPS[group])
     if group == "model":  # shape keys default to the family's dataclass
-        from lightning_gpt.models import family_module
+        from lightning_gpt.models import config_class
 
-        base |= defaults_of(family_module(raw.get("family", "gpt2")).Config)
+        base |= defaults_of(config_class(raw.get("family", "gpt2")))
     restated = [k for k, v in values(CONF / path).items() if k in base and same(v, base[k])]
     assert restated == [], f"conf/{path} restates {restated}, which it gets anyway"
 
@@ -190,3 +190,17 @@ def test_debug_options_run_end_to_end(compose_train, tmp_path):
     assert loss[-1] < loss[0] - 1.0  # one batch, memorised
     task(compose_train("debug=profiler", *common, "trainer.max_steps=3", output_dir=tmp_path / "profiler"))
     assert "run_training_batch" in (tmp_path / "profiler" / "fit-profile.txt").read_text()
+
+
+def test_a_typod_key_fails_without_importing_torch():
+    """The one-line error for a typo must not wait for torch and Lightning (seconds on a cold start)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from lightning_gpt.train import main; sys.argv = ['lgpt-train', 'model.n_layers=4']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    print(e.code, 'torch' in sys.modules, 'lightning' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["2", "False", "False"], result.stderr
+    assert "unknown config key 'model.n_layers'; did you mean 'model.n_layer'?" in result.stderr

@@ -1,0 +1,87 @@
+"""The config of every model family: plain dataclasses, importable without torch.
+
+Each family's dataclass holds the only copy of its defaults. Hydra fills a model config's keys from
+them when it composes (`lgpt-train --cfg job --resolve`), which must stay fast (no torch): so the
+dataclasses live here and the models, which need torch, in their own modules.
+
+Adding a family: a `@family` dataclass here naming its model class, and the model's module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+FAMILIES: dict[str, type[BaseConfig]] = {}  # family name -> its config dataclass
+
+
+def family(cls: type[BaseConfig]) -> type[BaseConfig]:
+    """Register a config dataclass under its `family` default."""
+    FAMILIES[cls.family] = cls
+    return cls
+
+
+@dataclass
+class BaseConfig:
+    """Fields every family has. Subclasses set `family` and add their own shape fields."""
+
+    family: str = ""
+    model_class: ClassVar[str] = ""  # "module:Class" of the model this config builds
+    block_size: int = 1024  # longest context trained on (and attended over by Transformers)
+    vocab_size: int = 50257  # tokens the tokenizer can produce (logits have this width)
+    n_layer: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    vocab_multiple: int = 1  # pad the embedding table to a multiple of this (64 is faster on GPUs)
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "vocab_size", "n_layer", "n_embd", "vocab_multiple"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding table: vocab_size rounded up to vocab_multiple."""
+        return math.ceil(self.vocab_size / self.vocab_multiple) * self.vocab_multiple
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def nearest_divisor(n: int, near: int) -> int:
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - near))
+
+
+@family
+@dataclass
+class GPTConfig(BaseConfig):
+    """Shape of the network. Defaults are GPT-2 small (124M parameters)."""
+
+    family: str = "gpt2"
+    model_class: ClassVar[str] = "lightning_gpt.models.gpt:GPT"
+    n_head: int = 12
+    bias: bool = True  # biases in Linear and LayerNorm, as in GPT-2
+    activation: str = "gelu_tanh"  # GPT-2's tanh-approximate GELU; "gelu" is the exact one (nanoGPT's)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_head < 1:
+            raise ValueError(f"n_head must be a positive integer, got {self.n_head}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                f"try n_head={nearest_divisor(self.n_embd, self.n_head)}"
+            )
+        if self.activation not in ("gelu", "gelu_tanh"):
+            raise ValueError(f"activation must be gelu or gelu_tanh, got {self.activation!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
