@@ -196,7 +196,9 @@ class EvalAppConfig:
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
     paths: PathsConfig = MISSING
-    model: dict[str, Any] = field(default_factory=dict)  # set from the checkpoint: data.block_size follows it
+    model: dict[str, Any] = field(
+        default_factory=lambda: {"block_size": None}
+    )  # data.block_size null: the checkpoint's
     logger: dict[str, Any] = field(default_factory=dict)
     callbacks: dict[str, Any] = field(default_factory=dict)
     task_name: str = "eval"

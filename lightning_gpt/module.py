@@ -62,15 +62,16 @@ class GPTLightningModule(L.LightningModule):
         self,
         model: dict[str, Any],
         tokenizer: dict[str, Any],
-        optim: dict[str, Any],
+        optim: dict[str, Any] | None = None,  # None: a module that only evaluates
         compile: bool = False,
         config: dict[str, Any] | None = None,
     ):
         super().__init__()
         # Model config, tokenizer and the whole run config travel inside every checkpoint (and to the loggers).
         self.save_hyperparameters()
-        self.optim = OptimConfig(**optim)
-        check_optim(self.optim)
+        self.optim = OptimConfig(**optim) if optim is not None else None
+        if self.optim is not None:
+            check_optim(self.optim)
         self.model = build(model)
         self.tokenizer_spec = tokenizer
         self.compile_model = compile

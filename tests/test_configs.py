@@ -199,7 +199,8 @@ def test_a_typod_key_fails_without_importing_torch():
 
     code = (
         "import sys; from lightning_gpt.train import main; sys.argv = ['lgpt-train', 'model.n_layers=4']\n"
-        "try:\n    main()\nexcept SystemExit as e:\n    print(e.code, 'torch' in sys.modules, 'lightning' in sys.modules)"
+        "try:\n    main()\nexcept SystemExit as e:\n"
+        "    print(e.code, 'torch' in sys.modules, 'lightning' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["2", "False", "False"], result.stderr

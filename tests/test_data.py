@@ -141,7 +141,7 @@ def test_hub_dataset_offline_says_how_to_use_local_files(cache_dir):
 
 def test_training_windows_are_seeded_per_process_and_resume_mid_stream(cache_dir):
     dm = datamodule(cache_dir, source="local", path=str(TINY_SHAKESPEARE), block_size=32, batch_size=4)
-    split = dm._split("train")
+    split = dm.tokens("train")
     stream = RandomWindows(split, 32, 4, seed=1, rank=0)
     batches = [b for _, b in zip(range(5), stream)]
     x, y = batches[0]
@@ -157,7 +157,7 @@ def test_training_windows_are_seeded_per_process_and_resume_mid_stream(cache_dir
 
 def test_validation_windows_are_fixed_and_cover_the_split(cache_dir):
     dm = datamodule(cache_dir, source="local", path=str(TINY_SHAKESPEARE))
-    split = dm._split("val")
+    split = dm.tokens("val")
     a, b = FixedWindows(split, 64, 100, batch_size=8), FixedWindows(split, 64, 100, batch_size=8)
     assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a, b))
     assert a.starts[0] == 0 and a.starts[-1] == len(split) - 65
@@ -166,7 +166,7 @@ def test_validation_windows_are_fixed_and_cover_the_split(cache_dir):
 
 def test_validation_windows_are_split_across_processes_without_repeats(cache_dir):
     dm = datamodule(cache_dir, source="local", path=str(TINY_SHAKESPEARE))
-    split = dm._split("val")
+    split = dm.tokens("val")
     whole = torch.cat([y for _, y in FixedWindows(split, 16, 8, batch_size=3)])
     for world in (2, 3):
         parts = [list(FixedWindows(split, 16, 8, batch_size=3, rank=r, world_size=world)) for r in range(world)]

@@ -84,7 +84,7 @@ class GPTDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.load_cache()
 
-    def _split(self, name: str) -> SplitTokens:
+    def tokens(self, name: str) -> SplitTokens:
         cache = self.load_cache()
         return SplitTokens(cache.folder / "tokens.bin", cache.meta["dtype"], *cache.split(name))
 
@@ -103,12 +103,12 @@ class GPTDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         windows = RandomWindows(
-            self._split("train"), self.block_size, self.batch_size, self.seed, rank, start=self.batches_seen
+            self.tokens("train"), self.block_size, self.batch_size, self.seed, rank, start=self.batches_seen
         )
         return self._loader(windows, batch_size=None)  # the dataset yields whole batches
 
     def val_dataloader(self) -> DataLoader:
-        windows = FixedWindows(self._split("val"), self.block_size, self.val_batches * self.batch_size, self.batch_size)
+        windows = FixedWindows(self.tokens("val"), self.block_size, self.val_batches * self.batch_size, self.batch_size)
         return self._loader(windows, batch_size=None)
 
     def state_dict(self) -> dict[str, Any]:
