@@ -134,7 +134,7 @@ class AttentionMaps(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
-        from lightning_gpt.explain import attention_maps
+        from lightning_gpt.inspection import attention_maps
 
         with full_parameters(pl_module.model):
             maps = attention_maps(pl_module.model, torch.tensor([self.ids], device=pl_module.device))
@@ -146,7 +146,7 @@ class AttentionMaps(L.Callback):
         import numpy as np
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-        from lightning_gpt.explain import attention_figure
+        from lightning_gpt.inspection import attention_figure
 
         canvas = FigureCanvasAgg(attention_figure(maps, f"attention at step {step}: {self.prompt!r}"))
         canvas.draw()
