@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import asdict
 
 from benchmarks import SHARED, Stopwatch, row
 
@@ -25,16 +26,19 @@ def best_seconds(repeats: int, fn, *args) -> float:
 
 
 def prepare_fresh(name: str, num_proc: int) -> None:
-    from lightning_gpt.data import Source, prepare_tokens
+    from lightning_gpt.data.cache import prepare_tokens
+    from lightning_gpt.data.sources import Source
 
     with tempfile.TemporaryDirectory(prefix="lgpt-bench-data-") as cache:
         prepare_tokens(Source("embedded"), name, 0.1, cache, num_proc)
 
 
 def load_cached(name: str, cache: str) -> None:
+    from lightning_gpt.config import DataConfig, TrainConfig
     from lightning_gpt.data import GPTDataModule
 
-    datamodule = GPTDataModule(tokenizer=name, cache_dir=cache)
+    data = {**asdict(DataConfig()), "block_size": 256, "batch_size": 64, "seed": TrainConfig.seed, "cache_dir": cache}
+    datamodule = GPTDataModule(tokenizer=name, **data)
     datamodule.setup("fit")
     next(iter(datamodule.train_dataloader()))
 
@@ -43,8 +47,9 @@ def run(quick: bool) -> list[dict]:
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "data" / "tiktoken"))
     from datasets.utils.logging import disable_progress_bar
 
-    from lightning_gpt.data import Source, prepare_tokens
-    from lightning_gpt.shakespeare import load_plays
+    from lightning_gpt.data.cache import prepare_tokens
+    from lightning_gpt.data.shakespeare import load_plays
+    from lightning_gpt.data.sources import Source
     from lightning_gpt.tokenizers import build_tokenizer
 
     disable_progress_bar()

@@ -29,7 +29,7 @@ def run(quick: bool) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="lgpt-bench-memory-") as tmp:
         env = child_env(LGPT_ROOT=tmp, LGPT_CACHE_DIR=os.environ.get("LGPT_BENCH_CACHE", f"{tmp}/cache"))
-        imports = "import torch, lightning, lightning_gpt.train, lightning_gpt.module, lightning_gpt.data"
+        imports = "import torch, lightning, lightning_gpt.train, lightning_gpt.module, lightning_gpt.data.module"
         rows.append(
             row(
                 "memory",
@@ -44,7 +44,8 @@ def run(quick: bool) -> list[dict]:
         steps = 20 if quick else 100
         run_dir = Path(tmp) / "baby"
         train = [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}"]
-        from lightning_gpt.data import Source, prepare_tokens
+        from lightning_gpt.data.cache import prepare_tokens
+        from lightning_gpt.data.sources import Source
 
         prepare_tokens(Source("embedded"), "char", 0.1, env["LGPT_CACHE_DIR"])  # what lgpt-train's defaults read
         fresh_cache = [f"paths.cache_dir={tmp}/fresh-cache"]

@@ -38,7 +38,7 @@ PACKAGES = (
     "tensorboard",
     "wandb",
 )
-ENTRY_IMPORTS = "import lightning_gpt.train, lightning_gpt.data, lightning_gpt.module, lightning_gpt.callbacks"
+ENTRY_IMPORTS = "import lightning_gpt.train, lightning_gpt.data.module, lightning_gpt.module, lightning_gpt.callbacks"
 
 
 def first_step_marker():

@@ -62,7 +62,7 @@ def build_datamodule(cfg: DictConfig):
 
 def model_block_size(cfg: DictConfig) -> int:
     """The model's context when model.block_size is null: the pretrained model's, else its family's default."""
-    from lightning_gpt.models import family_module
+    from lightning_gpt.models import config_class
 
     if cfg.model.block_size:
         return cfg.model.block_size
@@ -70,7 +70,7 @@ def model_block_size(cfg: DictConfig) -> int:
         from lightning_gpt.hf import import_config
 
         return import_config(cfg.model.init_from).block_size
-    return family_module(cfg.model.family).Config().block_size
+    return config_class(cfg.model.family)().block_size
 
 
 def build_model_config(cfg: DictConfig, tokenizer: Any) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def build_model_config(cfg: DictConfig, tokenizer: Any) -> dict[str, Any]:
 
     With model.init_from, the shape is the pretrained model's; model.block_size may only crop its context.
     """
-    from lightning_gpt.models import family_module
+    from lightning_gpt.models import config_class
 
     model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if v is not None}
     for key in ("compile", "init_from"):
@@ -109,7 +109,7 @@ def build_model_config(cfg: DictConfig, tokenizer: Any) -> dict[str, Any]:
         )
     family = model.get("family", "gpt2")
     try:
-        config_class = family_module(family).Config
+        config_class = config_class(family)
     except ValueError as e:
         raise config_error(e, ["family"], "model.") from e
     fields = [f for f in config_class.field_names() if f != "family"]
@@ -128,7 +128,7 @@ def build_model_config(cfg: DictConfig, tokenizer: Any) -> dict[str, Any]:
 def build_trainer(cfg: DictConfig):
     import lightning as L
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import ProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 
     def instantiate_all(group: DictConfig) -> list:
         try:
@@ -140,13 +140,17 @@ def build_trainer(cfg: DictConfig):
     check_trainer(trainer_kwargs)
     if isinstance(trainer_kwargs["val_check_interval"], int):  # optimizer steps; Lightning counts batches
         trainer_kwargs["val_check_interval"] *= trainer_kwargs["accumulate_grad_batches"]
-    if isinstance(trainer_kwargs["strategy"], dict):
-        trainer_kwargs["strategy"] = instantiate(cfg.trainer.strategy)
+    for key in ("strategy", "profiler"):
+        if isinstance(trainer_kwargs[key], dict):
+            trainer_kwargs[key] = instantiate(cfg.trainer[key])
     if trainer_kwargs["plugins"]:
         trainer_kwargs["plugins"] = [instantiate(p) for p in cfg.trainer.plugins]
     callbacks = instantiate_all(cfg.callbacks)
     if not trainer_kwargs["enable_progress_bar"]:  # trainer.enable_progress_bar=false wins over callbacks/
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if trainer_kwargs["fast_dev_run"]:  # a smoke test saves nothing (Lightning's ModelCheckpoint still saves last)
+        callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        trainer_kwargs["enable_checkpointing"] = False  # nor the one Lightning would add
     try:
         return L.Trainer(**trainer_kwargs, logger=instantiate_all(cfg.logger) or False, callbacks=callbacks)
     except ValueError as e:  # Lightning's own check of a value, e.g. an unknown precision or strategy name

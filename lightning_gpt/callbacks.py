@@ -79,14 +79,7 @@ class SampleText(L.Callback):
     """Generates a short sample after each validation and logs it as text, so a dashboard shows the
     model learning. Every process generates (a sharded FSDP model needs them all); rank 0 logs."""
 
-    def __init__(
-        self,
-        prompt: str = "",
-        max_new_tokens: int = 200,
-        temperature: float = 0.8,
-        top_k: int | None = 200,
-        seed: int = 0,
-    ):
+    def __init__(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None, seed: int = 0):
         self.prompt, self.max_new_tokens = prompt, max_new_tokens
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
 
@@ -141,7 +134,7 @@ class AttentionMaps(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
-        from lightning_gpt.explain import attention_maps
+        from lightning_gpt.inspection import attention_maps
 
         with full_parameters(pl_module.model):
             maps = attention_maps(pl_module.model, torch.tensor([self.ids], device=pl_module.device))
@@ -153,7 +146,7 @@ class AttentionMaps(L.Callback):
         import numpy as np
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-        from lightning_gpt.explain import attention_figure
+        from lightning_gpt.inspection import attention_figure
 
         canvas = FigureCanvasAgg(attention_figure(maps, f"attention at step {step}: {self.prompt!r}"))
         canvas.draw()

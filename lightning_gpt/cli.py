@@ -142,7 +142,6 @@ def one_line_errors(fn: Callable) -> Callable:
 def describe(e: BaseException) -> str | None:
     """One line for a user mistake (bad input, bad config); None for anything else."""
     from hydra.errors import HydraException, OverrideParseException
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
     chain = []
@@ -167,7 +166,10 @@ def describe(e: BaseException) -> str | None:
             return f"'{err.full_key}' needs a value: add {err.full_key}=... to the command line"
         if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
             return f"bad value for '{err.full_key}': {_first_line(err)}"
-    if any(isinstance(err, (HydraException, OmegaConfBaseException, MisconfigurationException)) for err in chain):
+    # Lightning's MisconfigurationException, matched by name: importing Lightning (and torch) to recognise it
+    # would make a typo'd key wait seconds for its one-line error.
+    config_errors = (HydraException, OmegaConfBaseException)
+    if any(isinstance(e, config_errors) or type(e).__name__ == "MisconfigurationException" for e in chain):
         text = " ".join(line.strip() for err in chain for line in str(err).splitlines() if line.strip())
         return text.split(" Config search path")[0]  # Hydra's list of search paths is noise here
     return None

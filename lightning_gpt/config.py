@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 
@@ -41,39 +40,56 @@ class DataConfig:
     seed: int = "${seed}"  # type: ignore[assignment]
 
 
+def _family_default() -> Any:
+    """A shape key's default: its family's, filled in when the config resolves (see family_default)."""
+    return field(default="${lgpt_family_default:}")
+
+
 @dataclass
 class ModelConfig:
-    """Which model family, and the shape keys a preset changes. Every shape key left null takes its family's
-    default (lightning_gpt/models/<family>.py holds the only copy); keys of another family are refused."""
+    """Which model family, and its shape. A key left to its default takes the family's value when the config
+    resolves (the dataclass in lightning_gpt/models/<family>.py holds the only copy); null for keys that
+    family does not have. With init_from, the pretrained model's shape instead."""
 
     family: str = "gpt2"  # gpt2 or mamba (lightning_gpt/models/<gpt|mamba>.py)
-    block_size: int | None = None  # longest context trained on
+    block_size: int | None = _family_default()  # longest context trained on
     vocab_size: int | None = None  # null: the tokenizer's vocabulary size
-    vocab_multiple: int | None = None  # pad the embedding table to a multiple (64 is faster on GPUs)
-    n_layer: int | None = None
-    n_embd: int | None = None
-    dropout: float | None = None
+    vocab_multiple: int | None = _family_default()  # pad the embedding table to a multiple (64 is faster on GPUs)
+    n_layer: int | None = _family_default()
+    n_embd: int | None = _family_default()
+    dropout: float | None = _family_default()
     # gpt2
-    n_head: int | None = None
-    bias: bool | None = None  # biases in Linear and LayerNorm
-    activation: str | None = None  # gelu_tanh (GPT-2's) or gelu (exact, as nanoGPT)
-    # mamba (bias, above: in in_proj and out_proj)
-    d_state: int | None = None  # SSM state size per channel
-    d_conv: int | None = None  # width of the causal depthwise convolution
-    expand: int | None = None  # channels inside a block = expand * n_embd
-    dt_rank: int | None = None  # rank of the step-size projection (null: ceil(n_embd / 16))
-    dt_min: float | None = None  # initial step sizes are log-uniform in [dt_min, dt_max] ...
-    dt_max: float | None = None
-    dt_init_floor: float | None = None  # ... and at least this
-    conv_bias: bool | None = None
+    n_head: int | None = _family_default()
+    bias: bool | None = _family_default()  # biases in Linear and LayerNorm
+    activation: str | None = _family_default()  # gelu_tanh (GPT-2's) or gelu (exact, as nanoGPT)
+    # mamba (and bias, above: in in_proj and out_proj)
+    d_state: int | None = _family_default()  # SSM state size per channel
+    d_conv: int | None = _family_default()  # width of the causal depthwise convolution
+    expand: int | None = _family_default()  # channels inside a block = expand * n_embd
+    dt_rank: int | None = _family_default()  # rank of the step-size projection (null: ceil(n_embd / 16))
+    dt_min: float | None = _family_default()  # initial step sizes are log-uniform in [dt_min, dt_max] ...
+    dt_max: float | None = _family_default()
+    dt_init_floor: float | None = _family_default()  # ... and at least this
+    conv_bias: bool | None = _family_default()
     # llama and mamba
-    norm_eps: float | None = None  # RMSNorm epsilon
-    tie_embeddings: bool | None = None  # output head = token embedding
+    norm_eps: float | None = _family_default()  # RMSNorm epsilon
+    tie_embeddings: bool | None = _family_default()  # output head = token embedding
     # every family
     compile: bool = False  # torch.compile the model
-    init_from: str | None = (
-        None  # start from pretrained weights: gpt2, gpt2-medium, ... or a local HF folder (GPT-2 or Mamba)
-    )
+    init_from: str | None = None  # pretrained weights: gpt2, gpt2-medium, ... or a local HF folder (GPT-2, Mamba)
+
+
+def family_default(*, _parent_: Any, _node_: Any) -> Any:
+    """Resolver for a model key's default: the value its family's config dataclass gives it."""
+    from dataclasses import fields
+
+    from lightning_gpt.models import config_class
+
+    if _parent_.get("init_from"):
+        return None  # the pretrained model's shape (lightning_gpt.build)
+    key = _node_._key()
+    defaults = {f.name: f.default for f in fields(config_class(_parent_.family))}
+    return defaults.get(key)
 
 
 @dataclass
@@ -93,10 +109,10 @@ class TrainerConfig:
     """Arguments of lightning.Trainer (the common ones; see its docs)."""
 
     accelerator: str = "auto"
-    devices: Any = "auto"
+    devices: Any = 1  # a number, a list of device indices, or "auto" (all of them)
     num_nodes: int = 1
     strategy: Any = "auto"
-    precision: str | None = None  # null: 32-true; bf16-mixed on GPUs
+    precision: str | None = None  # null: Lightning's default, 32-true (trainer=gpu sets bf16-mixed)
     max_steps: int = 2000
     max_epochs: int = -1
     val_check_interval: Any = 250
@@ -112,7 +128,7 @@ class TrainerConfig:
     benchmark: bool | None = None
     fast_dev_run: Any = False
     overfit_batches: Any = 0.0
-    profiler: str | None = None
+    profiler: Any = None  # simple, advanced, or a {_target_: ...} profiler (debug=profiler)
     detect_anomaly: bool = False
     enable_progress_bar: bool = True
     enable_model_summary: bool = True
@@ -123,10 +139,10 @@ class TrainerConfig:
 
 @dataclass
 class PathsConfig:
-    root_dir: str = "."
+    root_dir: str = "${oc.env:LGPT_ROOT,.}"  # where outputs/ goes
     log_dir: str = "${paths.root_dir}/outputs"
-    output_dir: str = "${hydra:runtime.output_dir}"
-    cache_dir: str = "~/.cache/lightning_gpt"
+    output_dir: str | None = "${hydra:runtime.output_dir}"
+    cache_dir: str = "${oc.env:LGPT_CACHE_DIR,'~/.cache/lightning_gpt'}"  # tokenized corpora
 
 
 @dataclass
@@ -192,7 +208,9 @@ class EvalAppConfig:
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
     paths: PathsConfig = MISSING
-    model: dict[str, Any] = field(default_factory=dict)  # set from the checkpoint: data.block_size follows it
+    model: dict[str, Any] = field(
+        default_factory=lambda: {"block_size": None}
+    )  # data.block_size null: the checkpoint's
     logger: dict[str, Any] = field(default_factory=dict)
     callbacks: dict[str, Any] = field(default_factory=dict)
     task_name: str = "eval"
@@ -229,7 +247,10 @@ def run_name(output_dir: str) -> str:
 
 
 def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
     OmegaConf.register_new_resolver("lgpt_run_name", run_name, replace=True)
+    OmegaConf.register_new_resolver("lgpt_family_default", family_default, replace=True)
     ConfigStore.instance().store(name="lgpt_schema", node=TrainConfig)
     ConfigStore.instance().store(name="lgpt_sample_schema", node=SampleAppConfig)
     ConfigStore.instance().store(name="lgpt_eval_schema", node=EvalAppConfig)

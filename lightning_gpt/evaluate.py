@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     from lightning_gpt import find_checkpoint, read_checkpoint
     from lightning_gpt.build import build_trainer
-    from lightning_gpt.config import OptimConfig
-    from lightning_gpt.data import FixedWindows, GPTDataModule
+    from lightning_gpt.data import GPTDataModule
+    from lightning_gpt.data.windows import FixedWindows
     from lightning_gpt.module import GPTLightningModule
 
     quiet_console()
@@ -44,8 +43,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"split must be train or val, got {cfg.split!r}")
     path = find_checkpoint(cfg.ckpt_path)
     model_config, tokenizer_spec, state = read_checkpoint(path)
-    cfg.model = {"block_size": model_config["block_size"]}  # what data.block_size=${model.block_size} reads
     data = OmegaConf.to_container(cfg.data, resolve=True)
+    data["block_size"] = data["block_size"] or model_config["block_size"]  # null: the checkpoint's context
     block_size, context = data["block_size"], model_config["block_size"]
     if block_size > context:
         raise UserError(
@@ -61,10 +60,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if "not in the character vocabulary" not in str(e):
             raise
         raise UserError(f"{e}{training_data_hint(path)}") from e
-    split = datamodule._split(cfg.split)
+    split = datamodule.tokens(cfg.split)
 
-    unused_optim = asdict(OptimConfig(decay_steps=1))  # the module wants one; evaluation never steps
-    module = GPTLightningModule(model=model_config, tokenizer=tokenizer_spec, optim=unused_optim)
+    module = GPTLightningModule(model=model_config, tokenizer=tokenizer_spec)  # no optimizer: it never steps
     module.model.load_state_dict(state)
     trainer = build_trainer(cfg)
     windows = cfg.windows or (len(split) - 1) // block_size

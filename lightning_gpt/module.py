@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import Metric
 
+from lightning_gpt.config import OptimConfig
 from lightning_gpt.errors import UserError
 from lightning_gpt.models import build
 from lightning_gpt.tokenizers import Tokenizer, tokenizer_from_dict
@@ -27,15 +28,15 @@ def cosine_lr(step: int, lr: float, min_lr: float, warmup_steps: int, decay_step
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
-def check_optim(o: dict[str, Any]) -> None:
+def check_optim(o: OptimConfig) -> None:
     for key in ("lr", "eps"):
-        if not o[key] > 0:
-            raise UserError(f"optim.{key} must be positive, got {o[key]}")
+        if not getattr(o, key) > 0:
+            raise UserError(f"optim.{key} must be positive, got {getattr(o, key)}")
     for key in ("min_lr", "weight_decay", "warmup_steps"):
-        if o[key] < 0:
-            raise UserError(f"optim.{key} must not be negative, got {o[key]}")
-    if len(o["betas"]) != 2 or not all(0.0 <= b < 1.0 for b in o["betas"]):
-        raise UserError(f"optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.95]; got {list(o['betas'])}")
+        if getattr(o, key) < 0:
+            raise UserError(f"optim.{key} must not be negative, got {getattr(o, key)}")
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        raise UserError(f"optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.95]; got {list(o.betas)}")
 
 
 class SumRatio(Metric):
@@ -61,17 +62,18 @@ class GPTLightningModule(L.LightningModule):
         self,
         model: dict[str, Any],
         tokenizer: dict[str, Any],
-        optim: dict[str, Any],
+        optim: dict[str, Any] | None = None,  # None: a module that only evaluates
         compile: bool = False,
         config: dict[str, Any] | None = None,
     ):
         super().__init__()
         # Model config, tokenizer and the whole run config travel inside every checkpoint (and to the loggers).
-        check_optim(optim)
         self.save_hyperparameters()
+        self.optim = OptimConfig(**optim) if optim is not None else None
+        if self.optim is not None:
+            check_optim(self.optim)
         self.model = build(model)
         self.tokenizer_spec = tokenizer
-        self.optim = optim
         self.compile_model = compile
         self.val_loss = SumRatio()
 
@@ -184,17 +186,17 @@ class GPTLightningModule(L.LightningModule):
         # The new run's optimizer settings win: a resumed run may lower the learning rate, for instance.
         o = self.optim
         for state in checkpoint.get("optimizer_states", []):
-            for group, decay in zip(state["param_groups"], (o["weight_decay"], 0.0)):  # see optimizer_groups
-                group.update(betas=tuple(o["betas"]), eps=o["eps"], weight_decay=decay)
+            for group, decay in zip(state["param_groups"], (o.weight_decay, 0.0)):  # see optimizer_groups
+                group.update(betas=tuple(o.betas), eps=o.eps, weight_decay=decay)
         for state in checkpoint.get("lr_schedulers", []):
-            state["base_lrs"] = [o["lr"]] * len(state["base_lrs"])
+            state["base_lrs"] = [o.lr] * len(state["base_lrs"])
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim
         # Fused kernels wherever torch has them: on CPUs too, where steps ran 1.03-1.14x faster (benchmarks/).
         # fp16's scaler unscales a fused AdamW's gradients only inside its step: after clipping would.
         fp16_clipped = str(self.trainer.precision).startswith("16") and bool(self.trainer.gradient_clip_val)
-        fused = o["fused"]
+        fused = o.fused
         if fused is None:
             fused = self.device.type in ("cuda", "cpu") and not fp16_clipped
         elif fused and fp16_clipped:
@@ -203,15 +205,15 @@ class GPTLightningModule(L.LightningModule):
                 "them after clipping); use optim.fused=null, trainer.precision=bf16-mixed or no clipping"
             )
         optimizer = torch.optim.AdamW(
-            self.model.optimizer_groups(o["weight_decay"]),
-            lr=o["lr"],
-            betas=tuple(o["betas"]),
-            eps=o["eps"],
+            self.model.optimizer_groups(o.weight_decay),
+            lr=o.lr,
+            betas=tuple(o.betas),
+            eps=o.eps,
             fused=fused,
         )
 
         def factor(step: int) -> float:
-            return cosine_lr(step, o["lr"], o["min_lr"], o["warmup_steps"], o["decay_steps"]) / o["lr"]
+            return cosine_lr(step, o.lr, o.min_lr, o.warmup_steps, o.decay_steps) / o.lr
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

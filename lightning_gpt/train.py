@@ -57,7 +57,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
     if ckpt_path:
         check_resumable(ckpt_path, module.hparams.model, module.hparams.tokenizer, cfg.trainer.max_steps)
-    # DDP processes that Lightning starts run `lightning_gpt.train`, which reads this run's config from here.
+    # Lightning's DDP launcher (strategies/launchers/subprocess_script.py) starts the other local ranks by
+    # re-running this process's command with its environment. Those ranks must not compose a config of
+    # their own (a new run folder, a new stamp): LGPT_RUN_DIR tells them to read rank 0's, saved there.
     with children_run_this_app():
         os.environ["LGPT_RUN_DIR"] = str(output_dir)
         try:
@@ -117,7 +119,10 @@ def main() -> None:
 
         def app() -> None:
             sys.argv = [sys.argv[0], *resume_in_place(sys.argv[1:])]
-            _hydra_main()
+            try:
+                _hydra_main()
+            finally:  # the next launch in this Python process (a notebook, a script) gets its own run folder
+                os.environ.pop("LGPT_RUN_STAMP", None)
 
         run_app(app)
 

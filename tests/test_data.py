@@ -6,16 +6,27 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
 
-from lightning_gpt.data import FixedWindows, GPTDataModule, RandomWindows, Source, prepare_tokens
+from lightning_gpt.config import DataConfig, ModelConfig, TrainConfig
+from lightning_gpt.data import GPTDataModule
+from lightning_gpt.data.cache import fingerprint, prepare_tokens
+from lightning_gpt.data.shakespeare import load_plays
+from lightning_gpt.data.sources import Source
+from lightning_gpt.data.windows import FixedWindows, RandomWindows
 from lightning_gpt.errors import UserError
-from lightning_gpt.shakespeare import load_plays
 
 from .conftest import TINY_SHAKESPEARE
+
+
+def datamodule(cache_dir, **overrides) -> GPTDataModule:
+    """A data module with lgpt-train's defaults (the schema's), the char tokenizer and `overrides`."""
+    data = {**asdict(DataConfig()), "block_size": ModelConfig.block_size, "seed": TrainConfig.seed}
+    return GPTDataModule(**{"tokenizer": "char", **data, "cache_dir": str(cache_dir), **overrides})
 
 
 def test_embedded_corpus_is_shakespeare_in_tiny_shakespeare_layout():
@@ -29,7 +40,7 @@ def test_embedded_corpus_is_shakespeare_in_tiny_shakespeare_layout():
 
 
 def test_tiny_shakespeare_char_split_matches_nanogpt(cache_dir):
-    dm = GPTDataModule(tokenizer="char", source="local", path=str(TINY_SHAKESPEARE), cache_dir=str(cache_dir))
+    dm = datamodule(cache_dir, source="local", path=str(TINY_SHAKESPEARE))
     meta = dm.load_cache().meta
     assert dm.tokenizer.vocab_size == 65
     assert (meta["train_tokens"], meta["val_tokens"]) == (1_003_854, 111_540)
@@ -40,7 +51,7 @@ def test_second_run_reuses_the_cache_without_tokenizing(cache_dir, caplog):
     source = Source("local", path=str(TINY_SHAKESPEARE))
     folder = prepare_tokens(source, "gpt2", 0.1, str(cache_dir))
     mtime = (folder / "tokens.bin").stat().st_mtime_ns
-    with caplog.at_level("INFO", logger="lightning_gpt.data"):
+    with caplog.at_level("INFO", logger="lightning_gpt.data.cache"):
         assert prepare_tokens(source, "gpt2", 0.1, str(cache_dir)) == folder
     assert "tokenizing" not in caplog.text
     assert (folder / "tokens.bin").stat().st_mtime_ns == mtime
@@ -72,12 +83,10 @@ def test_structured_files_with_a_text_column(tmp_path, cache_dir, fmt):
     path = tmp_path / f"docs.{fmt}"
     ds = datasets.Dataset.from_dict(rows)
     {"jsonl": ds.to_json, "csv": ds.to_csv, "parquet": ds.to_parquet}[fmt](str(path))
-    dm = GPTDataModule(
-        tokenizer="byte", source="local", path=str(path), text_column="body", block_size=16, cache_dir=str(cache_dir)
-    )
+    dm = datamodule(cache_dir, tokenizer="byte", source="local", path=str(path), text_column="body", block_size=16)
     assert dm.load_cache().meta["num_tokens"] == sum(len(t) + 1 for t in rows["body"])
     with pytest.raises(UserError, match=r"no column 'text' \(columns: body, id\); set data.text_column"):
-        GPTDataModule(tokenizer="byte", source="local", path=str(path), cache_dir=str(cache_dir)).load_cache()
+        datamodule(cache_dir, tokenizer="byte", source="local", path=str(path)).load_cache()
 
 
 def test_folders_and_globs_and_a_separate_validation_file(tmp_path, cache_dir):
@@ -86,30 +95,19 @@ def test_folders_and_globs_and_a_separate_validation_file(tmp_path, cache_dir):
         (tmp_path / "train" / f"{i}.txt").write_text(f"text file {i}\n" * 40)
     (tmp_path / "val.txt").write_text("held out\n" * 20)
     val = str(tmp_path / "val.txt")
-    dm = GPTDataModule(
-        tokenizer="byte",
-        source="local",
-        path=str(tmp_path / "train"),
-        val_path=val,
-        block_size=8,
-        cache_dir=str(cache_dir),
-    )
+    train = str(tmp_path / "train")
+    dm = datamodule(cache_dir, tokenizer="byte", source="local", path=train, val_path=val, block_size=8)
     meta = dm.load_cache().meta
     assert meta["train_tokens"] == 3 * (len("text file 0\n") * 40 + 1)
     assert meta["val_tokens"] == len("held out\n") * 20 + 1
-    by_glob = GPTDataModule(
-        tokenizer="byte",
-        source="local",
-        path=str(tmp_path / "train" / "*.txt"),
-        val_path=str(tmp_path / "val.txt"),
-        block_size=8,
-        cache_dir=str(cache_dir),
+    by_glob = datamodule(
+        cache_dir, tokenizer="byte", source="local", path=str(tmp_path / "train" / "*.txt"), val_path=val, block_size=8
     )
     assert by_glob.load_cache().meta["num_tokens"] == meta["num_tokens"]
 
 
 def bad(tmp_path, cache_dir, **kwargs):
-    return GPTDataModule(**{"tokenizer": "char", "source": "local", "cache_dir": str(cache_dir), **kwargs}).load_cache()
+    return datamodule(cache_dir, **{"source": "local", **kwargs}).load_cache()
 
 
 def test_missing_path(tmp_path, cache_dir):
@@ -137,22 +135,13 @@ def test_undecodable_bytes(tmp_path, cache_dir):
 
 def test_hub_dataset_offline_says_how_to_use_local_files(cache_dir):
     with pytest.raises(UserError, match="data=local data.path="):
-        GPTDataModule(
-            tokenizer="gpt2", source="hub", name="Skylion007/openwebtext", cache_dir=str(cache_dir)
-        ).prepare_data()
+        datamodule(cache_dir, tokenizer="gpt2", source="hub", name="Skylion007/openwebtext").prepare_data()
     assert not any(p.name.endswith(".partial") for p in cache_dir.iterdir())
 
 
 def test_training_windows_are_seeded_per_process_and_resume_mid_stream(cache_dir):
-    dm = GPTDataModule(
-        tokenizer="char",
-        source="local",
-        path=str(TINY_SHAKESPEARE),
-        cache_dir=str(cache_dir),
-        block_size=32,
-        batch_size=4,
-    )
-    split = dm._split("train")
+    dm = datamodule(cache_dir, source="local", path=str(TINY_SHAKESPEARE), block_size=32, batch_size=4)
+    split = dm.tokens("train")
     stream = RandomWindows(split, 32, 4, seed=1, rank=0)
     batches = [b for _, b in zip(range(5), stream)]
     x, y = batches[0]
@@ -167,8 +156,8 @@ def test_training_windows_are_seeded_per_process_and_resume_mid_stream(cache_dir
 
 
 def test_validation_windows_are_fixed_and_cover_the_split(cache_dir):
-    dm = GPTDataModule(tokenizer="char", source="local", path=str(TINY_SHAKESPEARE), cache_dir=str(cache_dir))
-    split = dm._split("val")
+    dm = datamodule(cache_dir, source="local", path=str(TINY_SHAKESPEARE))
+    split = dm.tokens("val")
     a, b = FixedWindows(split, 64, 100, batch_size=8), FixedWindows(split, 64, 100, batch_size=8)
     assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a, b))
     assert a.starts[0] == 0 and a.starts[-1] == len(split) - 65
@@ -176,8 +165,8 @@ def test_validation_windows_are_fixed_and_cover_the_split(cache_dir):
 
 
 def test_validation_windows_are_split_across_processes_without_repeats(cache_dir):
-    dm = GPTDataModule(tokenizer="char", source="local", path=str(TINY_SHAKESPEARE), cache_dir=str(cache_dir))
-    split = dm._split("val")
+    dm = datamodule(cache_dir, source="local", path=str(TINY_SHAKESPEARE))
+    split = dm.tokens("val")
     whole = torch.cat([y for _, y in FixedWindows(split, 16, 8, batch_size=3)])
     for world in (2, 3):
         parts = [list(FixedWindows(split, 16, 8, batch_size=3, rank=r, world_size=world)) for r in range(world)]
@@ -191,7 +180,7 @@ def test_validation_windows_are_split_across_processes_without_repeats(cache_dir
 def test_only_one_process_tokenizes(tmp_path):
     script = (
         "import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout);"
-        "from lightning_gpt.data import Source, prepare_tokens;"
+        "from lightning_gpt.data.cache import prepare_tokens; from lightning_gpt.data.sources import Source;"
         f"print(prepare_tokens(Source('local', path={str(TINY_SHAKESPEARE)!r}), 'gpt2', 0.1, {str(tmp_path)!r}))"
     )
     procs = [
@@ -202,3 +191,21 @@ def test_only_one_process_tokenizes(tmp_path):
     assert all(p.returncode == 0 for p in procs)
     assert sum(out.count("tokenizing the local corpus") for out in outputs) == 1
     assert len({out.strip().splitlines()[-1] for out in outputs}) == 1
+
+
+def test_tokenizing_imports_neither_lightning_nor_torch():
+    """This file's `from lightning_gpt.data import GPTDataModule` shows the package still offers the DataModule."""
+    code = (
+        "import sys; import lightning_gpt.data.cache, lightning_gpt.data.sources;"
+        "print(sorted(m for m in ('lightning', 'torch', 'lightning_gpt.data.module') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"
+
+
+def test_fingerprints_are_those_of_caches_made_before():
+    """A changed fingerprint would silently tokenize every user's corpus again, into a second cache."""
+    owt = Source("hub", name="Skylion007/openwebtext", val_split="validation")
+    assert fingerprint(owt, "gpt2", 0.0005) == "494d000fa7cbc8f0"
+    assert fingerprint(Source("hub", name="a/b"), {"name": "char", "chars": "ab"}, 0.1) == "175b4c6a18b9fc53"

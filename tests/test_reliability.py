@@ -19,7 +19,8 @@ import torch
 
 import lightning_gpt
 from lightning_gpt.cli import describe
-from lightning_gpt.data import Source, prepare_tokens
+from lightning_gpt.data.cache import prepare_tokens
+from lightning_gpt.data.sources import Source
 from lightning_gpt.errors import UserError
 from lightning_gpt.train import task
 
@@ -444,7 +445,7 @@ def test_a_damaged_token_cache_is_detected_and_rebuilt(tmp_path, caplog, file, d
     folder = prepare_tokens(Source("local", path=str(corpus)), "char", 0.1, str(tmp_path / "cache"))
     tokens, meta = (folder / "tokens.bin").read_bytes(), (folder / "meta.json").read_text()
     damage(folder / file)
-    with caplog.at_level("WARNING", logger="lightning_gpt.data"):
+    with caplog.at_level("WARNING", logger="lightning_gpt.data.cache"):
         assert prepare_tokens(Source("local", path=str(corpus)), "char", 0.1, str(tmp_path / "cache")) == folder
     assert f"the token cache {folder} is damaged" in caplog.text and "rebuilding it" in caplog.text
     assert (folder / "tokens.bin").read_bytes() == tokens and (folder / "meta.json").read_text() == meta
@@ -455,7 +456,7 @@ def test_tokenizing_writes_nothing_outside_the_cache_folder(tmp_path):
     corpus.write_text("".join(json.dumps({"text": f"line {i} of the corpus"}) + "\n" for i in range(500)))
     hf = tmp_path / "hf"
     code = (
-        "from lightning_gpt.data import Source, prepare_tokens;"
+        "from lightning_gpt.data.cache import prepare_tokens; from lightning_gpt.data.sources import Source;"
         f"prepare_tokens(Source('local', path={str(corpus)!r}), 'gpt2', 0.1, {str(tmp_path / 'cache')!r})"
     )
     env = {**os.environ, "HF_HOME": str(hf), "HF_DATASETS_CACHE": str(hf / "datasets"), "PYTHONPATH": str(ROOT)}

@@ -39,17 +39,27 @@ def test_every_experiment_preset_composes(preset):
     assert cfg.optim.decay_steps == cfg.trainer.max_steps  # derived by interpolation
 
 
+def model_shape(cfg):
+    """The model config a run builds: the preset's keys over its family's defaults."""
+    from lightning_gpt.models import config_from_dict
+
+    return config_from_dict({k: v for k, v in cfg.model.items() if v is not None and k not in ("compile", "init_from")})
+
+
 def test_presets_are_nanogpts_recipes(compose_train):
     cfg = compose_train("experiment=nanogpt_shakespeare_char")
-    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (6, 6, 384, 256)
-    assert (cfg.data.batch_size, cfg.model.dropout, cfg.trainer.max_steps) == (64, 0.2, 5000)
+    m = model_shape(cfg)
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout) == (6, 6, 384, 256, 0.2)
+    assert (cfg.data.batch_size, cfg.trainer.max_steps) == (64, 5000)
     assert (cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps, cfg.optim.betas[1]) == (1e-3, 1e-4, 100, 0.99)
     cfg = compose_train("experiment=nanogpt_baby")
-    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (4, 4, 128, 64)
-    assert (cfg.data.batch_size, cfg.model.dropout, cfg.trainer.max_steps) == (12, 0.0, 2000)
+    m = model_shape(cfg)
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout, m.activation) == (4, 4, 128, 64, 0.0, "gelu")
+    assert (cfg.data.batch_size, cfg.trainer.max_steps) == (12, 2000)
     assert (cfg.optim.weight_decay, cfg.trainer.gradient_clip_val, cfg.data.block_size) == (0.1, 1.0, 64)
     cfg = compose_train("experiment=gpt2_124m")
-    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.tokenizer.name, cfg.data.source) == (12, 768, "gpt2", "hub")
+    m = model_shape(cfg)
+    assert (m.n_layer, m.n_embd, m.block_size, cfg.tokenizer.name, cfg.data.source) == (12, 768, 1024, "gpt2", "hub")
 
 
 def test_a_short_run_learns_checkpoints_logs_and_samples(compose_train, tmp_path, capsys):
@@ -171,7 +181,7 @@ def test_the_console_prints_each_line_once_without_ads_or_library_warnings(tmp_p
 
 
 def test_cfg_job_and_help_work_as_in_any_hydra_app(tmp_path):
-    result = run_cli("--cfg", "job", "model=gpt2_small", cwd=tmp_path)
+    result = run_cli("--cfg", "job", "--resolve", "model=gpt2_small", cwd=tmp_path)  # family defaults filled in
     assert result.returncode == 0 and "n_embd: 768" in result.stdout
     result = run_cli("--help", cwd=tmp_path)
     assert result.returncode == 0 and "experiment: gpt2_124m, nanogpt_baby, nanogpt_shakespeare_char" in result.stdout

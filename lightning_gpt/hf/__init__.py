@@ -21,7 +21,8 @@ import torch
 from lightning_gpt.errors import UserError
 
 if TYPE_CHECKING:
-    from lightning_gpt.models.base import BaseConfig, LanguageModel
+    from lightning_gpt.models.base import LanguageModel
+    from lightning_gpt.models.configs import BaseConfig
     from lightning_gpt.tokenizers import Tokenizer
 
 MODEL_TYPES = {"gpt2": "gpt2", "mamba": "mamba"}  # transformers' model_type -> our family (a module of this package)

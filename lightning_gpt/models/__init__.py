@@ -1,43 +1,40 @@
-"""Model families, one module each, found by the `family` field of a model config.
+"""Model families: their configs (configs.py, no torch) and one module per family's model.
 
-    gpt.py     GPT-2: learned positions, LayerNorm, GELU MLP, tied head
-    mamba.py   Mamba: selective state-space layers (no attention), a parallel scan, a recurrent cache
-    base.py    what families share: BaseConfig, the LanguageModel interface (loss, counts, generate)
+    configs.py  every family's config dataclass, registered by `family` (the only copy of its defaults)
+    base.py     what families share: the LanguageModel interface (loss, counts, generate) and Cache
+    gpt.py      GPT-2: learned positions, LayerNorm, GELU MLP, tied head
+    mamba.py    Mamba: selective state-space layers (no attention), a parallel scan, a recurrent cache
 
-Adding a family is adding a module with a `Config` (a BaseConfig subclass) and a `Model` (a LanguageModel
-subclass), naming it in FAMILIES, and a conf/model/<preset>.yaml that sets `family:`. Modules load on
-first use, so naming a family costs no import.
+Adding a family: a `@family` dataclass in configs.py naming its model class, the model's module here,
+its transformers mapping in lightning_gpt/hf/, and conf/model/<preset>.yaml files that set `family:`.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from lightning_gpt.models.configs import FAMILIES, BaseConfig
+
 if TYPE_CHECKING:
-    from lightning_gpt.models.base import BaseConfig, LanguageModel
-
-FAMILIES = {
-    "gpt2": "lightning_gpt.models.gpt",
-    "mamba": "lightning_gpt.models.mamba",
-}  # family -> module holding `Config` and `Model`
+    from lightning_gpt.models.base import LanguageModel
 
 
-def family_module(family: str) -> ModuleType:
+def config_class(family: str) -> type[BaseConfig]:
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
-    return importlib.import_module(FAMILIES[family])
+    return FAMILIES[family]
 
 
 def config_from_dict(config: dict[str, Any]) -> BaseConfig:
     """A family's config from its dict (as saved in checkpoints; those from before families are GPT-2)."""
     family = config.get("family") or "gpt2"
-    return family_module(family).Config(**{**config, "family": family})
+    return config_class(family)(**{**config, "family": family})
 
 
 def build(config: dict[str, Any] | BaseConfig) -> LanguageModel:
     """A freshly initialised model of the config's family."""
     if isinstance(config, dict):
         config = config_from_dict(config)
-    return family_module(config.family).Model(config)
+    module, name = type(config).model_class.split(":")
+    return getattr(importlib.import_module(module), name)(config)

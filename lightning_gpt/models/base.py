@@ -1,58 +1,23 @@
-"""What every model family shares: the config fields, and the interface training and generation rely on.
+"""What every model family shares: the interface training and generation rely on.
 
-A family is a `Config` dataclass (its defaults are the only copy of them) and a `LanguageModel` subclass
-that turns token ids into final-layer activations (`hidden_states`) and those into logits (`head`).
-Loss, parameter groups, parameter counts and text generation are written once, here and in
+A family is a config dataclass (lightning_gpt/models/configs.py) and a `LanguageModel` subclass that
+turns token ids into final-layer activations (`hidden_states`) and those into logits (`head`). Loss,
+parameter groups, parameter counts and text generation are written once, here and in
 `lightning_gpt.generation`. Nothing here knows of Lightning, Hydra or command-line keys: errors name the
 config's own fields (the apps prefix them with `model.`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclass
-class BaseConfig:
-    """Fields every family has. Subclasses set `family` and add their own shape fields."""
-
-    family: str = ""
-    block_size: int = 1024  # longest context trained on (and attended over by Transformers)
-    vocab_size: int = 50257  # tokens the tokenizer can produce (logits have this width)
-    n_layer: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    vocab_multiple: int = 1  # pad the embedding table to a multiple of this (64 is faster on GPUs)
-
-    def __post_init__(self) -> None:
-        for name in ("block_size", "vocab_size", "n_layer", "n_embd", "vocab_multiple"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def padded_vocab_size(self) -> int:
-        """Rows of the embedding table: vocab_size rounded up to vocab_multiple."""
-        return math.ceil(self.vocab_size / self.vocab_multiple) * self.vocab_multiple
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-
-def nearest_divisor(n: int, near: int) -> int:
-    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - near))
+if TYPE_CHECKING:
+    from lightning_gpt.models.configs import BaseConfig
 
 
 class Cache:
