@@ -1,6 +1,7 @@
 """Model families, one module each, found by the `family` field of a model config.
 
     gpt.py     GPT-2: learned positions, LayerNorm, GELU MLP, tied head
+    llama.py   Llama 2/3: rotary positions, RMSNorm, SwiGLU MLP, grouped-query attention, untied head
     base.py    what families share: BaseConfig, the LanguageModel interface (loss, counts, generate)
 
 Adding a family is adding a module with a `Config` (a BaseConfig subclass) and a `Model` (a LanguageModel
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lightning_gpt.models.base import BaseConfig, LanguageModel
 
-FAMILIES = {"gpt2": "lightning_gpt.models.gpt"}  # family -> module holding `Config` and `Model`
+FAMILIES = {"gpt2": "lightning_gpt.models.gpt", "llama": "lightning_gpt.models.llama"}  # family -> module holding `Config` and `Model`
 
 
 def family_module(family: str) -> ModuleType:

@@ -55,6 +55,11 @@ def nearest_divisor(n: int, near: int) -> int:
     return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - near))
 
 
+def causal_mask(T: int, past: int, device: torch.device) -> torch.Tensor:
+    """True where query i (at position past+i) may attend to key j: T new queries after past cached keys."""
+    return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
+
+
 class Cache:
     """Per-sequence state that lets generation feed one new position per step.
 
