@@ -46,7 +46,7 @@ class ModelConfig:
     """Which model family, and the shape keys a preset changes. Every shape key left null takes its family's
     default (lightning_gpt/models/<family>.py holds the only copy); keys of another family are refused."""
 
-    family: str = "gpt2"  # gpt2 (lightning_gpt/models/gpt.py)
+    family: str = "gpt2"  # gpt2 (lightning_gpt/models/gpt.py), llama (models/llama.py)
     block_size: int | None = None  # longest context trained on
     vocab_size: int | None = None  # null: the tokenizer's vocabulary size
     vocab_multiple: int | None = None  # pad the embedding table to a multiple (64 is faster on GPUs)
@@ -54,9 +54,18 @@ class ModelConfig:
     n_embd: int | None = None
     dropout: float | None = None
     # gpt2
-    n_head: int | None = None
+    n_head: int | None = None  # (llama too)
     bias: bool | None = None  # biases in Linear and LayerNorm
     activation: str | None = None  # gelu_tanh (GPT-2's) or gelu (exact, as nanoGPT)
+    # llama
+    n_kv_head: int | None = None  # key/value heads shared by groups of query heads (null: n_head; 1: multi-query)
+    intermediate_size: int | None = None  # MLP width (null: 8/3 n_embd x ffn_dim_multiplier, up to multiple_of)
+    multiple_of: int | None = None
+    ffn_dim_multiplier: float | None = None
+    rope_theta: float | None = None  # base of the rotary position frequencies
+    norm_eps: float | None = None  # RMSNorm's epsilon
+    qk_norm: bool | None = None  # RMSNorm on each head's queries and keys
+    tie_embeddings: bool | None = None  # output head = token embedding
     # every family
     compile: bool = False  # torch.compile the model
     init_from: str | None = None  # start from pretrained weights: gpt2, gpt2-medium, ... or a local HF folder

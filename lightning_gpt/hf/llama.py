@@ -72,7 +72,7 @@ def state_from_hf(
 
 def config_to_hf(c: LlamaConfig, eot: int | None) -> dict[str, Any]:
     if c.qk_norm:
-        raise UserError("transformers' Llama has no QK-norm: a model trained with model.qk_norm=true cannot be exported")
+        raise UserError("a model.qk_norm=true model cannot be exported: transformers' Llama has no QK-norm")
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",

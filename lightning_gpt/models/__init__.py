@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lightning_gpt.models.base import BaseConfig, LanguageModel
 
-FAMILIES = {"gpt2": "lightning_gpt.models.gpt", "llama": "lightning_gpt.models.llama"}  # family -> module holding `Config` and `Model`
+# family -> module holding `Config` and `Model`
+FAMILIES = {"gpt2": "lightning_gpt.models.gpt", "llama": "lightning_gpt.models.llama"}
 
 
 def family_module(family: str) -> ModuleType:
