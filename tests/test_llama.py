@@ -17,6 +17,7 @@ from transformers import LlamaForCausalLM
 import lightning_gpt
 from lightning_gpt.build import build_model_config
 from lightning_gpt.errors import UserError
+from lightning_gpt.evaluate import evaluate
 from lightning_gpt.hf import export, import_model
 from lightning_gpt.models import build
 from lightning_gpt.models.llama import Llama, LlamaConfig
@@ -228,6 +229,7 @@ def test_what_transformers_llama_cannot_hold_or_we_cannot_load_is_a_clear_error(
 # ---------------------------------------------------------------------------------------------------
 # lgpt-train model=llama_baby, end to end (in process, a tiny shape)
 
+DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
 LLAMA_TINY = [
     "model=llama_baby",
     *[o for o in TINY if not o.startswith("model.")],
@@ -235,8 +237,7 @@ LLAMA_TINY = [
     "model.n_embd=32",
     "model.block_size=32",
     "model.dropout=0.1",  # resuming must restore the dropout RNG too
-    "data=local",
-    f"data.path={TINY_SHAKESPEARE}",
+    *DATA,
     "optim.lr=1e-2",  # a visible fall in 12 steps
     "optim.warmup_steps=2",
     "optim.decay_steps=12",  # the whole run's schedule, also in its first half
@@ -245,9 +246,17 @@ LLAMA_TINY = [
 ]
 
 
-def train_losses(run: Path) -> dict[int, float]:
+def logged(run: Path, key: str) -> dict[int, float]:
     with open(run / "csv" / "metrics.csv") as f:
-        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
+
+
+def train_losses(run: Path) -> dict[int, float]:
+    return logged(run, "train/loss")
+
+
+def val_losses(run: Path) -> list[float]:
+    return [loss for _, loss in sorted(logged(run, "val/loss").items())]
 
 
 def test_llama_baby_trains_resumes_exactly_samples_and_exports(compose_train, tmp_path):
@@ -257,6 +266,11 @@ def test_llama_baby_trains_resumes_exactly_samples_and_exports(compose_train, tm
     whole, resumed = train_losses(tmp_path / "whole"), train_losses(tmp_path / "resumed")
     assert whole[11] < whole[0] - 0.3  # it learns
     assert sorted(resumed) == list(range(6, 12)) and resumed == {s: whole[s] for s in resumed}  # exactly
+
+    # lgpt-eval on the same 16 validation windows reproduces the last validation loss
+    args = [f"paths.output_dir={tmp_path / 'eval'}", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
+    result = evaluate(compose_app("eval", f"ckpt_path={tmp_path / 'resumed'}", *args, "windows=16", *DATA))
+    assert result["loss"] == pytest.approx(val_losses(tmp_path / "whole")[-1], abs=1e-4)
 
     model, tokenizer = lightning_gpt.load(tmp_path / "resumed")
     assert model.config.family == "llama" and model.config.kv_heads == 2 and tokenizer.name == "char"
