@@ -51,7 +51,7 @@ class ModelConfig:
     resolves (the dataclass in lightning_gpt/models/<family>.py holds the only copy); null for keys that
     family does not have. With init_from, the pretrained model's shape instead."""
 
-    family: str = "gpt2"  # gpt2 (lightning_gpt/models/gpt.py)
+    family: str = "gpt2"  # gpt2 (lightning_gpt/models/gpt.py), llama (models/llama.py)
     block_size: int | None = _family_default()  # longest context trained on
     vocab_size: int | None = None  # null: the tokenizer's vocabulary size
     vocab_multiple: int | None = _family_default()  # pad the embedding table to a multiple (64 is faster on GPUs)
@@ -59,9 +59,20 @@ class ModelConfig:
     n_embd: int | None = _family_default()
     dropout: float | None = _family_default()
     # gpt2
-    n_head: int | None = _family_default()
+    n_head: int | None = _family_default()  # (llama too)
     bias: bool | None = _family_default()  # biases in Linear and LayerNorm
     activation: str | None = _family_default()  # gelu_tanh (GPT-2's) or gelu (exact, as nanoGPT)
+    # llama
+    n_kv_head: int | None = _family_default()  # key/value heads shared by groups of query heads (null: n_head)
+    intermediate_size: int | None = (
+        _family_default()
+    )  # MLP width (null: 8/3 n_embd x ffn_dim_multiplier, up to multiple_of)
+    multiple_of: int | None = _family_default()
+    ffn_dim_multiplier: float | None = _family_default()
+    rope_theta: float | None = _family_default()  # base of the rotary position frequencies
+    norm_eps: float | None = _family_default()  # RMSNorm's epsilon
+    qk_norm: bool | None = _family_default()  # RMSNorm on each head's queries and keys
+    tie_embeddings: bool | None = _family_default()  # output head = token embedding
     # every family
     compile: bool = False  # torch.compile the model
     init_from: str | None = None  # start from pretrained weights: gpt2, gpt2-medium, ... or a local HF folder

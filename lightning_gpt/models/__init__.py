@@ -3,6 +3,7 @@
     configs.py  every family's config dataclass, registered by `family` (the only copy of its defaults)
     base.py     what families share: the LanguageModel interface (loss, counts, generate) and Cache
     gpt.py      GPT-2: learned positions, LayerNorm, GELU MLP, tied head
+    llama.py    Llama 2/3: rotary positions, RMSNorm, SwiGLU MLP, grouped-query attention, untied head
 
 Adding a family: a `@family` dataclass in configs.py naming its model class, the model's module here,
 its transformers mapping in lightning_gpt/hf/, and conf/model/<preset>.yaml files that set `family:`.
