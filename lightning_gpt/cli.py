@@ -47,6 +47,31 @@ def run_stamp(overrides: list[str] | None = None) -> str:
     return os.environ["LGPT_RUN_STAMP"]
 
 
+def run_name(output_dir: str) -> str:
+    """A run's name in dashboards: its run folder's name, `<sweep folder>/<job>` for a job of a multirun."""
+    path = Path(output_dir)
+    return f"{path.parent.name}/{path.name}" if path.name.isdigit() else path.name
+
+
+def sweep_name(output_dir: str) -> str | None:
+    """A multirun job's sweep folder name (its W&B group); None for a single run."""
+    path = Path(output_dir)
+    return path.parent.name if path.name.isdigit() else None
+
+
+def job_tags(tags: list[str]) -> Any:
+    """tags=[...], plus a multirun job's own overrides (what tells the jobs of a sweep apart), each cut to
+    W&B's 64 characters. A ListConfig: OmegaConf.resolve cannot store a plain list from a resolver."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    tags = [str(t) for t in tags]
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        tags += [o[:64] for o in HydraConfig.get().overrides.task if not o.startswith(("hydra", "paths."))]
+    return OmegaConf.create(tags)
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
@@ -54,6 +79,12 @@ def register_resolvers() -> None:
 
     register_configs()
     OmegaConf.register_new_resolver("lgpt_run_stamp", run_stamp, replace=True)
+    OmegaConf.register_new_resolver("lgpt_run_name", run_name, replace=True)
+    OmegaConf.register_new_resolver("lgpt_sweep_name", sweep_name, replace=True)
+    OmegaConf.register_new_resolver("lgpt_job_tags", job_tags, replace=True)
+    OmegaConf.register_new_resolver(
+        "lgpt_tag_dict", lambda tags: OmegaConf.create(dict.fromkeys(map(str, tags), "true")), replace=True
+    )
 
 
 _ADVERTISEMENTS = ("💡 Tip:", "`weights_only` was not set")  # Lightning's ads; its note on a full save

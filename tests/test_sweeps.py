@@ -86,11 +86,14 @@ def test_mlflow_logger_writes_metrics_params_and_sample_artifacts_that_mlflow_re
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     steps = ["trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.log_every_n_steps=2"]
-    cfg = compose_train("logger=[csv,mlflow]", "callbacks=[default,attention_maps]", *TINY, *DATA, *steps)
+    cfg = compose_train(
+        "logger=[csv,mlflow]", "callbacks=[default,attention_maps]", "tags=[baseline]", *TINY, *DATA, *steps
+    )
     val_loss = task(cfg)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")  # the default store
     (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
     assert run.info.run_name == "run"  # the run folder's name
+    assert run.data.tags["baseline"] == "true"  # tags=[...]
     with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     for key in "val/loss", "train/loss":  # the same points as the CSV log
