@@ -11,7 +11,8 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,16 +73,31 @@ def job_tags(tags: list[str]) -> Any:
     return OmegaConf.create(tags)
 
 
+def device_count(devices: Any) -> int:
+    """trainer.devices as a number, for a launcher that reserves that many GPUs (and processes) per node."""
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0:
+        return devices
+    if isinstance(devices, Sequence) and not isinstance(devices, str):  # GPU indices
+        return len(devices)
+    raise UserError(
+        f"trainer.devices={devices}: the launcher reserves GPUs for each job, give their number: trainer.devices=N"
+    )
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     from lightning_gpt.config import register_configs
 
     register_configs()
+    # conf/hydra/launcher/submitit_*.yaml replace the plugin's configs of the same name, which Hydra then
+    # uses as their schema, warning that it will stop doing so: ours are complete without it.
+    warnings.filterwarnings("ignore", message=r"\n'hydra/launcher/submitit_\w+' is validated against ConfigStore")
     OmegaConf.register_new_resolver("lgpt_run_stamp", run_stamp, replace=True)
     OmegaConf.register_new_resolver("lgpt_run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("lgpt_sweep_name", sweep_name, replace=True)
     OmegaConf.register_new_resolver("lgpt_job_tags", job_tags, replace=True)
+    OmegaConf.register_new_resolver("lgpt_device_count", device_count, replace=True)
     OmegaConf.register_new_resolver(
         "lgpt_tag_dict", lambda tags: OmegaConf.create(dict.fromkeys(map(str, tags), "true")), replace=True
     )
