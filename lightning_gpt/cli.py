@@ -199,6 +199,8 @@ def describe(e: BaseException) -> str | None:
     for err in chain:
         if isinstance(err, UserError):
             return str(err)
+        if plugin := _missing_plugin(str(err)):
+            return plugin
         if type(err).__module__.startswith("wandb."):  # e.g. UsageError: api_key not configured
             return f"W&B: {_first_line(err).rstrip('.')}; or log offline: logger.wandb.offline=true (then `wandb sync`)"
         if isinstance(err, OverrideParseException) and "=" in err.override:
@@ -218,6 +220,28 @@ def describe(e: BaseException) -> str | None:
         text = " ".join(line.strip() for err in chain for line in str(err).splitlines() if line.strip())
         return text.split(" Config search path")[0]  # Hydra's list of search paths is noise here
     return None
+
+
+_PLUGINS = {
+    "optuna": ("Optuna sweeper", "hydra-optuna-sweeper"),
+    "submitit": ("submitit launcher", "hydra-submitit-launcher"),
+}
+
+
+def _missing_plugin(text: str) -> str | None:
+    """Hydra's errors for a sweeper or launcher (hparams_search=optuna, hydra/launcher=submitit_slurm) whose
+    plugin is not installed: at composition for the sweeper, when it loads our config's _target_ for a launcher."""
+    import re
+
+    found = re.search(
+        r"Could not find 'hydra/(?:sweeper|launcher)/([a-z]+)|Unknown plugin class : 'hydra_plugins\.hydra_([a-z]+)",
+        text,
+    )
+    name = found and (found.group(1) or found.group(2))
+    if name not in _PLUGINS:
+        return None
+    what, package = _PLUGINS[name]
+    return f'Hydra\'s {what} is not installed: pip install "lgpt[sweeps]" (or pip install {package})'
 
 
 def _quoting_hint(override: str) -> str:
