@@ -30,14 +30,17 @@ class TokenThroughputMonitor(ThroughputMonitor):
     is `train/device/items_per_sec` (all devices: `train/items_per_sec`), MFU `train/device/mfu` on GPUs
     Lightning knows. It waits for the GPU after each batch to time it; see docs/benchmarks.md.
 
-    Each value is measured over the steps since the previous logging step, so the first logging step has
-    one too (Lightning's default window of 100 batches left short runs without any)."""
+    By default each value is measured over the steps since the previous logging step, so the first logging
+    step has one too (Lightning's window of 100 batches left short runs without any); window_size=N measures
+    over the last N batches instead."""
 
-    def __init__(self, **kwargs: Any):
+    def __init__(self, window_size: int | None = None, **kwargs: Any):
         super().__init__(batch_size_fn=_sequences, length_fn=_tokens, **kwargs)
+        self.window_size = window_size
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.kwargs["window_size"] = trainer.log_every_n_steps * trainer.accumulate_grad_batches + 1
+        logging_interval = trainer.log_every_n_steps * trainer.accumulate_grad_batches  # in batches
+        self.kwargs["window_size"] = self.window_size or logging_interval + 1  # + the reading before them
         super().setup(trainer, pl_module, stage)
 
     def _start(self, trainer: L.Trainer) -> None:
