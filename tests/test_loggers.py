@@ -69,3 +69,15 @@ def test_tensorboard_has_the_config_as_hparams_one_learning_rate_and_tokens_per_
     experiment = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert [m.name.tag for m in experiment.metric_infos] == ["val/loss", "val/ppl", "train/loss"]
     assert len(events.Scalars("val/loss")) == 1  # the final value, which the HPARAMS tab shows
+
+
+def test_parameter_groups_with_different_learning_rates_get_a_line_each(compose_train, tmp_path):
+    import csv
+
+    steps = ["trainer.max_steps=4", "trainer.log_every_n_steps=2", "trainer.val_check_interval=4"]
+    task(compose_train(*TINY, *DATA, *steps, "+callbacks.halve._target_=tests.helpers.HalveSecondGroup"))
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert "train/lr" not in rows[0]
+    first, second = ([float(r[key]) for r in rows if r.get(key)] for key in ("train/lr/pg0", "train/lr/pg1"))
+    assert len(first) == 2 and second == pytest.approx([lr / 2 for lr in first])
