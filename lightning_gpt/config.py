@@ -7,7 +7,6 @@ as `lgpt_schema`, the first entry of every app's defaults list.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, OmegaConf
@@ -239,16 +238,9 @@ class ExplainAppConfig:
     device: str = "cpu"
 
 
-def run_name(output_dir: str) -> str:
-    """A run's name in dashboards: its run folder's name, `<sweep folder>/<job>` for a job of a multirun."""
-    path = Path(output_dir)
-    return f"{path.parent.name}/{path.name}" if path.name.isdigit() else path.name
-
-
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
-    OmegaConf.register_new_resolver("lgpt_run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("lgpt_family_default", family_default, replace=True)
     ConfigStore.instance().store(name="lgpt_schema", node=TrainConfig)
     ConfigStore.instance().store(name="lgpt_sample_schema", node=SampleAppConfig)
