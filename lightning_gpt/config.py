@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 
 
 @dataclass
@@ -241,7 +241,6 @@ class ExplainAppConfig:
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
-    OmegaConf.register_new_resolver("lgpt_family_default", family_default, replace=True)
     ConfigStore.instance().store(name="lgpt_schema", node=TrainConfig)
     ConfigStore.instance().store(name="lgpt_sample_schema", node=SampleAppConfig)
     ConfigStore.instance().store(name="lgpt_eval_schema", node=EvalAppConfig)
