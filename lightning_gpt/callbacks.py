@@ -154,6 +154,8 @@ class AttentionMaps(L.Callback):
         self.ids: list[int] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if pl_module.model.config.family != "gpt2":
+            raise UserError(f"callbacks.attention_maps draws GPT-2-family models, not {pl_module.model.config.family}")
         try:  # now, not at the first validation: a prompt the tokenizer cannot encode stops the run at once
             ids = prompt_ids(pl_module.tokenizer, self.prompt)
         except UserError as e:

@@ -286,6 +286,11 @@ def test_llama_baby_trains_resumes_exactly_samples_and_exports(compose_train, tm
     theirs = LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert max_logit_difference(model, theirs, vocab_size=tokenizer.vocab_size) < 1e-4
 
+    from lightning_gpt.explain import task as explain_task  # the page reads GPT-2's modules: a clear refusal
+
+    with pytest.raises(UserError, match="lgpt-explain reads GPT-2-family models; .* holds a llama model"):
+        explain_task(compose_app("explain", f"ckpt_path={tmp_path / 'resumed'}", "prompt=KING"))
+
 
 def test_fine_tuning_starts_from_transformers_llama_weights(compose_train, tmp_path):
     theirs = random_llama(vocab_size=65, positions=64)  # the char vocabulary's size
