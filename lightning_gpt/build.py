@@ -94,10 +94,10 @@ def build_model_config(cfg: DictConfig, tokenizer: Any) -> dict[str, Any]:
                 f"model.init_from={cfg.model.init_from} needs GPT-2's tokenizer, not {tokenizer.name}; "
                 "add tokenizer=gpt2"
             )
-        if config.vocab_size < tokenizer.vocab_size:
+        if tokenizer.vocab_size > config.vocab_size:  # other families: the model's own tokenizer is not ours
             raise UserError(
-                f"model.init_from={cfg.model.init_from} predicts {config.vocab_size} tokens, fewer than the "
-                f"{tokenizer.name} tokenizer's {tokenizer.vocab_size}; use the tokenizer it was trained with"
+                f"model.init_from={cfg.model.init_from} has {config.vocab_size} tokens, fewer than the "
+                f"{tokenizer.name} tokenizer's {tokenizer.vocab_size}; choose a tokenizer whose ids it knows"
             )
         return config.to_dict()
     if "vocab_size" not in model:

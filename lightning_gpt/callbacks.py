@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ThroughputMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_gpt.distributed import full_parameters
@@ -27,10 +28,25 @@ def _tokens(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
 class TokenThroughputMonitor(ThroughputMonitor):
     """Lightning's ThroughputMonitor counting sequences as samples and tokens as items: tokens/s per device
     is `train/device/items_per_sec` (all devices: `train/items_per_sec`), MFU `train/device/mfu` on GPUs
-    Lightning knows. It waits for the GPU after each batch to time it; see docs/benchmarks.md."""
+    Lightning knows. It waits for the GPU after each batch to time it; see docs/benchmarks.md.
 
-    def __init__(self, **kwargs: Any):
+    By default each value is measured over the steps since the previous logging step, so the first logging
+    step has one too (Lightning's window of 100 batches left short runs without any); window_size=N measures
+    over the last N batches instead."""
+
+    def __init__(self, window_size: int | None = None, **kwargs: Any):
         super().__init__(batch_size_fn=_sequences, length_fn=_tokens, **kwargs)
+        self.window_size = window_size
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        logging_interval = trainer.log_every_n_steps * trainer.accumulate_grad_batches  # in batches
+        self.kwargs["window_size"] = self.window_size or logging_interval + 1  # + the reading before them
+        super().setup(trainer, pl_module, stage)
+
+    def _start(self, trainer: L.Trainer) -> None:
+        super()._start(trainer)
+        if trainer.state.stage == RunningStage.TRAINING:  # a reading of nothing at the start opens the first window
+            self._throughputs[RunningStage.TRAINING].update(time=0.0, batches=0, samples=0, lengths=0, flops=0)
 
     @rank_zero_only
     def on_validation_batch_end(
@@ -45,6 +61,19 @@ class TokenThroughputMonitor(ThroughputMonitor):
         # Logged at the training step: Lightning logs validation tokens/s at a count of validation batches,
         # which puts rows at unrelated steps into the same metrics.csv.
         super()._compute(trainer)
+
+
+class LearningRateLogger(L.Callback):
+    """The learning rate as `train/lr`, beside train/loss at each logging step; one `train/lr/pg<i>` per
+    parameter group only when the groups' rates differ (the decay and no-decay groups of our AdamW share
+    one). Lightning's LearningRateMonitor logs `lr-AdamW/pg1` and `pg2`, two identical lines."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        rates = [group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups]
+        if len(set(rates)) == 1:
+            pl_module.log("train/lr", rates[0])
+        else:
+            pl_module.log_dict({f"train/lr/pg{i}": rate for i, rate in enumerate(rates)})
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -125,6 +154,8 @@ class AttentionMaps(L.Callback):
         self.ids: list[int] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if pl_module.model.config.family != "gpt2":
+            raise UserError(f"callbacks.attention_maps draws GPT-2-family models, not {pl_module.model.config.family}")
         try:  # now, not at the first validation: a prompt the tokenizer cannot encode stops the run at once
             ids = prompt_ids(pl_module.tokenizer, self.prompt)
         except UserError as e:

@@ -76,14 +76,15 @@ def _is_hf_folder(path: Path) -> bool:
 def read_checkpoint(path: str | Path, device: Any = "cpu") -> tuple[dict, dict, dict]:
     """(GPTConfig dict, tokenizer dict, GPT state dict) of one of our checkpoints, tensors on device.
 
-    A Hugging Face GPT-2 folder (config.json + weights) reads as a GPT-2 with the gpt2 tokenizer.
+    A Hugging Face folder (config.json + weights) of a GPT-2-vocabulary model, of any family, reads with
+    the gpt2 tokenizer; for another vocabulary (a Llama's 32,000 tokens) we have no tokenizer.
     """
     path = find_checkpoint(path)
     if _is_hf_folder(path):
         from lightning_gpt.hf import import_config, import_state_dict
 
         config = import_config(str(path))
-        if config.family == "gpt2" and config.vocab_size != 50257:
+        if config.vocab_size != 50257:
             raise UserError(
                 f"{path} is not a GPT-2-vocabulary model ({config.vocab_size} tokens, not 50257): "
                 "its tokenizer is unknown"

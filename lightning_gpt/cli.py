@@ -11,7 +11,8 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +48,60 @@ def run_stamp(overrides: list[str] | None = None) -> str:
     return os.environ["LGPT_RUN_STAMP"]
 
 
+def run_name(output_dir: str) -> str:
+    """A run's name in dashboards: its run folder's name, `<sweep folder>/<job>` for a job of a multirun."""
+    path = Path(output_dir)
+    return f"{path.parent.name}/{path.name}" if path.name.isdigit() else path.name
+
+
+def sweep_name(output_dir: str) -> str | None:
+    """A multirun job's sweep folder name (its W&B group); None for a single run."""
+    path = Path(output_dir)
+    return path.parent.name if path.name.isdigit() else None
+
+
+def job_tags(tags: list[str]) -> Any:
+    """tags=[...], plus a multirun job's own overrides (what tells the jobs of a sweep apart), each cut to
+    W&B's 64 characters. A ListConfig: OmegaConf.resolve cannot store a plain list from a resolver."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    tags = [str(t) for t in tags]
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        tags += [o[:64] for o in HydraConfig.get().overrides.task if not o.startswith(("hydra", "paths."))]
+    return OmegaConf.create(tags)
+
+
+def device_count(devices: Any) -> int:
+    """trainer.devices as a number, for a launcher that reserves that many GPUs (and processes) per node."""
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0:
+        return devices
+    if isinstance(devices, Sequence) and not isinstance(devices, str):  # GPU indices
+        return len(devices)
+    raise UserError(
+        f"trainer.devices={devices}: the launcher reserves GPUs for each job, give their number: trainer.devices=N"
+    )
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
-    from lightning_gpt.config import register_configs
+    from lightning_gpt.config import family_default, register_configs
 
     register_configs()
+    # conf/hydra/launcher/submitit_*.yaml replace the plugin's configs of the same name, which Hydra then
+    # uses as their schema, warning that it will stop doing so: ours are complete without it.
+    warnings.filterwarnings("ignore", message=r"\n'hydra/launcher/submitit_\w+' is validated against ConfigStore")
+    OmegaConf.register_new_resolver("lgpt_family_default", family_default, replace=True)
     OmegaConf.register_new_resolver("lgpt_run_stamp", run_stamp, replace=True)
+    OmegaConf.register_new_resolver("lgpt_run_name", run_name, replace=True)
+    OmegaConf.register_new_resolver("lgpt_sweep_name", sweep_name, replace=True)
+    OmegaConf.register_new_resolver("lgpt_job_tags", job_tags, replace=True)
+    OmegaConf.register_new_resolver("lgpt_device_count", device_count, replace=True)
+    OmegaConf.register_new_resolver(
+        "lgpt_tag_dict", lambda tags: OmegaConf.create(dict.fromkeys(map(str, tags), "true")), replace=True
+    )
 
 
 _ADVERTISEMENTS = ("💡 Tip:", "`weights_only` was not set")  # Lightning's ads; its note on a full save
@@ -151,6 +199,8 @@ def describe(e: BaseException) -> str | None:
     for err in chain:
         if isinstance(err, UserError):
             return str(err)
+        if plugin := _missing_plugin(str(err)):
+            return plugin
         if type(err).__module__.startswith("wandb."):  # e.g. UsageError: api_key not configured
             return f"W&B: {_first_line(err).rstrip('.')}; or log offline: logger.wandb.offline=true (then `wandb sync`)"
         if isinstance(err, OverrideParseException) and "=" in err.override:
@@ -173,6 +223,28 @@ def describe(e: BaseException) -> str | None:
         text = " ".join(line.strip() for err in chain for line in str(err).splitlines() if line.strip())
         return text.split(" Config search path")[0]  # Hydra's list of search paths is noise here
     return None
+
+
+_PLUGINS = {
+    "optuna": ("Optuna sweeper", "hydra-optuna-sweeper"),
+    "submitit": ("submitit launcher", "hydra-submitit-launcher"),
+}
+
+
+def _missing_plugin(text: str) -> str | None:
+    """Hydra's errors for a sweeper or launcher (hparams_search=optuna, hydra/launcher=submitit_slurm) whose
+    plugin is not installed: at composition for the sweeper, when it loads our config's _target_ for a launcher."""
+    import re
+
+    found = re.search(
+        r"Could not find 'hydra/(?:sweeper|launcher)/([a-z]+)|Unknown plugin class : 'hydra_plugins\.hydra_([a-z]+)",
+        text,
+    )
+    name = found and (found.group(1) or found.group(2))
+    if name not in _PLUGINS:
+        return None
+    what, package = _PLUGINS[name]
+    return f'Hydra\'s {what} is not installed: pip install "lgpt[sweeps]" (or pip install {package})'
 
 
 def _quoting_hint(override: str) -> str:

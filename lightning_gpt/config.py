@@ -7,10 +7,9 @@ as `lgpt_schema`, the first entry of every app's defaults list.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 
 
 @dataclass
@@ -51,7 +50,7 @@ class ModelConfig:
     resolves (the dataclass in lightning_gpt/models/<family>.py holds the only copy); null for keys that
     family does not have. With init_from, the pretrained model's shape instead."""
 
-    family: str = "gpt2"  # gpt2 or mamba (lightning_gpt/models/<gpt|mamba>.py)
+    family: str = "gpt2"  # gpt2 (lightning_gpt/models/gpt.py), llama (models/llama.py), mamba (models/mamba.py)
     block_size: int | None = _family_default()  # longest context trained on
     vocab_size: int | None = None  # null: the tokenizer's vocabulary size
     vocab_multiple: int | None = _family_default()  # pad the embedding table to a multiple (64 is faster on GPUs)
@@ -59,10 +58,20 @@ class ModelConfig:
     n_embd: int | None = _family_default()
     dropout: float | None = _family_default()
     # gpt2
-    n_head: int | None = _family_default()
+    n_head: int | None = _family_default()  # (llama too)
     bias: bool | None = _family_default()  # biases in Linear and LayerNorm
     activation: str | None = _family_default()  # gelu_tanh (GPT-2's) or gelu (exact, as nanoGPT)
-    # mamba (and bias, above: in in_proj and out_proj)
+    # llama
+    n_kv_head: int | None = _family_default()  # key/value heads shared by groups of query heads (null: n_head)
+    intermediate_size: int | None = (
+        _family_default()
+    )  # MLP width (null: 8/3 n_embd x ffn_dim_multiplier, up to multiple_of)
+    multiple_of: int | None = _family_default()
+    ffn_dim_multiplier: float | None = _family_default()
+    rope_theta: float | None = _family_default()  # base of the rotary position frequencies
+    norm_eps: float | None = _family_default()  # RMSNorm's epsilon
+    qk_norm: bool | None = _family_default()  # RMSNorm on each head's queries and keys
+    # mamba (and bias: in in_proj and out_proj; norm_eps)
     d_state: int | None = _family_default()  # SSM state size per channel
     d_conv: int | None = _family_default()  # width of the causal depthwise convolution
     expand: int | None = _family_default()  # channels inside a block = expand * n_embd
@@ -71,12 +80,12 @@ class ModelConfig:
     dt_max: float | None = _family_default()
     dt_init_floor: float | None = _family_default()  # ... and at least this
     conv_bias: bool | None = _family_default()
-    # llama and mamba
-    norm_eps: float | None = _family_default()  # RMSNorm epsilon
     tie_embeddings: bool | None = _family_default()  # output head = token embedding
     # every family
     compile: bool = False  # torch.compile the model
-    init_from: str | None = None  # pretrained weights: gpt2, gpt2-medium, ... or a local HF folder (GPT-2, Mamba)
+    init_from: str | None = (
+        None  # pretrained weights: gpt2, gpt2-medium, ... or a local HF folder (GPT-2, Llama, Mamba)
+    )
 
 
 def family_default(*, _parent_: Any, _node_: Any) -> Any:
@@ -240,17 +249,9 @@ class ExplainAppConfig:
     device: str = "cpu"
 
 
-def run_name(output_dir: str) -> str:
-    """A run's name in dashboards: its run folder's name, `<sweep folder>/<job>` for a job of a multirun."""
-    path = Path(output_dir)
-    return f"{path.parent.name}/{path.name}" if path.name.isdigit() else path.name
-
-
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
-    OmegaConf.register_new_resolver("lgpt_run_name", run_name, replace=True)
-    OmegaConf.register_new_resolver("lgpt_family_default", family_default, replace=True)
     ConfigStore.instance().store(name="lgpt_schema", node=TrainConfig)
     ConfigStore.instance().store(name="lgpt_sample_schema", node=SampleAppConfig)
     ConfigStore.instance().store(name="lgpt_eval_schema", node=EvalAppConfig)

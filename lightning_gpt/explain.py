@@ -270,6 +270,8 @@ def task(cfg) -> Path:
     prompt = read_prompt(cfg.prompt)
     device, _ = pick_device(cfg.device, "32")
     model, tokenizer = load(cfg.ckpt_path, device)
+    if model.config.family != "gpt2":
+        raise UserError(f"lgpt-explain reads GPT-2-family models; {cfg.ckpt_path} holds a {model.config.family} model")
     data = explain(
         model,
         tokenizer,

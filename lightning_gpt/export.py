@@ -1,7 +1,7 @@
-"""lgpt-export: a checkpoint as a Hugging Face GPT-2 folder.
+"""lgpt-export: a checkpoint as a Hugging Face transformers folder of its family (GPT-2, Llama).
 
 lgpt-export ckpt_path=outputs/train/runs/<stamp> out_dir=my-gpt2
-python -c "from transformers import GPT2LMHeadModel; GPT2LMHeadModel.from_pretrained('my-gpt2')"
+python -c "from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained('my-gpt2')"
 
 The folder holds config.json and model.safetensors, plus vocab.json, merges.txt and the tokenizer
 configs when the tokenizer is GPT-2's (char and byte tokenizers have no Hugging Face equivalent).

@@ -86,3 +86,11 @@ class RecordLosses(L.Callback):
         }
         with open(Path(trainer.default_root_dir) / "losses.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class HalveSecondGroup(L.Callback):
+    """Gives the optimizer's second parameter group (no weight decay) half the first one's learning rate."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.lr_scheduler_configs[0].scheduler.base_lrs[1] /= 2
+        trainer.optimizers[0].param_groups[1]["lr"] /= 2

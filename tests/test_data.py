@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_gpt.config import DataConfig, ModelConfig, TrainConfig
+from lightning_gpt.config import DataConfig, TrainConfig
 from lightning_gpt.data import GPTDataModule
 from lightning_gpt.data.cache import fingerprint, prepare_tokens
 from lightning_gpt.data.shakespeare import load_plays
@@ -25,7 +25,7 @@ from .conftest import TINY_SHAKESPEARE
 
 def datamodule(cache_dir, **overrides) -> GPTDataModule:
     """A data module with lgpt-train's defaults (the schema's), the char tokenizer and `overrides`."""
-    data = {**asdict(DataConfig()), "block_size": ModelConfig.block_size, "seed": TrainConfig.seed}
+    data = {**asdict(DataConfig()), "block_size": 64, "seed": TrainConfig.seed}  # 64: model=baby, the default
     return GPTDataModule(**{"tokenizer": "char", **data, "cache_dir": str(cache_dir), **overrides})
 
 

@@ -234,6 +234,9 @@ def test_torchrun_static_and_c10d_rendezvous_make_one_run_folder_and_resume(tmp_
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
 def test_a_sweep_of_ddp_jobs_runs_every_job(launcher, tmp_path, cache_dir):
+    """Each job one 2-process training in its own run folder, its W&B run named and grouped after it."""
+    from .test_loggers import wandb_runs
+
     if launcher != "basic":
         pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     cli(
@@ -245,6 +248,8 @@ def test_a_sweep_of_ddp_jobs_runs_every_job(launcher, tmp_path, cache_dir):
         "optim.lr=1e-3,3e-4",
         "trainer.max_steps=4",
         "trainer.val_check_interval=4",
+        "logger=[csv,wandb]",
+        "logger.wandb.offline=true",
     )
     jobs = sorted(p.parent.parent for p in (tmp_path / "outputs").glob("train/multiruns/*/*/checkpoints/last.ckpt"))
     assert [j.name for j in jobs] == ["0", "1"]
@@ -252,6 +257,68 @@ def test_a_sweep_of_ddp_jobs_runs_every_job(launcher, tmp_path, cache_dir):
     assert [s["global_step"] for s in saved] == [4, 4]
     assert {s["hyper_parameters"]["optim"]["lr"] for s in saved} == {1e-3, 3e-4}
     assert all("global_batch_size: 16" in (j / "csv" / "hparams.yaml").read_text() for j in jobs)  # 2 processes
+    sweep = jobs[0].parent.name
+    runs = [wandb_runs(j) for j in jobs]
+    assert [[(r.display_name, r.run_group) for r in job] for job in runs] == [
+        [(f"{sweep}/0", sweep)],
+        [(f"{sweep}/1", sweep)],
+    ]
+    assert {next(t for t in job[0].tags if t.startswith("optim.lr=")) for job in runs} == {
+        "optim.lr=0.001",  # as the sweeper writes them
+        "optim.lr=0.0003",
+    }
+    if launcher != "basic":
+        assert list(jobs[0].parent.glob(".submitit/*/*_log.out"))  # submitit's logs stay in the sweep folder
+
+
+def compose_launcher(tmp_path: Path, *overrides: str):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from lightning_gpt.cli import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", [f"paths.root_dir={tmp_path}", *overrides], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    return cfg, instantiate(cfg.hydra.launcher)
+
+
+def test_the_submitit_slurm_launcher_makes_one_job_a_multi_gpu_training_that_lightning_requeues(tmp_path, monkeypatch):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import submitit
+
+    from lightning_gpt.cli import describe
+
+    overrides = ["hydra/launcher=submitit_slurm", "trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2"]
+    cfg, launcher = compose_launcher(tmp_path, *overrides)
+    assert launcher.params["submitit_folder"] == f"{cfg.hydra.sweep.dir}/.submitit/%j"  # in the sweep folder
+    # The sbatch script the launcher's executor would submit (submitit wants an srun to exist to build it).
+    (tmp_path / "srun").write_text("#!/bin/sh\n")
+    (tmp_path / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    executor = submitit.AutoExecutor(cluster="slurm", folder=tmp_path / "submitit")
+    generic = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name"}
+    params = {k: v for k, v in launcher.params.items() if k not in ("submitit_folder", "max_num_timeout")}
+    executor.update_parameters(
+        **{k if k in generic | {"stderr_to_stdout"} else f"slurm_{k}": v for k, v in params.items()}
+    )
+    sbatch = executor._executor._make_submission_file_text("python -m lightning_gpt.train", "uid").splitlines()
+    for line in "--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--signal=USR1@90", "--requeue":
+        assert f"#SBATCH {line}" in sbatch
+    # trainer.devices=auto (trainer=ddp's) cannot reserve GPUs: one line says what to give.
+    with pytest.raises(Exception) as error:
+        compose_launcher(tmp_path, "hydra/launcher=submitit_slurm", "trainer=ddp")
+    assert describe(error.value) == (
+        "trainer.devices=auto: the launcher reserves GPUs for each job, give their number: trainer.devices=N"
+    )
+
+
+def test_the_submitit_local_launcher_runs_one_process_per_job_that_sees_its_gpus(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    _, launcher = compose_launcher(tmp_path, "hydra/launcher=submitit_local", "trainer=ddp", "trainer.devices=2")
+    assert (launcher.params["tasks_per_node"], launcher.params["gpus_per_node"]) == (1, 2)  # Lightning starts the rest
 
 
 def test_two_trainings_in_one_slurm_job_get_two_folders(tmp_path, cache_dir):

@@ -11,7 +11,13 @@ from lightning_gpt.info import task
 
 from .conftest import run_cli
 
-EXACT = {"gpt2_small": 124_439_808, "gpt2_xl": 1_557_611_200, "mamba_130m": 129_135_360}
+EXACT = {
+    "gpt2_small": 124_439_808,
+    "gpt2_xl": 1_557_611_200,
+    "llama2_7b": 6_738_415_616,
+    "llama3_8b": 8_030_261_248,
+    "mamba_130m": 129_135_360,
+}
 
 
 def info(*overrides: str) -> dict:

@@ -208,7 +208,7 @@ def test_fine_tuning_starts_from_a_local_transformers_mamba(tmp_path):
     ours = build_module(cfg, build_tokenizer("byte")).model.eval()
     assert (ours.config.n_layer, ours.config.n_embd, ours.config.block_size) == (2, 32, 64)  # its shape, our context
     assert max_logit_difference(ours, theirs, 256) < 1e-4
-    with pytest.raises(UserError, match="predicts 300 tokens, fewer than the gpt2 tokenizer's 50257"):
+    with pytest.raises(UserError, match="has 300 tokens, fewer than the gpt2 tokenizer's 50257"):
         build_module(compose_app("train", f"model.init_from={tmp_path}", "tokenizer=gpt2"), build_tokenizer("gpt2"))
 
 

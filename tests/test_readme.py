@@ -25,6 +25,7 @@ APPS = {
     "lgpt-eval": "evaluate",
     "lgpt-export": "export",
     "lgpt-plot": "plot",
+    "lgpt-info": "info",
 }
 NEEDS_A_GPU_OR_NETWORK = re.compile(r"trainer=(gpu|ddp |ddp$|fsdp|multinode)|gpt2_|init_from|tokenizer=gpt2|devices=8")
 
@@ -144,6 +145,10 @@ def test_the_cpu_commands_run_as_written_in_a_fresh_folder(tmp_path, cache_dir):
             assert f"loaded outputs/train/runs/{stamp}/checkpoints/last.ckpt" in done.stderr
     assert "ROMEO: Nay, I'll go." in run(as_written(sampling[2])).stdout
     assert (clone / "my-gpt2" / "model.safetensors").is_file()
+
+    infos = [c for c in commands if c.startswith("lgpt-info ")]
+    assert len(infos) == 2 and "8,030,261,248 parameters" in run(infos[0]).stdout
+    run(infos[1])
 
     [plot] = [c for c in commands if c.startswith("lgpt-plot outputs/train/runs/<stamp>")]
     run(as_written(plot))

@@ -39,7 +39,7 @@ def cli_args(tmp_path: Path, cache_dir: Path) -> list[str]:
 def check_continued(run: Path, first_steps: int, total: int, warmup: int) -> None:
     """One folder holds the whole run: every step once, and the learning rate never rises after warmup."""
     assert sorted(series(run, "train/loss")) == list(range(total))
-    lr = [v for _, v in sorted(series(run, "lr-AdamW/pg1").items())]
+    lr = [v for _, v in sorted(series(run, "train/lr").items())]
     assert len(lr) == total
     assert all(b <= a + 1e-12 for a, b in zip(lr[warmup:], lr[warmup + 1 :]))
     assert lr[-1] == pytest.approx(1e-4)  # optim.min_lr, reached at the original horizon and kept

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ from omegaconf import OmegaConf
 
 from lightning_gpt.cli import CONF_DIR, register_resolvers
 
-from .conftest import TINY, TINY_SHAKESPEARE, run_cli
+from .conftest import ROOT, TINY, TINY_SHAKESPEARE, run_cli
 
 DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
 
@@ -86,11 +89,14 @@ def test_mlflow_logger_writes_metrics_params_and_sample_artifacts_that_mlflow_re
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     steps = ["trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.log_every_n_steps=2"]
-    cfg = compose_train("logger=[csv,mlflow]", "callbacks=[default,attention_maps]", *TINY, *DATA, *steps)
+    cfg = compose_train(
+        "logger=[csv,mlflow]", "callbacks=[default,attention_maps]", "tags=[baseline]", *TINY, *DATA, *steps
+    )
     val_loss = task(cfg)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")  # the default store
     (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
     assert run.info.run_name == "run"  # the run folder's name
+    assert run.data.tags["baseline"] == "true"  # tags=[...]
     with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     for key in "val/loss", "train/loss":  # the same points as the CSV log
@@ -104,3 +110,31 @@ def test_mlflow_logger_writes_metrics_params_and_sample_artifacts_that_mlflow_re
     attention = [a.path for a in client.list_artifacts(run.info.run_id, "attention")]
     assert attention == ["attention/step000003.png", "attention/step000006.png"]  # lgpt-explain's maps callback
     assert (tmp_path / "outputs" / "mlruns").is_dir()  # artifacts beside the store, not in the working folder
+
+
+# lgpt-train as if the sweeps extra were not installed: Hydra's plugin scan skips a module set to None.
+WITHOUT_PLUGINS = """
+import sys
+sys.modules["hydra_plugins.hydra_optuna_sweeper"] = None
+sys.modules["hydra_plugins.hydra_submitit_launcher"] = None
+from lightning_gpt.train import main
+main()
+"""
+
+
+@pytest.mark.slow  # a fresh lgpt-train process each
+@pytest.mark.parametrize(
+    "choice, plugin, package",
+    [
+        ("hparams_search=optuna", "Optuna sweeper", "hydra-optuna-sweeper"),
+        ("hydra/launcher=submitit_slurm", "submitit launcher", "hydra-submitit-launcher"),
+    ],
+)
+def test_a_sweep_plugin_that_is_not_installed_is_named_with_its_install_command(choice, plugin, package, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "LGPT_RUN_STAMP"}
+    command = [sys.executable, "-c", WITHOUT_PLUGINS, "-m", choice, "optim.lr=1e-3", f"paths.root_dir={tmp_path}"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    expected = f'error: Hydra\'s {plugin} is not installed: pip install "lgpt[sweeps]" (or pip install {package})'
+    assert done.stderr.strip().splitlines() == [expected]
+    assert not (tmp_path / "outputs").exists()  # nothing started

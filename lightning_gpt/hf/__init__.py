@@ -1,6 +1,6 @@
 """Hugging Face transformers folders in and out, for every model family.
 
-Each family's module here (gpt2.py, ...) maps its config and parameter names to transformers' and back;
+Each family's module here (gpt2.py, llama.py, ...) maps its config and parameter names to transformers' and back;
 this module finds and reads the folders and picks the family from config.json's model_type.
 
     import_model("gpt2")                    # by hub name (needs the network once, then HF's cache)
@@ -25,7 +25,11 @@ if TYPE_CHECKING:
     from lightning_gpt.models.configs import BaseConfig
     from lightning_gpt.tokenizers import Tokenizer
 
-MODEL_TYPES = {"gpt2": "gpt2", "mamba": "mamba"}  # transformers' model_type -> our family (a module of this package)
+MODEL_TYPES = {
+    "gpt2": "gpt2",
+    "llama": "llama",
+    "mamba": "mamba",
+}  # transformers' model_type -> our family (a module of this package)
 
 
 def family_of(model_type: str | None, source: str) -> ModuleType:
@@ -92,13 +96,14 @@ def export(model: LanguageModel, tokenizer: Tokenizer | None, out_dir: str | Pat
     from lightning_gpt.hf.tokenizer import GPT2_TOKENIZERS, write_gpt2_tokenizer
 
     family = importlib.import_module(f"lightning_gpt.hf.{model.config.family}")
+    eot = tokenizer.eot_id if tokenizer is not None and tokenizer.name in GPT2_TOKENIZERS else None
+    config = family.config_to_hf(model.config, eot)  # refuses what transformers cannot hold, before any write
     out = Path(out_dir).expanduser()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the export folder {out} ({e.strerror}); choose another out_dir") from e
-    eot = tokenizer.eot_id if tokenizer is not None and tokenizer.name in GPT2_TOKENIZERS else None
-    (out / "config.json").write_text(json.dumps(family.config_to_hf(model.config, eot), indent=2))
+    (out / "config.json").write_text(json.dumps(config, indent=2))
     state = {k: v.float().contiguous() for k, v in family.state_to_hf(model).items()}
     save_file(state, out / "model.safetensors", metadata={"format": "pt"})
     # safetensors writes through a private temporary file (mode 0600): share it as config.json is shared.

@@ -3,6 +3,7 @@
     configs.py  every family's config dataclass, registered by `family` (the only copy of its defaults)
     base.py     what families share: the LanguageModel interface (loss, counts, generate) and Cache
     gpt.py      GPT-2: learned positions, LayerNorm, GELU MLP, tied head
+    llama.py    Llama 2/3: rotary positions, RMSNorm, SwiGLU MLP, grouped-query attention, untied head
     mamba.py    Mamba: selective state-space layers (no attention), a parallel scan, a recurrent cache
 
 Adding a family: a `@family` dataclass in configs.py naming its model class, the model's module here,

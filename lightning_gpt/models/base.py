@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from lightning_gpt.models.configs import BaseConfig
 
 
+def causal_mask(T: int, past: int, device: torch.device) -> torch.Tensor:
+    """True where query i (at position past+i) may attend to key j: T new queries after past cached keys."""
+    return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
+
+
 class Cache:
     """Per-sequence state that lets generation feed one new position per step.
 

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lightning_gpt.generation import KVCache
-from lightning_gpt.models.base import LanguageModel
+from lightning_gpt.models.base import LanguageModel, causal_mask
 from lightning_gpt.models.configs import GPTConfig
 
 
@@ -42,17 +42,12 @@ class CausalSelfAttention(nn.Module):
             q,
             k,
             v,
-            attn_mask=_causal_mask(T, past, x.device) if past and T > 1 else None,
+            attn_mask=causal_mask(T, past, x.device) if past and T > 1 else None,
             is_causal=past == 0 and T > 1,
             dropout_p=self.dropout if self.training else 0.0,
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
-
-
-def _causal_mask(T: int, past: int, device: torch.device) -> torch.Tensor:
-    """True where query i (at position past+i) may attend to key j."""
-    return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
 
 
 class MLP(nn.Module):
