@@ -48,27 +48,32 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+def compose_train_config(tmp_path: Path, cache_dir: Path, *overrides: str, output_dir: Path | None = None):
+    """The lgpt-train config as the CLI would compose it, writing under tmp_path (output_dir: the run folder)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"paths.root_dir={tmp_path}",
+                f"paths.output_dir={output_dir or tmp_path / 'run'}",
+                f"paths.cache_dir={cache_dir}",
+                *overrides,
+            ],
+            return_hydra_config=True,
+        )
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):  # the app's task sees the job config alone, as under @hydra.main
+        del cfg["hydra"]
+    return cfg
+
+
 @pytest.fixture
 def compose_train(tmp_path, cache_dir):
     """Compose the lgpt-train config as the CLI would, writing under tmp_path."""
 
     def _compose(*overrides: str, output_dir: Path | None = None):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose(
-                "train",
-                overrides=[
-                    f"paths.root_dir={tmp_path}",
-                    f"paths.output_dir={output_dir or tmp_path / 'run'}",
-                    f"paths.cache_dir={cache_dir}",
-                    *overrides,
-                ],
-                return_hydra_config=True,
-            )
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):  # the app's task sees the job config alone, as under @hydra.main
-            del cfg["hydra"]
-        return cfg
+        return compose_train_config(tmp_path, cache_dir, *overrides, output_dir=output_dir)
 
     yield _compose
     GlobalHydra.instance().clear()

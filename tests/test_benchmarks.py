@@ -15,6 +15,7 @@ from benchmarks.training import Case, _hand_loop, _lgpt_train, paired_trial
 from .conftest import TINY
 
 
+@pytest.mark.slow
 def test_the_hand_loop_and_lgpt_train_take_turns_and_reach_the_same_loss(tmp_path, cache_dir):
     case = Case("tiny", [*TINY, f"paths.cache_dir={cache_dir}"], first=2, last=6, chunk=2, settings="")
     commands = {"loop": _hand_loop(case), "lgpt-train": _lgpt_train(case)}
@@ -25,6 +26,7 @@ def test_the_hand_loop_and_lgpt_train_take_turns_and_reach_the_same_loss(tmp_pat
     assert results["loop"]["loss"] == pytest.approx(results["lgpt-train"]["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_the_gpu_check_says_when_there_is_no_gpu():
     command = [sys.executable, "-m", "benchmarks", "--gpu"]
     done = subprocess.run(command, capture_output=True, text=True, env=child_env(), cwd=Path(__file__).parents[1])

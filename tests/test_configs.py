@@ -137,6 +137,7 @@ BUILDABLE = [(g, o) for g in ("tokenizer", "model", "optim", "trainer", "logger"
 
 
 @pytest.mark.parametrize(("group", "option"), BUILDABLE, ids=lambda x: x)
+@pytest.mark.slow
 def test_every_group_option_builds(group, option, tmp_path, cache_dir):
     """Compose with the option and build what it configures (a model on the meta device, no training)."""
     import torch
@@ -166,6 +167,7 @@ def test_every_group_option_builds(group, option, tmp_path, cache_dir):
         assert all(b is not None for b in built) and (built or option == "none")
 
 
+@pytest.mark.slow
 def test_debug_options_run_end_to_end(compose_train, tmp_path):
     """fast_dev_run writes no checkpoint; overfit drives one batch's loss down; profiler writes its report."""
     from lightning_gpt.train import task

@@ -177,6 +177,7 @@ def test_validation_windows_are_split_across_processes_without_repeats(cache_dir
         assert sorted(map(tuple, real.tolist())) == sorted(map(tuple, whole.tolist()))
 
 
+@pytest.mark.slow
 def test_only_one_process_tokenizes(tmp_path):
     script = (
         "import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout);"

@@ -75,6 +75,7 @@ def the_run(root: Path) -> Path:
     ],
     ids=lambda p: p[0],
 )
+@pytest.mark.slow
 def test_each_single_process_preset_trains_clips_and_resumes(preset, compose_train, tmp_path):
     tiny = [o for o in TINY if not o.startswith("data.batch_size")] if "data.batch_size=2" in preset else TINY
     args = [*preset, *tiny, *DATA, "trainer.val_check_interval=3", "trainer.gradient_clip_val=0.05", GRAD_NORMS]
@@ -87,6 +88,7 @@ def test_each_single_process_preset_trains_clips_and_resumes(preset, compose_tra
     assert last_step(tmp_path / "resumed") == 6
 
 
+@pytest.mark.slow
 def test_validation_counts_optimizer_steps_under_accumulation(compose_train, tmp_path):
     task(
         compose_train(
@@ -353,6 +355,7 @@ def test_bad_trainer_settings_are_one_line_errors(override, message, compose_tra
         task(compose_train(*TINY, *DATA, "trainer.max_steps=2", override))
 
 
+@pytest.mark.slow
 def test_a_fresh_run_never_writes_into_a_folder_holding_another_run(compose_train, tmp_path):
     from lightning_gpt.errors import UserError
 

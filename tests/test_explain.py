@@ -121,6 +121,7 @@ def test_a_10m_model_and_64_tokens_make_a_page_under_5_mb(tmp_path):
     assert len(data["tokens"]) == 64 and len(floats(data["attention"])) == 6 * 6 * 64 * 65 // 2
 
 
+@pytest.mark.slow
 def test_the_app_writes_the_page_into_the_run_folder(run):
     done = run_cli(f"ckpt_path={run}", "prompt=ROMEO:", "max_new_tokens=5", module="lightning_gpt.explain")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -150,6 +151,7 @@ def test_bad_input_is_a_clear_error(run, tmp_path, overrides, message):
     assert not (tmp_path / "page.html").exists()
 
 
+@pytest.mark.slow
 def test_the_command_line_reports_bad_input_in_one_line(run):
     done = run_cli(f"ckpt_path={run}", "prompt=", module="lightning_gpt.explain")
     assert done.returncode == 2 and done.stdout == ""
@@ -184,6 +186,7 @@ def chromium(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium)")
+@pytest.mark.slow
 def test_chromium_draws_every_panel_without_console_errors(run, tmp_path):
     model, tokenizer = lightning_gpt.load(run)
     data = explain(model, tokenizer, "ROMEO:\nBut, soft!", temperature=0.7, top_k=5, top_p=0.3)
@@ -223,6 +226,7 @@ def test_chromium_draws_every_panel_without_console_errors(run, tmp_path):
     assert done.returncode == 0 and shot.stat().st_size > 50_000, done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_attention_maps_callback_logs_a_png_at_each_validation(tmp_path, cache_dir):
     run = train_tiny(
         tmp_path,

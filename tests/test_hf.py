@@ -82,6 +82,7 @@ def test_our_model_exports_to_transformers_with_the_same_logits(tmp_path, config
     assert max_logit_difference(import_model(str(tmp_path)), theirs, 101) < 1e-4  # and back
 
 
+@pytest.mark.slow
 def test_gpt2_tokenizer_files_encode_exactly_as_tiktoken(tmp_path):
     ours = GPT(GPTConfig(block_size=16, n_layer=1, n_head=1, n_embd=8))
     export(ours, build_tokenizer("gpt2"), tmp_path)
@@ -112,6 +113,7 @@ def finetuned_run(gpt2_folder, tmp_path_factory, cache_dir) -> Path:
     )
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_gpt2_weights(gpt2_folder, finetuned_run):
     config, tokenizer, state = lightning_gpt.read_checkpoint(finetuned_run)
     # The shape is the imported model's (not TINY's 2 x 32), its context cropped to model.block_size=32.
@@ -145,6 +147,7 @@ def test_sampling_from_gpt2_weights_works_offline(gpt2_folder, finetuned_run):
     assert text == "ROMEO:" + tokenizer.decode(tokens[: tokens.index(50256)] if 50256 in tokens else tokens)
 
 
+@pytest.mark.slow
 def test_lgpt_export_writes_a_folder_transformers_loads(finetuned_run, tmp_path):
     done = run_cli(f"ckpt_path={finetuned_run}", f"out_dir={tmp_path / 'out'}", module="lightning_gpt.export")
     assert done.returncode == 0, done.stderr

@@ -39,6 +39,7 @@ def test_memory_and_flops_follow_the_count():
     assert result["train_flops_per_token"] == 6 * n + 12 * 12 * 768 * 1024  # 6N + attention (PaLM appendix B)
 
 
+@pytest.mark.slow
 def test_the_app_prints_the_table_and_refuses_typos_in_one_line(tmp_path):
     done = run_cli("model=gpt2_xl", module="lightning_gpt.info", cwd=tmp_path)
     assert done.returncode == 0 and "1,557,611,200 parameters" in done.stdout

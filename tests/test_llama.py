@@ -259,6 +259,7 @@ def val_losses(run: Path) -> list[float]:
     return [loss for _, loss in sorted(logged(run, "val/loss").items())]
 
 
+@pytest.mark.slow
 def test_llama_baby_trains_resumes_exactly_samples_and_exports(compose_train, tmp_path):
     task(compose_train(*LLAMA_TINY, "trainer.max_steps=12", output_dir=tmp_path / "whole"))
     task(compose_train(*LLAMA_TINY, "trainer.max_steps=6", output_dir=tmp_path / "half"))
@@ -305,6 +306,7 @@ def test_fine_tuning_starts_from_transformers_llama_weights(compose_train, tmp_p
         build_model_config(compose_train(*overrides, "tokenizer=byte"), build_tokenizer("byte"))
 
 
+@pytest.mark.slow
 def test_the_llama_compiles_as_one_graph():
     """model.compile=true compiles the model in place; Dynamo must trace the family whole (no graph breaks).
     The eager backend checks the tracing in seconds; inductor's code generation takes minutes on a CPU."""

@@ -33,6 +33,7 @@ def wandb_runs(run: Path) -> list:
     return found
 
 
+@pytest.mark.slow
 def test_a_wandb_run_is_named_after_its_run_folder_and_a_resume_continues_it(compose_train, tmp_path):
     pytest.importorskip("wandb")
     common = [*TINY, *DATA, "logger=wandb", "logger.wandb.offline=true", "tags=[baseline]"]

@@ -256,6 +256,7 @@ def test_lgpt_train_mamba_learns(mamba_run):
     assert isinstance(model, Mamba) and model.config.n_layer == 2 and tokenizer.name == "char"
 
 
+@pytest.mark.slow
 def test_a_resumed_mamba_run_ends_where_the_uninterrupted_one_does(mamba_run, tmp_path, cache_dir):
     half = train(tmp_path / "half", cache_dir, "trainer.max_steps=8", "optim.decay_steps=12")
     resumed = train(tmp_path / "resumed", cache_dir, "trainer.max_steps=12", resume=half)

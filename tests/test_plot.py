@@ -68,6 +68,7 @@ def test_a_sweep_folder_plots_one_line_per_job_labelled_by_its_overrides_and_pri
     assert len(starred) == 1 and best[starred[0]] == min(best.values())
 
 
+@pytest.mark.slow
 def test_a_path_without_a_log_is_a_one_line_error(tmp_path):
     result = run_cli(str(tmp_path), module="lightning_gpt.plot")
     assert result.returncode == 2

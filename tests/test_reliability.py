@@ -24,7 +24,7 @@ from lightning_gpt.data.sources import Source
 from lightning_gpt.errors import UserError
 from lightning_gpt.train import task
 
-from .conftest import TINY, TINY_SHAKESPEARE
+from .conftest import TINY, TINY_SHAKESPEARE, compose_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
@@ -88,6 +88,7 @@ EXACT = [
 ]
 
 
+@pytest.mark.slow
 def test_a_run_killed_and_resumed_logs_the_same_losses_as_an_uninterrupted_one(tmp_path, cache_dir):
     whole = run(train_args(tmp_path, cache_dir, "whole", *EXACT))
     assert whole.returncode == 0, whole.stderr[-3000:]
@@ -105,6 +106,7 @@ def test_a_run_killed_and_resumed_logs_the_same_losses_as_an_uninterrupted_one(t
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=lambda s: s.name)
+@pytest.mark.slow
 def test_a_preempting_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, cache_dir, signum):
     args = train_args(tmp_path, cache_dir, "run", "callbacks.model_checkpoint.every_n_train_steps=5")
     proc = start([*args, "trainer.max_steps=500", "+callbacks.slow._target_=tests.helpers.Slow"])
@@ -176,6 +178,7 @@ def test_a_signal_between_micro_batches_stops_after_the_step_and_resumes_exactly
     assert logged(tmp_path / "run") == logged(accumulating_run)  # metrics.csv: every step from 0, once, the same
 
 
+@pytest.mark.slow
 def test_a_kill_during_a_save_never_leaves_a_corrupt_checkpoint(tmp_path, cache_dir):
     # 1.6M parameters: each save (weights + Adam moments, ~20 MB, synced to disk) can be killed midway.
     args = train_args(
@@ -204,6 +207,7 @@ def test_a_kill_during_a_save_never_leaves_a_corrupt_checkpoint(tmp_path, cache_
     assert saved_step(folder / "last.ckpt") >= 1  # the previous checkpoint is whole and loads
 
 
+@pytest.mark.slow
 def test_a_kill_during_a_multi_process_save_never_leaves_a_corrupt_checkpoint(tmp_path, cache_dir):
     args = train_args(
         tmp_path,
@@ -227,6 +231,7 @@ def test_a_kill_during_a_multi_process_save_never_leaves_a_corrupt_checkpoint(tm
     assert saved_step(folder / "last.ckpt") >= 2
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, cache_dir):
     args = train_args(
         tmp_path,
@@ -249,9 +254,9 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory, cache_dir) -> Path:
+    """Trained in this process: a subprocess would import torch and Lightning again (seconds)."""
     tmp = tmp_path_factory.mktemp("ckpt")
-    result = run(train_args(tmp, cache_dir, "run", "trainer.max_steps=5", "trainer.val_check_interval=5"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    task(compose_train_config(tmp, cache_dir, *TINY, *DATA, "trainer.max_steps=5", "trainer.val_check_interval=5"))
     return tmp / "run" / "checkpoints" / "last.ckpt"
 
 
@@ -262,6 +267,7 @@ def tiny_checkpoint(tmp_path_factory, cache_dir) -> Path:
         ("tokenizer=byte", "it was trained with tokenizer.name=char, this run has tokenizer.name=byte"),
     ],
 )
+@pytest.mark.slow
 def test_resuming_with_another_shape_or_tokenizer_names_what_differs(tiny_checkpoint, compose_train, override, message):
     cfg = compose_train(*TINY, *DATA, override, f"ckpt_path={tiny_checkpoint}")
     with pytest.raises(UserError, match=message):
@@ -279,6 +285,7 @@ def test_a_truncated_checkpoint_is_a_clear_error(tiny_checkpoint, compose_train,
         task(compose_train(*TINY, *DATA, f"ckpt_path={not_ours}"))
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_checkpoint, tmp_path, cache_dir):
     run_dir = tiny_checkpoint.parent.parent
     before = tiny_checkpoint.read_bytes()
@@ -342,6 +349,7 @@ def test_config_mistakes_are_one_line_naming_the_key(compose_train, override, me
     assert message in describe(error.value) and "\n" not in describe(error.value)
 
 
+@pytest.mark.slow
 def test_the_cli_prints_one_line_and_exits_2_with_the_traceback_on_demand(tmp_path, cache_dir):
     result = run(train_args(tmp_path, cache_dir, "run", "model.n_head=5"))
     assert result.returncode == 2
@@ -386,6 +394,7 @@ def small_disk(path: Path, size: str):
         subprocess.run(["umount", "-l", str(path)], check=True)
 
 
+@pytest.mark.slow
 def test_a_really_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, cache_dir):
     with small_disk(tmp_path / "disk", "1100k") as disk:  # room for two checkpoints of ~0.4 MB, not three
         args = train_args(
@@ -451,6 +460,7 @@ def test_a_damaged_token_cache_is_detected_and_rebuilt(tmp_path, caplog, file, d
     assert (folder / "tokens.bin").read_bytes() == tokens and (folder / "meta.json").read_text() == meta
 
 
+@pytest.mark.slow
 def test_tokenizing_writes_nothing_outside_the_cache_folder(tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": f"line {i} of the corpus"}) + "\n" for i in range(500)))
@@ -497,6 +507,7 @@ CHECKPOINT_PROBLEMS = [
 
 
 @pytest.mark.parametrize(("kind", "message"), CHECKPOINT_PROBLEMS)
+@pytest.mark.slow
 def test_every_tool_names_a_damaged_or_unsafe_checkpoint(
     tiny_checkpoint, compose_train, tmp_path, cache_dir, kind, message
 ):

@@ -67,6 +67,7 @@ def test_resuming_a_run_folder_continues_it_with_its_own_config(tmp_path, cache_
     assert len(list((run / ".hydra").glob("resume-*/overrides.yaml"))) == 1  # Hydra's record of each launch kept
 
 
+@pytest.mark.slow
 def test_a_resume_in_place_keeps_the_logs_and_the_schedule(tmp_path, cache_dir):
     """The same in seconds: 30 steps, then 40 in the same folder (ckpt_path=auto, as a requeued job)."""
     args = [
@@ -86,6 +87,7 @@ def test_a_resume_in_place_keeps_the_logs_and_the_schedule(tmp_path, cache_dir):
     check_continued(tmp_path / "run", 30, 40, warmup=5)
 
 
+@pytest.mark.slow
 def test_resuming_a_run_folder_in_process_uses_its_config_in_a_new_folder(compose_train, tmp_path):
     task(
         compose_train(
@@ -116,6 +118,7 @@ def test_resuming_a_run_folder_in_process_uses_its_config_in_a_new_folder(compos
         task(compose_train(f"ckpt_path={tmp_path / 'a'}", "experiment=nanogpt_baby", output_dir=tmp_path / "d"))
 
 
+@pytest.mark.slow
 def test_an_explicit_decay_steps_stretches_the_schedule(compose_train, tmp_path):
     task(
         compose_train(*TINY, *DATA, "trainer.max_steps=10", "trainer.val_check_interval=10", output_dir=tmp_path / "a")
@@ -132,6 +135,7 @@ def test_an_explicit_decay_steps_stretches_the_schedule(compose_train, tmp_path)
     )
 
 
+@pytest.mark.slow
 def test_latest_stays_in_its_task_and_skips_runs_still_training(compose_train, tmp_path):
     runs = tmp_path / "outputs"
     for task_name, name in [("train", "old"), ("train", "new"), ("other", "newest")]:
@@ -190,6 +194,7 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_newest_whole_one(compose_tr
         lightning_gpt.find_checkpoint(run)
 
 
+@pytest.mark.slow
 def test_the_progress_bar_of_a_resumed_run_counts_steps_out_of_max_steps(compose_train, tmp_path, capfd):
     task(
         compose_train(*TINY, *DATA, "trainer.max_steps=10", "trainer.val_check_interval=10", output_dir=tmp_path / "a")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from .conftest import TINY, TINY_SHAKESPEARE
 
 
+@pytest.mark.slow
 def test_two_launches_in_one_python_process_get_two_run_folders(tmp_path, cache_dir, monkeypatch):
     from lightning_gpt.train import main
 

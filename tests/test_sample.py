@@ -52,6 +52,7 @@ def test_samples_stream_the_first_and_print_the_rest(run):
     assert len(out.writes) > 30  # the first sample arrived token by token
 
 
+@pytest.mark.slow
 def test_a_seed_repeats_a_sample_and_greedy_matches_the_python_api(run):
     assert sample(run, "seed=1", "max_new_tokens=40") == sample(run, "seed=1", "max_new_tokens=40")
     assert sample(run, "seed=1", "max_new_tokens=40") != sample(run, "seed=2", "max_new_tokens=40")
@@ -81,6 +82,7 @@ def test_a_run_folder_means_its_last_checkpoint(run):
     assert lightning_gpt.find_checkpoint(run / "checkpoints" / "last.ckpt") == run / "checkpoints" / "last.ckpt"
 
 
+@pytest.mark.slow
 def test_a_prompt_that_needs_quoting_reads_from_stdin_or_gets_the_quoted_form(run):
     text = "Ω café, I'll go"
     done = subprocess.run(
@@ -110,6 +112,7 @@ def test_a_prompt_that_needs_quoting_reads_from_stdin_or_gets_the_quoted_form(ru
     assert f"prompt: {text}" in as_typed.stdout  # the suggested form really parses
 
 
+@pytest.mark.slow
 def test_help_lists_only_the_apps_own_options():
     done = run_cli("--help", module="lightning_gpt.sample")
     assert done.stdout.startswith("lgpt-sample: generate text") and "temperature: 0.8" in done.stdout
@@ -158,6 +161,7 @@ def test_text_goes_to_stdout_and_messages_to_stderr(run, capsys):
     assert f"loaded {run / 'checkpoints' / 'last.ckpt'}: " in err and "parameters, char tokenizer, on cpu" in err
 
 
+@pytest.mark.slow
 def test_the_command_line_reports_bad_input_in_one_line(run):
     done = run_cli(f"ckpt_path={run}", "top_p=2", module="lightning_gpt.sample")
     assert done.returncode == 2 and done.stdout == ""

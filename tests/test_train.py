@@ -46,6 +46,7 @@ def model_shape(cfg):
     return config_from_dict({k: v for k, v in cfg.model.items() if v is not None and k not in ("compile", "init_from")})
 
 
+@pytest.mark.slow
 def test_presets_are_nanogpts_recipes(compose_train):
     cfg = compose_train("experiment=nanogpt_shakespeare_char")
     m = model_shape(cfg)
@@ -62,6 +63,7 @@ def test_presets_are_nanogpts_recipes(compose_train):
     assert (m.n_layer, m.n_embd, m.block_size, cfg.tokenizer.name, cfg.data.source) == (12, 768, 1024, "gpt2", "hub")
 
 
+@pytest.mark.slow
 def test_a_short_run_learns_checkpoints_logs_and_samples(compose_train, tmp_path, capsys):
     cfg = compose_train(
         *TINY,
@@ -90,6 +92,7 @@ def test_a_short_run_learns_checkpoints_logs_and_samples(compose_train, tmp_path
     assert "${" not in (run / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_right_step_with_the_data_stream(compose_train, tmp_path):
     first = compose_train(*TINY, "trainer.max_steps=20", "trainer.val_check_interval=10", output_dir=tmp_path / "a")
     task(first)
@@ -112,6 +115,7 @@ def test_resume_continues_at_the_right_step_with_the_data_stream(compose_train, 
     assert min(steps) >= 20  # the resumed run logs from step 20 on
 
 
+@pytest.mark.slow
 def test_ckpt_path_latest_finds_the_newest_run(compose_train, tmp_path):
     runs = tmp_path / "outputs" / "train" / "runs"
     task(compose_train(*TINY, "trainer.max_steps=10", "trainer.val_check_interval=10", output_dir=runs / "x"))
@@ -130,6 +134,7 @@ def cli_args(tmp_path: Path, cache_dir: Path) -> list[str]:
     return [*TINY, f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}"]
 
 
+@pytest.mark.slow
 def test_multirun_gives_each_job_its_own_folder(tmp_path, cache_dir):
     result = run_cli(
         "-m",
@@ -147,6 +152,7 @@ def test_multirun_gives_each_job_its_own_folder(tmp_path, cache_dir):
     assert lrs == {1e-3, 3e-3}
 
 
+@pytest.mark.slow
 def test_a_typo_in_a_key_fails_at_once_with_its_name(tmp_path, cache_dir):
     result = run_cli("model.n_layers=4", *cli_args(tmp_path, cache_dir))
     assert result.returncode == 2
@@ -161,6 +167,7 @@ def test_a_typo_in_a_key_fails_at_once_with_its_name(tmp_path, cache_dir):
     assert "unknown config key 'experment'; did you mean experiment=...?" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_run_that_fails_after_composition_leaves_no_run_folder(tmp_path, cache_dir):
     for mistake in ("model.n_head=5", "ckpt_path=/no/such/run"):  # composes, then fails in the app
         result = run_cli(*cli_args(tmp_path, cache_dir), mistake)
@@ -168,6 +175,7 @@ def test_a_run_that_fails_after_composition_leaves_no_run_folder(tmp_path, cache
         assert list((tmp_path / "outputs" / "train" / "runs").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_console_prints_each_line_once_without_ads_or_library_warnings(tmp_path, cache_dir):
     # Validation at step 4, the end at 5: last.ckpt is saved by our callback, where Lightning notes weights_only.
     result = run_cli(
@@ -180,6 +188,7 @@ def test_the_console_prints_each_line_once_without_ads_or_library_warnings(tmp_p
         assert noise not in console
 
 
+@pytest.mark.slow
 def test_cfg_job_and_help_work_as_in_any_hydra_app(tmp_path):
     result = run_cli("--cfg", "job", "--resolve", "model=gpt2_small", cwd=tmp_path)  # family defaults filled in
     assert result.returncode == 0 and "n_embd: 768" in result.stdout
@@ -199,6 +208,7 @@ def test_runs_started_in_the_same_second_get_their_own_folders():
     assert slurm.startswith("job4242_")  # every node and a requeued job share the folder (see test_distributed)
 
 
+@pytest.mark.slow
 def test_a_busy_machine_gets_fewer_torch_threads_unless_omp_num_threads_is_set():
     # Two cores with a load average of 3.5 from other processes, as in docs/benchmarks.md ("threads").
     code = (
