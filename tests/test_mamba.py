@@ -286,14 +286,6 @@ def test_fsdp_with_activation_checkpointing_shards_each_mamba_block(tmp_path, ca
     assert "DTensor" in (tmp_path / "run" / "grad_norms.txt").read_text()  # sharded parameters
     model, _ = lightning_gpt.load(tmp_path / "run")  # one full checkpoint, loadable anywhere
     assert isinstance(model, Mamba) and len(train_losses(tmp_path / "run")) == 4
-    evaluated = run_cli(
-        f"ckpt_path={tmp_path / 'run'}",
-        *TINY_SHAKESPEARE_DATA,
-        "windows=20",
-        *paths[:2],
-        module="lightning_gpt.evaluate",
-    )
-    assert evaluated.returncode == 0 and "perplexity" in evaluated.stdout, evaluated.stderr[-2000:]
 
 
 @pytest.mark.slow  # two fresh processes: about 20 s

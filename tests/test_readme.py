@@ -74,7 +74,8 @@ def shell(command: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        # Not LGPT_RUN_STAMP: an in-process test may have named its run folder; each command names its own.
+        env={**{k: v for k, v in os.environ.items() if k != "LGPT_RUN_STAMP"}, "PYTHONPATH": str(ROOT), **env},
     )
 
 
