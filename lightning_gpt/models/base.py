@@ -58,8 +58,11 @@ class LanguageModel(nn.Module):
         raise NotImplementedError
 
     def flops_per_token(self) -> int:
-        """Training FLOPs per token (forward + backward)."""
-        raise NotImplementedError
+        """Training FLOPs per token (forward + backward) of a Transformer: 6N for the weights plus the
+        attention scores (PaLM's appendix B, as nanoGPT's MFU estimate); shared key/value heads do not
+        shrink the score matrices. Families without attention scores override it."""
+        c = self.config
+        return 6 * self.num_params(non_embedding=False) + 12 * c.n_layer * c.n_head * c.head_dim * c.block_size
 
     def embedding_params(self) -> Iterator[nn.Parameter]:
         """Parameters that are lookup tables, not layers: left out of num_params(non_embedding=True)."""

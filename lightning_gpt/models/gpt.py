@@ -114,14 +114,6 @@ class GPT(LanguageModel):
         """The position table only, as nanoGPT counts (123.65M for GPT-2 small): the token table is the head."""
         yield self.transformer.wpe.weight
 
-    def flops_per_token(self) -> int:
-        """Training FLOPs per token (forward + backward): 6N for the weights plus attention scores.
-
-        From the PaLM paper's appendix B, as nanoGPT's MFU estimate.
-        """
-        c = self.config
-        return 6 * self.num_params(non_embedding=False) + 12 * c.n_layer * c.n_head * c.head_dim * c.block_size
-
     def new_cache(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> KVCache:
         c = self.config
         return KVCache(c.n_layer, c.n_head, c.head_dim, c.block_size, batch_size, device, dtype)

@@ -144,12 +144,6 @@ class Llama(LanguageModel):
         """The token table only, as transformers' "without embeddings" counts: an untied head is a layer."""
         yield self.model.embed_tokens.weight
 
-    def flops_per_token(self) -> int:
-        """Training FLOPs per token (forward + backward): 6N for the weights plus attention scores
-        (PaLM's appendix B, as GPT's); shared key/value heads do not shrink the score matrices."""
-        c = self.config
-        return 6 * self.num_params(non_embedding=False) + 12 * c.n_layer * c.n_head * c.head_dim * c.block_size
-
     def new_cache(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> KVCache:
         c = self.config
         return KVCache(c.n_layer, c.kv_heads, c.head_dim, c.block_size, batch_size, device, dtype)
