@@ -19,6 +19,7 @@ from typing import Any
 from benchmarks import ROOT, Stopwatch, row
 
 MODULES = ("training", "startup", "data", "generation", "memory", "explain", "checkpoint", "threads")
+LONG = ("families",)  # half an hour or more on 2 cores: only with --only
 COLUMNS = ("benchmark", "case", "metric", "value", "unit", "ratio", "target", "met", "note")
 
 
@@ -61,7 +62,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer steps and trials (under 2 minutes on 2 cores)")
-    parser.add_argument("--only", nargs="+", choices=MODULES, metavar="NAME", help=f"some of: {', '.join(MODULES)}")
+    parser.add_argument(
+        "--only", nargs="+", choices=MODULES + LONG, metavar="NAME", help=f"some of: {', '.join(MODULES + LONG)}"
+    )
     parser.add_argument("--gpu", action="store_true", help="the GPU check alone (benchmarks/gpu.py)")
     parser.add_argument("--json", default=str(ROOT / "outputs" / "benchmarks" / "results.json"), help="results file")
     args = parser.parse_args()
