@@ -143,7 +143,7 @@ class BPETokenizer(Tokenizer):
         from tokenizers import decoders, models, pre_tokenizers, trainers
 
         if vocab_size is None:
-            raise UserError("tokenizer=bpe learns tokenizer.vocab_size tokens, which is not set; e.g. tokenizer.vocab_size=32000")
+            raise UserError("tokenizer=bpe learns tokenizer.vocab_size tokens: set it, e.g. tokenizer.vocab_size=32000")
         if not 257 <= vocab_size < 2**32:
             raise UserError(
                 f"tokenizer.vocab_size={vocab_size} cannot hold a byte-level BPE: it needs 257 to 2**32 - 1 tokens "
