@@ -136,19 +136,12 @@ class BPETokenizer(Tokenizer):
         self.eot_id = self.tokenizer.token_to_id(EOT)
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int | None = None) -> BPETokenizer:
+    def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
         """Learn up to vocab_size tokens from the texts, read once as a stream. The same texts give the same
         vocabulary, so a deleted token cache is rebuilt with the ids a checkpoint was trained on."""
         from tokenizers import Tokenizer as HFTokenizer
         from tokenizers import decoders, models, pre_tokenizers, trainers
 
-        if vocab_size is None:
-            raise UserError("tokenizer=bpe learns tokenizer.vocab_size tokens: set it, e.g. tokenizer.vocab_size=32000")
-        if not 257 <= vocab_size < 2**32:
-            raise UserError(
-                f"tokenizer.vocab_size={vocab_size} cannot hold a byte-level BPE: it needs 257 to 2**32 - 1 tokens "
-                "(256 bytes + <|endoftext|> + merges); e.g. tokenizer.vocab_size=32000"
-            )
         tokenizer = HFTokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
@@ -234,7 +227,25 @@ def tokenizer_spec(config: Mapping[str, Any]) -> str | dict[str, Any]:
     """The `tokenizer` config as build_tokenizer and the token cache's fingerprint take it: the keys that are
     set, or the name alone when no other is (as before bpe, so existing caches keep their fingerprints)."""
     spec = {key: value for key, value in config.items() if value is not None}
+    _check_settings(spec)  # now, before a corpus is read
     return spec["name"] if len(spec) == 1 else spec
+
+
+def _check_settings(spec: Mapping[str, Any]) -> None:
+    if spec["name"] == "bpe":
+        vocab_size = spec.get("vocab_size")
+        if vocab_size is None:
+            raise UserError("tokenizer=bpe learns tokenizer.vocab_size tokens: set it, e.g. tokenizer.vocab_size=32000")
+        if not 257 <= vocab_size < 2**32:
+            raise UserError(
+                f"tokenizer.vocab_size={vocab_size} cannot hold a byte-level BPE: it needs 257 to 2**32 - 1 tokens "
+                "(256 bytes + <|endoftext|> + merges); e.g. tokenizer.vocab_size=32000"
+            )
+    elif extra := [key for key in spec if key != "name"]:
+        raise UserError(
+            f"tokenizer.{extra[0]} is not a setting of the {spec['name']} tokenizer (only tokenizer=bpe has "
+            "a vocab_size); remove it"
+        )
 
 
 def fits_on_corpus(spec: str | Mapping[str, Any]) -> bool:
@@ -247,19 +258,15 @@ def fits_on_corpus(spec: str | Mapping[str, Any]) -> bool:
 def build_tokenizer(spec: str | Mapping[str, Any], texts: Iterable[str] | None = None) -> Tokenizer:
     """A tokenizer from its config (a name, or tokenizer_spec's dict) or from a saved to_dict(). char and bpe
     are fit on `texts`, the corpus, read once as a stream; the others never read them."""
-    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-    name = spec.pop("name")
+    spec = {"name": spec} if isinstance(spec, str) else spec
+    name = spec["name"]
     if name in _LEARNED and _LEARNED[name] in spec:  # saved: rebuild what was learned
         return CharTokenizer(spec["chars"]) if name == "char" else BPETokenizer(spec["tokenizer_json"])
+    _check_settings(spec)
     if name in _LEARNED and texts is None:
         raise ValueError(f"a {name} tokenizer is fit on the corpus: pass texts")
     if name == "bpe":
-        return BPETokenizer.train(texts, spec.pop("vocab_size", None))
-    if spec:
-        raise UserError(
-            f"tokenizer.{next(iter(spec))} is not a setting of the {name} tokenizer (only tokenizer=bpe has "
-            "a vocab_size); remove it"
-        )
+        return BPETokenizer.train(texts, spec["vocab_size"])
     if name == "char":
         return CharTokenizer.from_texts(texts)
     if name == "byte":

@@ -62,6 +62,23 @@ def test_the_vocabulary_size_is_part_of_the_cache_fingerprint(compose_train):
     assert len({fingerprint(source, spec, 0.1) for spec in [*specs, "bpe", "gpt2"]}) == 4
 
 
+@pytest.mark.slow
+def test_a_rebuilt_cache_and_worker_processes_give_the_same_vocabulary_and_tokens(tmp_path, shakespeare):
+    """A deleted cache is rebuilt with the ids a checkpoint was trained on; the trained tokenizer travels to
+    datasets' worker processes."""
+    import numpy as np
+
+    from lightning_gpt.data.cache import prepare_tokens
+
+    for i in range(4):
+        (tmp_path / f"part{i}.txt").write_text("\n\n".join(shakespeare.split("\n\n")[i::4]))
+    source, spec = Source("local", path=str(tmp_path / "*.txt")), {"name": "bpe", "vocab_size": 2000}
+    caches = [TokenCache(prepare_tokens(source, spec, 0.1, str(tmp_path / f"cache{n}"), n)) for n in (1, 2)]
+    assert caches[0].meta["tokenizer"] == caches[1].meta["tokenizer"]
+    assert np.array_equal(caches[0].tokens(), caches[1].tokens())
+    assert int((np.asarray(caches[0].tokens()) == caches[0].tokenizer.eot_id).sum()) == 4  # a file is a document
+
+
 def readme_bpe_overrides() -> list[str]:
     """The README's bpe training command, its data path as seen from a checkout beside ../shared."""
     [command] = [c for c in readme_commands() if "tokenizer=bpe" in c and train_overrides(c) is not None]
