@@ -172,3 +172,19 @@ def test_lgpt_info_sizes_the_model_for_the_vocabulary_bpe_learns():
 
     assert info("tokenizer=bpe")["vocab_size"] == 32000
     assert info("tokenizer=bpe", "tokenizer.vocab_size=4096")["vocab_size"] == 4096
+
+
+@pytest.mark.slow
+def test_eval_reads_the_corpus_with_the_saved_tokenizer_and_reproduces_the_validation_loss(
+    bpe_run, tmp_path, cache_dir
+):
+    from lightning_gpt.evaluate import evaluate
+
+    from .test_eval import eval_args
+
+    data = [o for o in readme_bpe_overrides() if o.startswith("data")]
+    result = evaluate(
+        compose_app("eval", *eval_args(bpe_run, tmp_path, cache_dir), *data, "windows=16", "data.batch_size=8")
+    )
+    [best] = (bpe_run / "checkpoints").glob("best-*.ckpt")
+    assert result["loss"] == pytest.approx(float(best.stem.split("-val")[1]), abs=1e-4)
