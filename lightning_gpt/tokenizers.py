@@ -232,6 +232,7 @@ def tokenizer_spec(config: Mapping[str, Any]) -> str | dict[str, Any]:
 
 
 def _check_settings(spec: Mapping[str, Any]) -> None:
+    """Refuse a tokenizer config whose settings that tokenizer cannot use."""
     if spec["name"] == "bpe":
         vocab_size = spec.get("vocab_size")
         if vocab_size is None:
