@@ -18,7 +18,7 @@ from typing import Any
 
 from benchmarks import ROOT, Stopwatch, row
 
-MODULES = ("training", "startup", "data", "generation", "memory", "explain", "checkpoint", "threads")
+MODULES = ("training", "startup", "data", "generation", "memory", "explain", "checkpoint", "threads", "tokenizers")
 LONG = ("families",)  # half an hour or more on 2 cores: only with --only
 COLUMNS = ("benchmark", "case", "metric", "value", "unit", "ratio", "target", "met", "note")
 

@@ -54,10 +54,11 @@ def build_module(cfg: DictConfig, tokenizer: Any) -> Any:
 
 def build_datamodule(cfg: DictConfig):
     from lightning_gpt.data import GPTDataModule
+    from lightning_gpt.tokenizers import tokenizer_spec
 
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data["block_size"] = data["block_size"] or model_block_size(cfg)
-    return GPTDataModule(tokenizer=cfg.tokenizer.name, **data)
+    return GPTDataModule(tokenizer=tokenizer_spec(OmegaConf.to_container(cfg.tokenizer, resolve=True)), **data)
 
 
 def model_block_size(cfg: DictConfig) -> int:

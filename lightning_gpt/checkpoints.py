@@ -227,10 +227,15 @@ def check_resumable(path: str, model_config: dict[str, Any], tokenizer: dict[str
             f"cannot resume from {path}: it was trained with tokenizer.name={saved_tokenizer['name']}, this run has "
             f"tokenizer.name={tokenizer['name']}; use the checkpoint's tokenizer"
         )
-    if saved_tokenizer != tokenizer:
+    if saved_tokenizer != tokenizer and "chars" in tokenizer:
         raise UserError(
             f"cannot resume from {path}: its character vocabulary ({len(saved_tokenizer.get('chars', ''))} chars) "
             f"differs from this run's data ({len(tokenizer.get('chars', ''))} chars); resume on the same data"
+        )
+    if saved_tokenizer != tokenizer:
+        raise UserError(
+            f"cannot resume from {path}: its {tokenizer['name']} vocabulary, learned from its training data, differs "
+            "from this run's (the data or tokenizer.vocab_size changed); resume on the same data and settings"
         )
     from lightning_gpt.models import config_from_dict
 

@@ -14,7 +14,8 @@ from omegaconf import MISSING
 
 @dataclass
 class TokenizerConfig:
-    name: str = "char"  # char, byte, or a tiktoken encoding: gpt2, r50k_base, p50k_base, cl100k_base, o200k_base
+    name: str = "char"  # char, byte, bpe, or a tiktoken encoding: gpt2, r50k_base, p50k_base, cl100k_base, o200k_base
+    vocab_size: int | None = None  # bpe: tokens to learn from the corpus, bytes and <|endoftext|> included
 
 
 @dataclass

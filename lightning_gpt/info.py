@@ -5,7 +5,7 @@ lgpt-info model=gpt2_xl tokenizer=gpt2 model.block_size=2048
 
 The model is built on torch's meta device (shapes, no storage), so an 8B model takes a second. The
 vocabulary is model.vocab_size, else a fixed-vocabulary tokenizer's (tokenizer=gpt2, cl100k, byte), else
-the family's default (a char vocabulary depends on the corpus).
+tokenizer.vocab_size (bpe's, the most it learns), else the family's default (a char vocabulary depends on the corpus).
 """
 
 from __future__ import annotations
@@ -56,10 +56,10 @@ def vocabulary(cfg: DictConfig) -> Any:
     from types import SimpleNamespace
 
     from lightning_gpt.models import config_class
-    from lightning_gpt.tokenizers import build_tokenizer
+    from lightning_gpt.tokenizers import build_tokenizer, fits_on_corpus
 
-    if cfg.tokenizer.name == "char":
-        size = cfg.model.vocab_size or config_class(cfg.model.family)().vocab_size
+    if fits_on_corpus(cfg.tokenizer.name):
+        size = cfg.model.vocab_size or cfg.tokenizer.vocab_size or config_class(cfg.model.family)().vocab_size
     else:
         size = build_tokenizer(cfg.tokenizer.name).vocab_size
     return SimpleNamespace(name=cfg.tokenizer.name, vocab_size=size)

@@ -1,7 +1,9 @@
-"""Tokenizers: characters, bytes, or any tiktoken encoding, behind one small interface.
+"""Tokenizers: characters, bytes, a byte-level BPE trained on the corpus, or any tiktoken encoding, behind one
+small interface.
 
 A tokenizer is described by a JSON-able dict (`to_dict`), stored with the prepared data and in
-every checkpoint, so sampling decodes exactly as training encoded.
+every checkpoint, so sampling decodes exactly as training encoded. char and bpe are fit on the corpus
+(`fits_on_corpus`); the dict holds what they learned.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ import hashlib
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 from lightning_gpt.errors import UserError
 
+EOT = "<|endoftext|>"
 TIKTOKEN_ENCODINGS = ("gpt2", "r50k_base", "p50k_base", "p50k_edit", "cl100k_base", "o200k_base")
 # tiktoken builds `gpt2` from these two files; `r50k_base` holds the same ranks and special token.
 _GPT2_FILES = (
@@ -117,6 +120,53 @@ class ByteTokenizer(Tokenizer):
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
 
+class BPETokenizer(Tokenizer):
+    """A byte-level BPE learned from the corpus with Hugging Face `tokenizers` (GPT-2's scheme: any text, no
+    unknown tokens): <|endoftext|> is id 0, the 256 bytes follow, then the learned merges. A corpus with too
+    few distinct words stops short of vocab_size. As in transformers, a literal <|endoftext|> in the text
+    encodes as the end-of-text token."""
+
+    name = "bpe"
+
+    def __init__(self, tokenizer_json: str):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.tokenizer = HFTokenizer.from_str(tokenizer_json)
+        self.vocab_size = self.tokenizer.get_vocab_size()
+        self.eot_id = self.tokenizer.token_to_id(EOT)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
+        """Learn up to vocab_size tokens from the texts, read once as a stream. The same texts give the same
+        vocabulary, so a deleted token cache is rebuilt with the ids a checkpoint was trained on."""
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        tokenizer = HFTokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[EOT],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tokenizer.train_from_iterator(texts, trainer=trainer)
+        return cls(tokenizer.to_str())
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch_fast(texts)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "tokenizer_json": self.tokenizer.to_str()}
+
+
 class TiktokenTokenizer(Tokenizer):
     """A tiktoken BPE encoding by name; GPT-2's is `gpt2` (50,257 tokens, end-of-text 50256)."""
 
@@ -169,23 +219,66 @@ def _load_tiktoken(name: str):
     return encoding
 
 
-def build_tokenizer(name: str, texts: Iterable[str] | None = None) -> Tokenizer:
-    """A tokenizer by config name; a char tokenizer needs the corpus texts to build its vocabulary."""
+# Tokenizers fit on the corpus -> the key of their to_dict() that holds what they learned.
+_LEARNED = {"char": "chars", "bpe": "tokenizer_json"}
+
+
+def tokenizer_spec(config: Mapping[str, Any]) -> str | dict[str, Any]:
+    """The `tokenizer` config as build_tokenizer and the token cache's fingerprint take it: the keys that are
+    set, or the name alone when no other is (as before bpe, so existing caches keep their fingerprints)."""
+    spec = {key: value for key, value in config.items() if value is not None}
+    _check_settings(spec)  # now, before a corpus is read
+    return spec["name"] if len(spec) == 1 else spec
+
+
+def _check_settings(spec: Mapping[str, Any]) -> None:
+    """Refuse a tokenizer config whose settings that tokenizer cannot use."""
+    if spec["name"] == "bpe":
+        vocab_size = spec.get("vocab_size")
+        if vocab_size is None:
+            raise UserError("tokenizer=bpe learns tokenizer.vocab_size tokens: set it, e.g. tokenizer.vocab_size=32000")
+        if not 257 <= vocab_size < 2**32:
+            raise UserError(
+                f"tokenizer.vocab_size={vocab_size} cannot hold a byte-level BPE: it needs 257 to 2**32 - 1 tokens "
+                "(256 bytes + <|endoftext|> + merges); e.g. tokenizer.vocab_size=32000"
+            )
+    elif extra := [key for key in spec if key != "name"]:
+        raise UserError(
+            f"tokenizer.{extra[0]} is not a setting of the {spec['name']} tokenizer (only tokenizer=bpe has "
+            "a vocab_size); remove it"
+        )
+
+
+def fits_on_corpus(spec: str | Mapping[str, Any]) -> bool:
+    """Whether building this tokenizer reads the corpus: char and bpe do, unless the spec is a saved one
+    (a checkpoint's or meta.json's to_dict(), which holds what they learned)."""
+    spec = {"name": spec} if isinstance(spec, str) else spec
+    return spec["name"] in _LEARNED and _LEARNED[spec["name"]] not in spec
+
+
+def build_tokenizer(spec: str | Mapping[str, Any], texts: Iterable[str] | None = None) -> Tokenizer:
+    """A tokenizer from its config (a name, or tokenizer_spec's dict) or from a saved to_dict(). char and bpe
+    are fit on `texts`, the corpus, read once as a stream; the others never read them."""
+    spec = {"name": spec} if isinstance(spec, str) else spec
+    name = spec["name"]
+    if name in _LEARNED and _LEARNED[name] in spec:  # saved: rebuild what was learned
+        return CharTokenizer(spec["chars"]) if name == "char" else BPETokenizer(spec["tokenizer_json"])
+    _check_settings(spec)
+    if name in _LEARNED and texts is None:
+        raise ValueError(f"a {name} tokenizer is fit on the corpus: pass texts")
+    if name == "bpe":
+        return BPETokenizer.train(texts, spec["vocab_size"])
     if name == "char":
-        if texts is None:
-            raise ValueError("a char tokenizer is built from the corpus: pass texts")
         return CharTokenizer.from_texts(texts)
     if name == "byte":
         return ByteTokenizer()
     if name in TIKTOKEN_ENCODINGS or name.endswith("_base"):
         return TiktokenTokenizer(name)
     raise UserError(
-        f"unknown tokenizer {name!r}; use char, byte or a tiktoken encoding ({', '.join(TIKTOKEN_ENCODINGS)})"
+        f"unknown tokenizer {name!r}; use char, byte, bpe or a tiktoken encoding ({', '.join(TIKTOKEN_ENCODINGS)})"
     )
 
 
 def tokenizer_from_dict(spec: dict[str, Any]) -> Tokenizer:
     """Rebuild a tokenizer saved with `to_dict` (in meta.json or a checkpoint)."""
-    if spec["name"] == "char":
-        return CharTokenizer(spec["chars"])
-    return build_tokenizer(spec["name"])
+    return build_tokenizer(spec)

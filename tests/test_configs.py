@@ -145,13 +145,13 @@ def test_every_group_option_builds(group, option, tmp_path, cache_dir):
 
     from lightning_gpt.build import build_model_config, build_trainer
     from lightning_gpt.models import build
-    from lightning_gpt.tokenizers import build_tokenizer
+    from lightning_gpt.tokenizers import build_tokenizer, tokenizer_spec
 
     cpu = ["trainer.accelerator=cpu", "trainer.devices=1"] if group == "trainer" else []
     cfg = compose_plain(f"{group}={option}", *cpu, f"paths.root_dir={tmp_path}", f"++paths.output_dir={tmp_path}")
     OmegaConf.resolve(cfg)
     if group == "tokenizer":
-        assert build_tokenizer(cfg.tokenizer.name, texts=["abc"]).vocab_size >= 3
+        assert build_tokenizer(tokenizer_spec(cfg.tokenizer), texts=["abc"]).vocab_size >= 3
     elif group == "model":
         with torch.device("meta"):
             model = build(build_model_config(cfg, build_tokenizer("byte")))

@@ -22,7 +22,7 @@ import numpy as np
 
 from lightning_gpt.data.sources import Source, check_columns, load_splits, local_files
 from lightning_gpt.errors import UserError
-from lightning_gpt.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_dict
+from lightning_gpt.tokenizers import Tokenizer, build_tokenizer, fits_on_corpus, tokenizer_from_dict
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
@@ -199,18 +199,16 @@ def _build(
 ) -> None:
     """Tokenize into the folder `partial`: tokens.bin, then meta.json. datasets' intermediate Arrow files
     stay in partial/work, removed at the end."""
-    log.info(f"tokenizing the {source.kind} corpus with {tokenizer_name} into {partial.with_name(name)}")
+    named = tokenizer_name if isinstance(tokenizer_name, str) else tokenizer_name["name"]  # not a saved vocabulary
+    log.info(f"tokenizing the {source.kind} corpus with {named} into {partial.with_name(name)}")
     work = partial / "work"
     work.mkdir(parents=True)
     train, val = load_splits(source, str(work))
     for ds in (train, val):
         if ds is not None:
             check_columns(ds, source)
-    if isinstance(tokenizer_name, dict):  # a saved tokenizer (a checkpoint's): encode as it was trained
-        tokenizer = tokenizer_from_dict(tokenizer_name)
-    else:
-        texts = (t for ds in (train, val) if ds is not None for t in ds[source.text_column] if t)
-        tokenizer = build_tokenizer(tokenizer_name, texts if tokenizer_name == "char" else None)
+    texts = (t for ds in (train, val) if ds is not None for t in ds[source.text_column] if t)
+    tokenizer = build_tokenizer(tokenizer_name, texts if fits_on_corpus(tokenizer_name) else None)
     dtype = _token_dtype(tokenizer.vocab_size)
     parts = [
         _tokenize(ds, tokenizer, source.text_column, num_proc, dtype, f"lgpt-{name}-{split}", work)

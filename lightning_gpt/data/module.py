@@ -22,7 +22,7 @@ class GPTDataModule(L.LightningDataModule):
     def __init__(
         self,
         *,
-        tokenizer: str | dict[str, Any],  # a name, or a saved tokenizer's to_dict()
+        tokenizer: str | dict[str, Any],  # a name, tokenizer_spec's dict, or a saved tokenizer's to_dict()
         source: str,
         path: str | None,
         val_path: str | None,

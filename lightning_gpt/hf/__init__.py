@@ -89,14 +89,14 @@ def import_model(source: str, block_size: int | None = None, dropout: float = 0.
 def export(model: LanguageModel, tokenizer: Tokenizer | None, out_dir: str | Path) -> list[Path]:
     """Write a folder that transformers' AutoModelForCausalLM loads; return the files written.
 
-    Tokenizer files come along when the tokenizer has a transformers equivalent (GPT-2's).
+    Tokenizer files come along when the tokenizer has a transformers equivalent (GPT-2's, a trained BPE).
     """
     from safetensors.torch import save_file
 
-    from lightning_gpt.hf.tokenizer import GPT2_TOKENIZERS, write_gpt2_tokenizer
+    from lightning_gpt.hf.tokenizer import has_hf_tokenizer, write_tokenizer
 
     family = importlib.import_module(f"lightning_gpt.hf.{model.config.family}")
-    eot = tokenizer.eot_id if tokenizer is not None and tokenizer.name in GPT2_TOKENIZERS else None
+    eot = tokenizer.eot_id if has_hf_tokenizer(tokenizer) else None
     config = family.config_to_hf(model.config, eot)  # refuses what transformers cannot hold, before any write
     out = Path(out_dir).expanduser()
     try:
@@ -110,7 +110,7 @@ def export(model: LanguageModel, tokenizer: Tokenizer | None, out_dir: str | Pat
     (out / "model.safetensors").chmod((out / "config.json").stat().st_mode & 0o777)
     files = [out / "config.json", out / "model.safetensors"]
     if eot is not None:
-        files += write_gpt2_tokenizer(out, model_max_length=model.config.block_size)
+        files += write_tokenizer(out, tokenizer, model_max_length=model.config.block_size)
     return files
 
 

@@ -5,7 +5,37 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lightning_gpt.tokenizers import BPETokenizer, Tokenizer
+
 GPT2_TOKENIZERS = ("gpt2", "r50k_base")  # the same BPE ranks
+
+
+def has_hf_tokenizer(tokenizer: Tokenizer | None) -> bool:
+    """Whether transformers can load this tokenizer from files we write (char and byte have no equivalent)."""
+    return tokenizer is not None and (tokenizer.name in GPT2_TOKENIZERS or isinstance(tokenizer, BPETokenizer))
+
+
+def write_tokenizer(out: Path, tokenizer: Tokenizer, model_max_length: int = 1024) -> list[Path]:
+    """The tokenizer files of a has_hf_tokenizer tokenizer, so AutoTokenizer.from_pretrained(out) loads it."""
+    if isinstance(tokenizer, BPETokenizer):
+        return write_bpe_tokenizer(out, tokenizer, model_max_length)
+    return write_gpt2_tokenizer(out, model_max_length)
+
+
+def write_bpe_tokenizer(out: Path, tokenizer: BPETokenizer, model_max_length: int = 1024) -> list[Path]:
+    """A trained BPE as tokenizer.json (the Hugging Face tokenizers file it already is) and a
+    tokenizer_config.json naming PreTrainedTokenizerFast: the same ids and text as ours."""
+    eot = tokenizer.tokenizer.id_to_token(tokenizer.eot_id)
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": model_max_length,
+        "bos_token": eot,
+        "eos_token": eot,
+        "clean_up_tokenization_spaces": False,  # decode gives back the text, as ours does
+    }
+    tokenizer.tokenizer.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2), encoding="utf-8")
+    return [out / "tokenizer.json", out / "tokenizer_config.json"]
 
 
 def write_gpt2_tokenizer(out: Path, model_max_length: int = 1024) -> list[Path]:
