@@ -67,8 +67,9 @@ class GPTLightningModule(L.LightningModule):
         config: dict[str, Any] | None = None,
     ):
         super().__init__()
-        # Model config, tokenizer and the whole run config travel inside every checkpoint (and to the loggers).
-        self.save_hyperparameters()
+        # Model config, tokenizer and the whole run config travel inside every checkpoint; the loggers get
+        # them in on_train_start, without a learned vocabulary (a trained BPE's is megabytes of JSON).
+        self.save_hyperparameters(logger=False)
         self.optim = OptimConfig(**optim) if optim is not None else None
         if self.optim is not None:
             check_optim(self.optim)
@@ -97,12 +98,14 @@ class GPTLightningModule(L.LightningModule):
             self.model.compile()  # in place: parameter names (and checkpoints) stay free of _orig_mod.
 
     def on_train_start(self) -> None:
-        """Log the global batch: what a step means depends on devices, nodes and accumulation."""
+        """Log the hyperparameters and the global batch: what a step means depends on devices, nodes and
+        accumulation."""
         data = self.trainer.datamodule
         sequences = self.trainer.world_size * data.batch_size * self.trainer.accumulate_grad_batches
         batch = {"global_batch_size": sequences, "tokens_per_step": sequences * data.block_size}
+        tokenizer = {"name": self.tokenizer.name, "vocab_size": self.tokenizer.vocab_size}
         for logger in self.loggers:
-            logger.log_hyperparams(batch)
+            logger.log_hyperparams({**self.hparams, "tokenizer": tokenizer, **batch})
         rank_zero_info(
             f"global batch: {self.trainer.world_size} processes x {data.batch_size} sequences x "
             f"{self.trainer.accumulate_grad_batches} accumulation = {sequences} sequences "

@@ -116,6 +116,8 @@ def test_the_checkpoint_holds_the_trained_tokenizer_and_sampling_decodes_with_it
     tokenizer = tokenizer_from_dict(saved)
     assert isinstance(tokenizer, BPETokenizer) and tokenizer.vocab_size == model_config["vocab_size"] == 4096
     assert meta.meta["dtype"] == "uint16"
+    logged = (bpe_run / "csv" / "hparams.yaml").read_text()  # the loggers get its name and size, not its merges
+    assert "name: bpe" in logged and "vocab_size: 4096" in logged and "tokenizer_json" not in logged
 
     class Out:
         text = ""
