@@ -128,6 +128,8 @@ def quiet_console() -> None:
         logging.getLogger(name).addFilter(lambda record: not str(record.msg).startswith(_ADVERTISEMENTS))
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # torch vs Lightning's _pytree
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # a resume
+    # Our window datasets have a length on purpose: each process's share, computed per rank (data/windows.py).
+    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
 
 def fit_threads_to_load() -> str | None:

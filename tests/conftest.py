@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from lightning_gpt.cli import CONF_DIR
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LGPT_SHARED", ROOT.parent / "shared")).resolve()
 TINY_SHAKESPEARE = SHARED / "data" / "tinyshakespeare" / "input.txt"
+WARM = ROOT / "tests" / "warm.py"
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "data" / "tiktoken"))
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -79,19 +81,62 @@ def compose_train(tmp_path, cache_dir):
     GlobalHydra.instance().clear()
 
 
+_warm: dict[str, object] = {}
+
+
+def warm_socket() -> str:
+    """The socket of this worker's warm-start server (tests/warm.py), started on first use."""
+    if "path" not in _warm:
+        import atexit
+        import signal
+        import tempfile
+
+        from .warm import ENV
+
+        folder = Path(tempfile.mkdtemp(prefix="lgpt-warm-"))
+        path = folder / "server.sock"
+        env = {k: v for k, v in os.environ.items() if k not in ("LGPT_RUN_STAMP", ENV)}
+        with open(folder / "server.log", "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, str(WARM), "--serve", str(path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                cwd=ROOT,
+                start_new_session=True,
+            )
+        atexit.register(lambda: os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None)
+        while not path.exists():
+            assert proc.poll() is None, (folder / "server.log").read_text()[-3000:]
+            time.sleep(0.05)
+        _warm["path"] = str(path)
+    return str(_warm["path"])
+
+
 def run_cli(
     *args: str,
     module: str = "lightning_gpt.train",
     cwd: Path | None = None,
     env: dict | None = None,
     timeout: float = 300,
+    fresh: bool = False,
 ) -> subprocess.CompletedProcess:
-    """Run one of our apps in a fresh process, as a user would."""
+    """Run one of our apps in its own process, as a user would: a child of this worker's warm-start server
+    (tests/warm.py: the app's code from its first line, without seconds of imports), or with fresh=True a new
+    interpreter, for what only one shows (import-time warnings and costs)."""
+    from .warm import ENV
+
+    launcher = [sys.executable, "-m", module] if fresh else [sys.executable, str(WARM), module]
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [*launcher, *args],
         # Not LGPT_RUN_STAMP: an in-process test may have named its run folder, a new process names its own.
         cwd=cwd,
-        env={**{k: v for k, v in os.environ.items() if k != "LGPT_RUN_STAMP"}, **(env or {})},
+        env={
+            **{k: v for k, v in os.environ.items() if k != "LGPT_RUN_STAMP"},
+            **({} if fresh else {ENV: warm_socket()}),
+            **(env or {}),
+        },
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -12,7 +12,8 @@ import pytest
 from benchmarks import child_env
 from benchmarks.training import Case, _hand_loop, _lgpt_train, paired_trial
 
-from .conftest import TINY
+from .conftest import TINY, WARM, warm_socket
+from .warm import ENV
 
 
 @pytest.mark.slow
@@ -28,8 +29,9 @@ def test_the_hand_loop_and_lgpt_train_take_turns_and_reach_the_same_loss(tmp_pat
 
 @pytest.mark.slow
 def test_the_gpu_check_says_when_there_is_no_gpu():
-    command = [sys.executable, "-m", "benchmarks", "--gpu"]
-    done = subprocess.run(command, capture_output=True, text=True, env=child_env(), cwd=Path(__file__).parents[1])
+    command = [sys.executable, str(WARM), "benchmarks", "--gpu"]
+    env = child_env(**{ENV: warm_socket()})
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1])
     assert done.returncode != 0
     assert "error: no CUDA GPU here; run `python -m benchmarks --gpu` on a GPU machine" in done.stderr
 
@@ -40,7 +42,9 @@ def test_the_gpu_check_trains_resumes_and_samples_a_preset(tmp_path, monkeypatch
     from benchmarks import gpu
 
     monkeypatch.setattr(gpu, "ON_CPU", True)
+    monkeypatch.setattr(gpu, "lgpt_train", lambda: [sys.executable, str(WARM), "lightning_gpt.train"])
     args = gpu.presets(1)["trainer=gpu"]
-    rows = gpu.check_preset("trainer=gpu (CPU)", [*args, f"paths.cache_dir={cache_dir}"], 10, tmp_path, child_env())
+    env = child_env(**{ENV: warm_socket()})
+    rows = gpu.check_preset("trainer=gpu (CPU)", [*args, f"paths.cache_dir={cache_dir}"], 10, tmp_path, env)
     assert rows[0]["metric"] == "val/loss at the end" and 0 < rows[0]["value"] < 5, rows
     assert rows[0]["note"] == "trained, resumed, sampled"

@@ -140,7 +140,7 @@ def test_ddp_preset_on_two_cpu_processes_trains_and_resumes(tmp_path, cache_dir)
 
 
 @pytest.mark.slow
-def test_fsdp_on_two_cpu_processes_shards_clips_checkpoints_and_resumes_exactly(tmp_path, cache_dir):
+def test_fsdp_on_two_cpu_processes_shards_clips_checkpoints_and_resumes_exactly(tmp_path, cache_dir, capsys):
     common = [
         "trainer=fsdp",
         "trainer.accelerator=cpu",
@@ -170,8 +170,12 @@ def test_fsdp_on_two_cpu_processes_shards_clips_checkpoints_and_resumes_exactly(
     # It loads anywhere (lgpt-sample, lgpt-export and lgpt-eval load through lightning_gpt.load too).
     model, tokenizer = lightning_gpt.load(whole / "checkpoints" / "last.ckpt")
     assert model.num_params() > 0 and tokenizer.name == "char"
-    sample = run_cli(f"ckpt_path={whole}", "max_new_tokens=10", "prompt=KING", module="lightning_gpt.sample")
-    assert sample.returncode == 0 and sample.stdout.startswith("KING")
+    from lightning_gpt import sample
+
+    from .apps import compose_app
+
+    sample.task(compose_app("sample", f"ckpt_path={whole}", "max_new_tokens=10", "prompt=KING", "device=cpu"))
+    assert capsys.readouterr().out.startswith("KING")
 
 
 def free_port() -> int:
@@ -394,7 +398,7 @@ def test_two_trainings_in_one_slurm_job_each_resume_their_own_after_a_kill(tmp_p
     proc.communicate()
     assert saved_step(killed / "checkpoints" / "last.ckpt") < 30
     for args in (second, first):  # the second training, then the first's requeued command
-        done = subprocess.run(command(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        done = run_cli(*args, cwd=ROOT, env={"SLURM_JOB_ID": "4242"})
         assert done.returncode == 0, done.stderr[-3000:]
     folders = sorted(runs.iterdir())
     assert len(folders) == 2 and killed in folders

@@ -84,22 +84,21 @@ def test_bad_input_is_a_clear_error(run, tmp_path, cache_dir, overrides, message
 
 
 @pytest.mark.slow
-def test_one_two_and_three_processes_give_the_same_loss(run, tmp_path, cache_dir):
-    """17 windows split over 2 or 3 processes are padded, never repeated: the mean is the same to 1e-6."""
+def test_one_and_two_processes_give_the_same_loss(run, tmp_path, cache_dir):
+    """17 windows split over 2 processes are padded, never repeated: the mean is the same to 1e-6."""
     one = run_eval(run, tmp_path, cache_dir, *TINY_SHAKESPEARE_DATA, "windows=17", "data.batch_size=4")
-    for devices in (2, 3):
-        out = tmp_path / f"ddp{devices}.json"
-        done = run_cli(
-            *eval_args(run, tmp_path, cache_dir),
-            *TINY_SHAKESPEARE_DATA,
-            "windows=17",
-            "data.batch_size=4",
-            "trainer=ddp_cpu",
-            f"trainer.devices={devices}",
-            f"out_file={out}",
-            module="lightning_gpt.evaluate",
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        result = json.loads(out.read_text())
-        assert result["devices"] == devices and result["windows"] == 17
-        assert result["loss"] == pytest.approx(one["loss"], abs=1e-6)
+    out = tmp_path / "ddp.json"
+    done = run_cli(
+        *eval_args(run, tmp_path, cache_dir),
+        *TINY_SHAKESPEARE_DATA,
+        "windows=17",
+        "data.batch_size=4",
+        "trainer=ddp_cpu",
+        "trainer.devices=2",
+        f"out_file={out}",
+        module="lightning_gpt.evaluate",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["devices"] == 2 and result["windows"] == 17
+    assert result["loss"] == pytest.approx(one["loss"], abs=1e-6)

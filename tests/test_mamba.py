@@ -288,13 +288,16 @@ def test_fsdp_with_activation_checkpointing_shards_each_mamba_block(tmp_path, ca
     assert isinstance(model, Mamba) and len(train_losses(tmp_path / "run")) == 4
 
 
-@pytest.mark.slow  # two fresh processes: about 20 s
-def test_lgpt_sample_and_lgpt_export_of_a_mamba_run(mamba_run, tmp_path):
-    sample = run_cli(f"ckpt_path={mamba_run}", "max_new_tokens=30", "prompt=KING", module="lightning_gpt.sample")
-    assert sample.returncode == 0, sample.stderr[-2000:]
-    assert sample.stdout.startswith("KING") and len(sample.stdout) > 30
-    done = run_cli(f"ckpt_path={mamba_run}", f"out_dir={tmp_path / 'hf'}", module="lightning_gpt.export")
-    assert done.returncode == 0, done.stderr[-2000:]
+def test_lgpt_sample_and_lgpt_export_of_a_mamba_run(mamba_run, tmp_path, capsys):
+    """The apps' tasks in this process (their command lines are tested with GPT runs)."""
+    from lightning_gpt import export, sample
+
+    from .apps import compose_app
+
+    sample.task(compose_app("sample", f"ckpt_path={mamba_run}", "max_new_tokens=30", "prompt=KING", "device=cpu"))
+    out = capsys.readouterr().out
+    assert out.startswith("KING") and len(out) > 30
+    export.task(compose_app("export", f"ckpt_path={mamba_run}", f"out_dir={tmp_path / 'hf'}"))
     theirs = MambaForCausalLM.from_pretrained(tmp_path / "hf").eval()
     ours, tokenizer = lightning_gpt.load(mamba_run)
     assert max_logit_difference(ours, theirs, tokenizer.vocab_size) < 1e-4

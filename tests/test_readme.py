@@ -16,7 +16,8 @@ from hydra.core.global_hydra import GlobalHydra
 
 from lightning_gpt.cli import CONF_DIR, register_resolvers
 
-from .conftest import ROOT, SHARED, TINY
+from .conftest import ROOT, SHARED, TINY, WARM, warm_socket
+from .warm import ENV
 
 README = (ROOT / "README.md").read_text()
 APPS = {
@@ -64,9 +65,9 @@ def test_every_training_command_composes(command):
 
 
 def shell(command: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    """Run a README line in bash, its lgpt-* commands being this checkout's apps."""
+    """Run a README line in bash, its lgpt-* commands being this checkout's apps (warm-started: tests/warm.py)."""
     functions = "".join(
-        f'{app}() {{ "{sys.executable}" -m lightning_gpt.{module} "$@"; }}\n' for app, module in APPS.items()
+        f'{app}() {{ "{sys.executable}" "{WARM}" lightning_gpt.{module} "$@"; }}\n' for app, module in APPS.items()
     )
     return subprocess.run(
         ["bash", "-c", functions + command],
@@ -75,7 +76,12 @@ def shell(command: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=600,
         # Not LGPT_RUN_STAMP: an in-process test may have named its run folder; each command names its own.
-        env={**{k: v for k, v in os.environ.items() if k != "LGPT_RUN_STAMP"}, "PYTHONPATH": str(ROOT), **env},
+        env={
+            **{k: v for k, v in os.environ.items() if k != "LGPT_RUN_STAMP"},
+            "PYTHONPATH": str(ROOT),
+            ENV: warm_socket(),
+            **env,
+        },
     )
 
 

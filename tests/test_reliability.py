@@ -24,7 +24,8 @@ from lightning_gpt.data.sources import Source
 from lightning_gpt.errors import UserError
 from lightning_gpt.train import task
 
-from .conftest import TINY, TINY_SHAKESPEARE, compose_train_config
+from .conftest import TINY, TINY_SHAKESPEARE, WARM, compose_train_config, run_cli, warm_socket
+from .warm import ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
@@ -41,9 +42,13 @@ def train_args(tmp_path: Path, cache_dir: Path, run: str, *extra: str) -> list[s
     ]
 
 
-def start(args: list[str], **kwargs) -> subprocess.Popen:
+def start(args: list[str], warm: bool = False, **kwargs) -> subprocess.Popen:
+    """A training process to signal or kill: a fresh interpreter, or (warm) a warm start's client, which hands
+    signals on to its child but cannot hand on a SIGKILL at once (tests/warm.py)."""
+    launcher = [sys.executable, str(WARM)] if warm else [sys.executable, "-m"]
     return subprocess.Popen(
-        [sys.executable, "-m", "lightning_gpt.train", *args],
+        [*launcher, "lightning_gpt.train", *args],
+        env={**os.environ, ENV: warm_socket()} if warm else None,
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -53,9 +58,13 @@ def start(args: list[str], **kwargs) -> subprocess.Popen:
 
 
 def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "lightning_gpt.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
+    return run_cli(*args, cwd=ROOT, timeout=timeout)
+
+
+def train_here(tmp_path: Path, cache_dir: Path, run: str, *extra: str) -> None:
+    """train_args's run in this process: a subprocess pays seconds of imports, and only the run that is
+    signalled or killed needs one."""
+    task(compose_train_config(tmp_path, cache_dir, *TINY, *DATA, *extra, output_dir=tmp_path / run))
 
 
 def saved_step(path: Path) -> int:
@@ -90,16 +99,14 @@ EXACT = [
 
 @pytest.mark.slow
 def test_a_run_killed_and_resumed_logs_the_same_losses_as_an_uninterrupted_one(tmp_path, cache_dir):
-    whole = run(train_args(tmp_path, cache_dir, "whole", *EXACT))
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    train_here(tmp_path, cache_dir, "whole", *EXACT)
     proc = start(train_args(tmp_path, cache_dir, "killed", *EXACT, "+callbacks.slow._target_=tests.helpers.Slow"))
     wait_for_step(tmp_path / "killed" / "checkpoints" / "last.ckpt", 10, proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     resumed_from = saved_step(tmp_path / "killed" / "checkpoints" / "last.ckpt")
     assert 10 <= resumed_from < 40
-    resumed = run(train_args(tmp_path, cache_dir, "resumed", *EXACT, f"ckpt_path={tmp_path / 'killed'}"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    train_here(tmp_path, cache_dir, "resumed", *EXACT, f"ckpt_path={tmp_path / 'killed'}")
     expected, got = train_losses(tmp_path / "whole"), train_losses(tmp_path / "resumed")
     assert min(got) == resumed_from and max(got) == 39
     assert got == {step: expected[step] for step in got}  # bit for bit: weights, optimizer, LR, RNG, data
@@ -108,8 +115,9 @@ def test_a_run_killed_and_resumed_logs_the_same_losses_as_an_uninterrupted_one(t
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=lambda s: s.name)
 @pytest.mark.slow
 def test_a_preempting_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, cache_dir, signum):
-    args = train_args(tmp_path, cache_dir, "run", "callbacks.model_checkpoint.every_n_train_steps=5")
-    proc = start([*args, "trainer.max_steps=500", "+callbacks.slow._target_=tests.helpers.Slow"])
+    extra = ["callbacks.model_checkpoint.every_n_train_steps=5"]
+    args = train_args(tmp_path, cache_dir, "run", *extra)
+    proc = start([*args, "trainer.max_steps=500", "+callbacks.slow._target_=tests.helpers.Slow"], warm=True)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     wait_for_step(last, 5, proc)
     time.sleep(0.3)  # a few steps past the periodic checkpoint
@@ -119,8 +127,8 @@ def test_a_preempting_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, cach
     assert "Traceback" not in err
     stopped_at = saved_step(last)
     assert 5 < stopped_at < 500  # saved at the signal, not just the last periodic checkpoint
-    resumed = run([*args, f"trainer.max_steps={stopped_at + 3}", "ckpt_path=auto"])  # as a requeued job would
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # As a requeued job would (in this process: the resume itself is no different).
+    train_here(tmp_path, cache_dir, "run", *extra, f"trainer.max_steps={stopped_at + 3}", "ckpt_path=auto")
     assert saved_step(last) == stopped_at + 3
 
 
@@ -143,8 +151,7 @@ ACCUMULATING = [
 @pytest.fixture(scope="module")
 def accumulating_run(tmp_path_factory, cache_dir) -> Path:
     tmp = tmp_path_factory.mktemp("whole")
-    result = run(train_args(tmp, cache_dir, "whole", *ACCUMULATING))
-    assert result.returncode == 0, result.stderr[-3000:]
+    train_here(tmp, cache_dir, "whole", *ACCUMULATING)
     return tmp / "whole"
 
 
@@ -165,8 +172,7 @@ def test_a_signal_between_micro_batches_stops_after_the_step_and_resumes_exactly
     assert f"stopped by {signum.name} at step 12" in stopped.stdout + stopped.stderr
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert last["global_step"] == 12 and last["GPTDataModule"]["batches_seen"] == 24
-    resumed = run(train_args(tmp_path, cache_dir, "run", *ACCUMULATING, "ckpt_path=auto"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    train_here(tmp_path, cache_dir, "run", *ACCUMULATING, "ckpt_path=auto")
     expected, got = recorded_losses(accumulating_run), recorded_losses(tmp_path / "run")
     assert len((tmp_path / "run" / "losses.jsonl").read_text().splitlines()) == 40  # each micro-batch once
     assert got == expected  # bit for bit: the resumed steps are the uninterrupted run's
@@ -356,13 +362,7 @@ def test_the_cli_prints_one_line_and_exits_2_with_the_traceback_on_demand(tmp_pa
     assert result.stderr.strip().splitlines() == [
         "error: model.n_embd (32) must be divisible by model.n_head (5); try model.n_head=4"
     ]
-    full = subprocess.run(
-        [sys.executable, "-m", "lightning_gpt.train", *train_args(tmp_path, cache_dir, "run"), "model.n_head=5"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HYDRA_FULL_ERROR": "1"},
-    )
+    full = run_cli(*train_args(tmp_path, cache_dir, "run"), "model.n_head=5", cwd=ROOT, env={"HYDRA_FULL_ERROR": "1"})
     assert full.returncode != 0 and "Traceback" in full.stderr
 
 

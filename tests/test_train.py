@@ -179,12 +179,16 @@ def test_a_run_that_fails_after_composition_leaves_no_run_folder(tmp_path, cache
 def test_the_console_prints_each_line_once_without_ads_or_library_warnings(tmp_path, cache_dir):
     # Validation at step 4, the end at 5: last.ckpt is saved by our callback, where Lightning notes weights_only.
     result = run_cli(
-        *cli_args(tmp_path, cache_dir), *TINY_SHAKESPEARE_DATA, "trainer.max_steps=5", "trainer.val_check_interval=4"
+        *cli_args(tmp_path, cache_dir),
+        *TINY_SHAKESPEARE_DATA,
+        "trainer.max_steps=5",
+        "trainer.val_check_interval=4",
+        fresh=True,  # import-time warnings too
     )
     assert result.returncode == 0, result.stderr[-2000:]
     console = result.stdout + result.stderr
     assert console.count("GPU available") == 1 and console.count("`Trainer.fit` stopped") == 1
-    for noise in ("Tip:", "LeafSpec", "FutureWarning", "weights_only", "exists and is not empty"):
+    for noise in ("Tip:", "LeafSpec", "FutureWarning", "weights_only", "exists and is not empty", "Warning"):
         assert noise not in console
 
 
