@@ -124,7 +124,8 @@ def _handle(conn: socket.socket) -> None:
 
 
 def serve(path: str) -> None:
-    """Import what every app needs, then fork one monitor per request (requests may overlap)."""
+    """Import what every app needs, then fork one monitor per request (requests may overlap). Ends when the
+    test worker that started it does."""
     import hydra  # noqa: F401
     import lightning  # noqa: F401
     import torch  # noqa: F401
@@ -137,8 +138,14 @@ def serve(path: str) -> None:
         server.bind(path + ".tmp")
         server.listen(16)
         os.rename(path + ".tmp", path)  # clients see the socket only once the imports are done
-        while True:
-            conn, _ = server.accept()
+        parent = os.getppid()
+        server.settimeout(1.0)
+        while os.getppid() == parent:  # the test worker that started it is alive
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(None)
             if os.fork() == 0:
                 server.close()
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the monitor waits for its child
