@@ -18,7 +18,7 @@ from typing import Any
 
 from benchmarks import ROOT, Stopwatch, row
 
-MODULES = ("training", "startup", "data", "generation", "memory", "explain", "checkpoint", "threads")
+MODULES = ("training", "startup", "data", "prepare", "generation", "memory", "explain", "checkpoint", "threads")
 COLUMNS = ("benchmark", "case", "metric", "value", "unit", "ratio", "target", "met", "note")
 
 
