@@ -11,7 +11,7 @@ A prepared folder (lgpt-prepare's out_dir) holds
 The source is read as a stream of pieces (`sources.stream`): a long document is cut where no token spans
 the cut, so its tokens are those of the whole text and one huge file keeps every core busy. A pool of
 processes encodes batches of pieces; at most 2 batches per process are in flight, each sized from
-`memory_mb`, so memory does not grow with the corpus. Shards are written under `.partial` names and renamed
+`memory_mb` (at most 1 M characters), so memory does not grow with the corpus. Shards are written under `.partial` names and renamed
 when complete. Needs no torch and no Lightning.
 """
 
@@ -130,12 +130,11 @@ def _encode(batch: list[tuple[str, bool]], dtype: np.dtype) -> tuple[np.ndarray,
     ends = [i for i, (_, last) in enumerate(batch) if last]
     ids: list[Any] = [None] * len(batch)
     for i, doc in zip(ends, tokenizer.encode_documents([batch[i][0] for i in ends])):
-        ids[i] = doc
+        ids[i] = np.asarray(doc, dtype=dtype)
     for i, (text, last) in enumerate(batch):
-        if not last:
-            ids[i] = tokenizer.encode(text)
-    arrays = [np.asarray(x, dtype=dtype) for x in ids if x]
-    return (np.concatenate(arrays) if arrays else np.empty(0, dtype)), len(ends)
+        if not last:  # a piece of a long document
+            ids[i] = tokenizer.encode_array(text, dtype)
+    return (np.concatenate(ids) if ids else np.empty(0, dtype)), len(ends)
 
 
 def _batches(pieces: Iterable[tuple[str, bool]], batch_chars: int) -> Iterator[list[tuple[str, bool]]]:
@@ -283,9 +282,10 @@ def _build(
 ) -> dict[str, Any]:
     if not num_proc:  # one per core this process may use
         num_proc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    # In flight: 2 batches per process, each worth about 12x its text while being encoded (Python's list of
-    # ints) and less in the queues; so batches of memory / (24 x processes), between 64 KB and 16 MB.
-    batch_chars = min(max(memory_mb * 2**20 // (24 * num_proc), 2**16), 2**24)
+    # In flight: 2 batches per process, each worth up to 12x its text while being encoded (a list of Python
+    # ints) and less in the queues; so batches of memory / (24 x processes) characters, from 64 K to 1 M
+    # (larger ones only leave cores idle longer at the end).
+    batch_chars = min(max(memory_mb * 2**20 // (24 * num_proc), 2**16), 2**20)
     splits = ["train", "val"] if has_val_source(source) else ["train"]
     if isinstance(tokenizer_name, dict):  # a saved tokenizer (a checkpoint's): encode as it was trained
         tokenizer = tokenizer_from_dict(tokenizer_name)
