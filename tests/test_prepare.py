@@ -162,6 +162,9 @@ def test_bad_inputs_are_refused_and_nothing_of_the_users_is_touched(tmp_path, sh
     with pytest.raises(UserError, match="has no text"):
         (tmp_path / "blank.txt").write_text(" \n\n ")
         prepare(Source("local", path=str(tmp_path / "blank.txt")), tmp_path / "out")
+    with pytest.raises(UserError, match="data=local data.path="):  # offline: the hub says how to use local files
+        prepare(Source("hub", name="Skylion007/openwebtext"), tmp_path / "hub", "gpt2")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "hub").exists()  # a failed prepare leaves nothing
     with pytest.raises(UserError, match="holds no manifest.json: it is no prepared folder"):
         datamodule(cache_dir, source="prepared", path=str(mine)).load_cache()
     with pytest.raises(UserError, match="does not exist"):
@@ -275,3 +278,21 @@ def test_ddp_trains_from_a_prepared_folder_and_resumes_exactly(tmp_path, shakesp
     assert seen[0][0] != seen[1][0]  # each process draws its own windows
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["GPTDataModule"]
     assert state == {"batches_seen": 6, "world_size": 2}  # the sampler's position, and the processes that drew
+
+
+@pytest.mark.slow
+def test_the_readmes_prepare_commands_run_as_written(tmp_path, cache_dir):
+    from .conftest import SHARED
+    from .test_readme import readme_commands, shell, tiny
+
+    (tmp_path / "shared").symlink_to(SHARED)  # ../shared/data/... as beside a checkout
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    commands = [c for c in readme_commands() if "lgpt-prepare " in c or "data=prepared" in c]
+    assert [c.split()[0] for c in commands] == ["lgpt-prepare", "lgpt-train"]
+    for command in (commands[0], tiny(commands[1], 4)):
+        done = shell(command, clone, LGPT_CACHE_DIR=str(cache_dir))
+        assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
+    manifest = json.loads((clone / "prepared" / "shakespeare-gpt2" / "manifest.json").read_text())
+    assert manifest["num_tokens"] == 338_026 and manifest["tokenizer"] == {"name": "gpt2"}
+    assert len(list((clone / "outputs" / "train" / "runs").glob("*/checkpoints/last.ckpt"))) == 1

@@ -6,13 +6,13 @@ A prepared folder (lgpt-prepare's out_dir) holds
   (uint32 for vocabularies over 65,536); documents end with the end-of-text token;
 - tokenizer.json: the tokenizer as checkpoints store it (`Tokenizer.to_dict`);
 - manifest.json, written last: the tokenizer and its fingerprint, the shards with their token counts and
-  CRC-32s, documents per split, and the train/validation split as token ranges of the stream.
+  CRC-32s, the number of documents, and the train/validation split as token ranges of the stream.
 
 The source is read as a stream of pieces (`sources.stream`): a long document is cut where no token spans
 the cut, so its tokens are those of the whole text and one huge file keeps every core busy. A pool of
 processes encodes batches of pieces; at most 2 batches per process are in flight, each sized from
-`memory_mb` (at most 1 M characters), so memory does not grow with the corpus. Shards are written under `.partial` names and renamed
-when complete. Needs no torch and no Lightning.
+`memory_mb` (at most 1 M characters), so memory does not grow with the corpus. Shards are written under
+`.partial` names and renamed when complete. Needs no torch and no Lightning.
 """
 
 from __future__ import annotations
@@ -250,25 +250,37 @@ def prepare_folder(
     wanted = settings(source, tokenizer_name, val_fraction, shard_tokens)
     if _state(out, wanted) == "done":
         return out, False
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out / ".lock")):  # two launches into one folder: the second finds the first's result
-        state = _state(out, wanted)
-        if state == "done":
-            return out, False
-        for path in out.iterdir():
-            if _OURS.fullmatch(path.name) and path.name not in (".lock", MARKER):
-                path.unlink()  # an interrupted run's files: only names we write
-        (out / MARKER).write_text(wanted)
-        manifest = _build(source, tokenizer_name, val_fraction, out, shard_tokens, num_proc, memory_mb)
-        manifest["settings"] = wanted
-        tmp = out / f"{MANIFEST}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(manifest, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out / MANIFEST)  # last: a manifest only ever points at complete shards
-        (out / MARKER).unlink()
+    try:
+        with FileLock(str(out / ".lock")):  # two launches into one folder: the second finds the first's result
+            if _state(out, wanted) == "done":
+                return out, False
+            _remove_ours(out, keep=(".lock", MARKER))  # an interrupted run's files
+            (out / MARKER).write_text(wanted)
+            manifest = _build(source, tokenizer_name, val_fraction, out, shard_tokens, num_proc, memory_mb)
+            manifest["settings"] = wanted
+            tmp = out / f"{MANIFEST}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(manifest, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, out / MANIFEST)  # last: a manifest only ever points at complete shards
+            (out / MARKER).unlink()
+    except BaseException:  # a bad input, Ctrl-C: leave nothing behind (a killed run is cleaned by the next)
+        if not (out / MANIFEST).exists():
+            _remove_ours(out)
+            if created and not any(out.iterdir()):
+                out.rmdir()
+        raise
     return out, True
+
+
+def _remove_ours(folder: Path, keep: tuple[str, ...] = ()) -> None:
+    """Delete the files lgpt-prepare writes (by name), nothing else."""
+    for path in folder.iterdir():
+        if _OURS.fullmatch(path.name) and path.name not in keep:
+            path.unlink()
 
 
 def _build(
