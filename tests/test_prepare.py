@@ -191,8 +191,9 @@ def test_the_app_gives_one_line_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_prepare_is_redone_cleanly_to_the_same_folder(tmp_path):
-    """SIGKILL mid-way (shards written, no manifest), then the same command: the result of an uninterrupted run."""
+def test_a_killed_prepare_resumes_after_its_last_complete_shard(tmp_path):
+    """SIGKILL mid-way (shards written, no manifest), then the same command: it keeps the complete shards,
+    goes on from there, and ends with exactly the folder of an uninterrupted run."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TINY_SHAKESPEARE.read_text() * 8)
     args = ["tokenizer=gpt2", "data=local", f"data.path={corpus}", "shard_tokens=50000", "memory_mb=16"]
@@ -200,19 +201,22 @@ def test_a_killed_prepare_is_redone_cleanly_to_the_same_folder(tmp_path):
     assert whole.returncode == 0, whole.stderr
     out = tmp_path / "out"
     command = [sys.executable, "-m", "lightning_gpt.prepare", *args, f"out_dir={out}"]
-    env = {**os.environ, "LGPT_RUN_STAMP": ""}
-    killed = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
-    while not list(out.glob("shard_00003.bin")) and killed.poll() is None:
+    killed = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL)
+    while not (out / "shard_00003.bin").exists() and killed.poll() is None:
         time.sleep(0.01)
     os.killpg(killed.pid, signal.SIGKILL)  # the app and its worker processes
     killed.wait()
     assert not (out / "manifest.json").exists() and (out / ".lgpt-prepare").exists()
     with pytest.raises(UserError, match="holds no manifest.json"):
         PreparedFolder(out)  # a half-prepared folder is never read
+    kept = {f"shard_0000{i}.bin": os.stat(out / f"shard_0000{i}.bin").st_mtime_ns for i in range(3)}
     again = run_cli(*args, f"out_dir={out}", module="lightning_gpt.prepare")
     assert again.returncode == 0, again.stderr
+    assert "; resuming after shard " in again.stdout
+    assert all(os.stat(out / name).st_mtime_ns == mtime for name, mtime in kept.items())  # not written again
     a, b = (json.loads((d / "manifest.json").read_text()) for d in (tmp_path / "whole", out))
     assert a["shards"] == b["shards"] and len(a["shards"]) > 4 and a["splits"] == b["splits"]
+    assert a["documents"] == b["documents"] == 1
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "whole").iterdir())
     assert all((out / s["file"]).read_bytes() == (tmp_path / "whole" / s["file"]).read_bytes() for s in a["shards"])
 

@@ -48,7 +48,8 @@ HEADER_BYTES = 64  # a multiple of 4, so the tokens after it can be memory-mappe
 _HEADER = struct.Struct("<8sIIQ")  # magic, version, bytes per token, tokens
 MANIFEST = "manifest.json"
 MARKER = ".lgpt-prepare"  # present while a prepare runs: a folder with it and no manifest was interrupted
-_OURS = re.compile(r"shard_\d{5}\.bin(\.partial)?|tokenizer\.json|manifest\.json(\.tmp)?|\.lgpt-prepare|\.lock")
+PROGRESS = "progress.json"  # where an interrupted run resumes: rewritten as each shard is completed
+_OURS = re.compile(r"shard_\d{5}\.bin(\.partial)?|(tokenizer|manifest|progress)\.json(\.tmp)?|\.lgpt-prepare|\.lock")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -72,14 +73,16 @@ def read_header(path: Path) -> tuple[int, int]:
 
 
 class ShardWriter:
-    """Appends token arrays to shards of `shard_tokens` tokens; a shard gets its final name once complete."""
+    """Appends token arrays to shards of `shard_tokens` tokens; a shard gets its final name once complete,
+    then `on_shard(tokens of the current array written so far)` runs (to record where to resume)."""
 
-    def __init__(self, folder: Path, dtype: np.dtype, shard_tokens: int):
-        self.folder, self.dtype, self.shard_tokens = folder, dtype, shard_tokens
-        self.shards: list[dict[str, Any]] = []
+    def __init__(self, folder: Path, dtype: np.dtype, shard_tokens: int, shards: list[dict[str, Any]], on_shard):
+        self.folder, self.dtype, self.shard_tokens, self.on_shard = folder, dtype, shard_tokens, on_shard
+        self.shards = list(shards)  # complete ones (a resumed run's)
         self._file = None
 
     def write(self, ids: np.ndarray) -> None:
+        written = 0
         while len(ids):
             if self._file is None:
                 self._name = f"shard_{len(self.shards):05d}.bin"
@@ -90,8 +93,10 @@ class ShardWriter:
             self._file.write(part.data)
             self._crc = zlib.crc32(part.data, self._crc)
             self._count += len(part)
+            written += len(part)
             if self._count == self.shard_tokens:
                 self._finish()
+                self.on_shard(written)
 
     def _finish(self) -> None:
         f = self._file
@@ -256,17 +261,14 @@ def prepare_folder(
         with FileLock(str(out / ".lock")):  # two launches into one folder: the second finds the first's result
             if _state(out, wanted) == "done":
                 return out, False
-            _remove_ours(out, keep=(".lock", MARKER))  # an interrupted run's files
+            progress = _progress(out, wanted)  # an interrupted run with these settings: resume it
+            keep = [".lock", MARKER] + ([PROGRESS, *(s["file"] for s in progress["shards"])] if progress else [])
+            _remove_ours(out, keep=tuple(keep))  # its unfinished files, or all of an unresumable one's
             (out / MARKER).write_text(wanted)
-            manifest = _build(source, tokenizer_name, val_fraction, out, shard_tokens, num_proc, memory_mb)
-            manifest["settings"] = wanted
-            tmp = out / f"{MANIFEST}.tmp"
-            with open(tmp, "w") as f:
-                json.dump(manifest, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, out / MANIFEST)  # last: a manifest only ever points at complete shards
+            manifest = _build(source, tokenizer_name, val_fraction, out, shard_tokens, num_proc, memory_mb, progress)
+            _write_json(out / MANIFEST, {**manifest, "settings": wanted})  # last: points at complete shards only
             (out / MARKER).unlink()
+            (out / PROGRESS).unlink(missing_ok=True)
     except BaseException:  # a bad input, Ctrl-C: leave nothing behind (a killed run is cleaned by the next)
         if not (out / MANIFEST).exists():
             _remove_ours(out)
@@ -274,6 +276,27 @@ def prepare_folder(
                 out.rmdir()
         raise
     return out, True
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    """All or nothing: a reader finds the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _progress(out: Path, wanted: str) -> dict[str, Any] | None:
+    """An interrupted run's progress, if it had these settings and its shards are intact."""
+    try:
+        progress = json.loads((out / PROGRESS).read_text())
+    except (OSError, ValueError):
+        return None
+    if progress.get("settings") != wanted or damage(out, progress) is not None:
+        return None
+    return progress
 
 
 def _remove_ours(folder: Path, keep: tuple[str, ...] = ()) -> None:
@@ -291,7 +314,9 @@ def _build(
     shard_tokens: int,
     num_proc: int | None,
     memory_mb: int,
+    progress: dict[str, Any] | None,
 ) -> dict[str, Any]:
+    """Tokenize into out; `progress` (an interrupted run's) says which shards are done and where to go on."""
     if not num_proc:  # one per core this process may use
         num_proc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     # In flight: 2 batches per process, each worth up to 12x its text while being encoded (a list of Python
@@ -299,7 +324,11 @@ def _build(
     # (larger ones only leave cores idle longer at the end).
     batch_chars = min(max(memory_mb * 2**20 // (24 * num_proc), 2**16), 2**20)
     splits = ["train", "val"] if has_val_source(source) else ["train"]
-    if isinstance(tokenizer_name, dict):  # a saved tokenizer (a checkpoint's): encode as it was trained
+    done: dict[str, Any] = progress or {"split": splits[0], "batch": 0, "skip": 0, "shards": [], "tokens": {}}
+    if progress:  # its batches, so that its position means the same
+        batch_chars = progress["batch_chars"]
+        tokenizer = tokenizer_from_dict(progress["tokenizer"])
+    elif isinstance(tokenizer_name, dict):  # a saved tokenizer (a checkpoint's): encode as it was trained
         tokenizer = tokenizer_from_dict(tokenizer_name)
     else:
         texts = (text for split in splits for text, _ in stream(source, split, batch_chars))
@@ -310,10 +339,30 @@ def _build(
     log.info(
         f"preparing the {source.kind} corpus {describe_source(asdict(source))} with {tokenizer.name} into {out} "
         f"({num_proc} processes, batches of {batch_chars / 2**20:.1f} M characters)"
+        + (f"; resuming after shard {len(done['shards']) - 1}" if progress else "")
     )
-    writer = ShardWriter(out, dtype, shard_tokens)
-    tokens: dict[str, int] = {}
-    documents: dict[str, int] = {}
+    tokens: dict[str, int] = dict(done["tokens"])  # of each split, before the batch being written
+    documents: dict[str, int] = dict(done.get("documents", {}))
+    position: dict[str, Any] = {}
+
+    def save(written: int) -> None:  # a shard is complete: resume after the tokens in it
+        _write_json(
+            out / PROGRESS,
+            {
+                "settings": (out / MARKER).read_text(),
+                "batch_chars": batch_chars,
+                "tokenizer": spec,
+                "dtype": dtype.name,
+                "shards": writer.shards,
+                "split": position["split"],
+                "batch": position["batch"],
+                "skip": position["skip"] + written,
+                "tokens": tokens,
+                "documents": documents,
+            },
+        )
+
+    writer = ShardWriter(out, dtype, shard_tokens, done["shards"], save)
     chars = 0
     start, last_report = time.perf_counter(), time.perf_counter()
 
@@ -323,11 +372,15 @@ def _build(
             chars += len(piece[0])
             yield piece
 
-    for split in splits:
-        tokens[split], documents[split] = 0, 0
+    for split in splits[splits.index(done["split"]) :]:
+        first, skip = (done["batch"], done["skip"]) if split == done["split"] else (0, 0)
+        if first == 0 and skip == 0:
+            tokens[split], documents[split] = 0, 0
         batches = _batches(counted(stream(source, split, batch_chars)), batch_chars)
-        for ids, ends in encode_stream(batches, tokenizer, dtype, num_proc):
-            writer.write(ids)
+        todo = (batch for i, batch in enumerate(batches) if i >= first)  # done ones are read, not encoded
+        for i, (ids, ends) in enumerate(encode_stream(todo, tokenizer, dtype, num_proc), start=first):
+            position.update(split=split, batch=i, skip=skip if i == first else 0)
+            writer.write(ids[position["skip"] :])
             tokens[split] += len(ids)
             documents[split] += ends
             if time.perf_counter() - last_report > 10:
