@@ -5,7 +5,8 @@ lgpt-train tokenizer=gpt2 data=prepared data.path=data/corpus-gpt2
 
 Reads the source as a stream, tokenizes with data.num_proc processes in about memory_mb of text and tokens,
 and writes shards of shard_tokens tokens (see lightning_gpt/data/prepare.py for the folder's layout).
-Running it again with the same settings finds the folder done; an interrupted run is redone from scratch.
+Running it again with the same settings finds the folder done, or resumes an interrupted run after its last
+complete shard.
 """
 
 from __future__ import annotations

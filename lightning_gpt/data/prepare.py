@@ -244,7 +244,8 @@ def prepare_folder(
     memory_mb: int,
 ) -> tuple[Path, bool]:
     """Tokenize the source into out_dir; return (the folder, whether it was prepared now). A folder already
-    prepared with the same settings is left as it is; an interrupted one (ours) is cleaned and redone."""
+    prepared with the same settings is left as it is; an interrupted one (ours) resumes after its last complete
+    shard, or is cleaned and redone if it cannot (other settings, damaged shards)."""
     from filelock import FileLock
 
     if shard_tokens < 1 or memory_mb < 16:
