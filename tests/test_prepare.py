@@ -250,6 +250,18 @@ def losses(run: Path) -> dict[int, float]:
         return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
 
 
+def test_a_resume_with_another_number_of_processes_says_what_it_draws(shakespeare_char, cache_dir, caplog):
+    import lightning as L
+
+    dm = datamodule(cache_dir, source="prepared", path=str(shakespeare_char))
+    dm.load_state_dict({"batches_seen": 4, "world_size": 2})  # saved by a run of two processes
+    dm.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    with caplog.at_level("WARNING", logger="lightning_gpt.data.module"):
+        x, _ = next(iter(dm.train_dataloader()))
+    assert "resuming with 1 processes a run saved with 2: each process continues its own stream" in caplog.text
+    assert torch.equal(x, RandomWindows(dm.tokens("train"), 32, 4, seed=TrainConfig.seed, rank=0).batch(4)[0])
+
+
 @pytest.mark.slow
 def test_ddp_trains_from_a_prepared_folder_and_resumes_exactly(tmp_path, shakespeare_char, cache_dir):
     """Two processes, 3 steps, then a resume to 6: every batch of each process is the one its seeded stream
