@@ -60,7 +60,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer steps, trials and corpora (a few minutes on 2 cores)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer steps, trials and corpora (a few minutes on 2 cores)"
+    )
     parser.add_argument("--only", nargs="+", choices=MODULES, metavar="NAME", help=f"some of: {', '.join(MODULES)}")
     parser.add_argument("--gpu", action="store_true", help="the GPU check alone (benchmarks/gpu.py)")
     parser.add_argument("--json", default=str(ROOT / "outputs" / "benchmarks" / "results.json"), help="results file")
