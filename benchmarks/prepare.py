@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -102,16 +103,18 @@ def make_corpus(folder: Path, megabytes: int) -> Path:
     return path
 
 
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, float, float]:
-    """(wall seconds, peak MB, seconds of work: what the command itself reports, else the wall time)."""
-    start = time.perf_counter()
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, float, float, float]:
+    """(wall seconds, peak MB, seconds of work: what the command itself reports, else the wall time, CPU
+    seconds of the command and the children it waited for: what load from other processes changes least)."""
+    start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     peak, code, stdout = peak_rss_mb(command, env)
-    seconds = time.perf_counter() - start
+    seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     if code != 0:
         raise RuntimeError(f"{' '.join(command[:5])} ... exited with {code}")
     # raw: "seconds <s>"; lgpt-prepare's last log line: "... M characters in <s> s"
     found = re.findall(r"(?:^seconds | characters in )([\d.]+)", stdout, re.M)
-    return seconds, peak, float(found[-1]) if found else seconds
+    return seconds, peak, float(found[-1]) if found else seconds, cpu
 
 
 def prepare_throughput(sizes: list[int], repeats: int, cores: int, env: dict[str, str]) -> list[dict]:
@@ -121,7 +124,7 @@ def prepare_throughput(sizes: list[int], repeats: int, cores: int, env: dict[str
             corpus = make_corpus(Path(tmp), megabytes)
             size = corpus.stat().st_size / MB
             raw = [sys.executable, "-c", RAW, str(corpus), str(cores)]
-            results: dict[str, list[tuple[float, float, float]]] = {"raw": [], "prepare": []}
+            results: dict[str, list[tuple[float, float, float, float]]] = {"raw": [], "prepare": []}
             for i in range(repeats if megabytes < 1000 else 1):
                 out = Path(tmp) / f"out{i}"
                 ours = [
@@ -140,6 +143,7 @@ def prepare_throughput(sizes: list[int], repeats: int, cores: int, env: dict[str
             raw_mbs = size / min(r[0] for r in results["raw"])
             ours_mbs = size / min(r[0] for r in results["prepare"])
             work_ratio = min(r[2] for r in results["raw"]) / min(r[2] for r in results["prepare"])
+            cpu = {name: min(r[3] for r in runs) for name, runs in results.items()}
             load = os.getloadavg()[0]
             rows.append(
                 row(
@@ -161,7 +165,8 @@ def prepare_throughput(sizes: list[int], repeats: int, cores: int, env: dict[str
                     ratio=round(ours_mbs / raw_mbs, 2),
                     target=">= 0.8" if megabytes == 100 else None,
                     note=f"{len(results['prepare'])} runs each, best; whole command, start-up included "
-                    f"(the work alone, start-up excluded on both sides: ratio {work_ratio:.2f})",
+                    f"(the work alone, start-up excluded on both sides: ratio {work_ratio:.2f}); CPU seconds: "
+                    f"{cpu['prepare']:.0f} vs raw {cpu['raw']:.0f} (ratio {cpu['raw'] / cpu['prepare']:.2f})",
                 )
             )
             peak = max(r[1] for r in results["prepare"])
