@@ -169,9 +169,10 @@ def test_bad_inputs_are_refused_and_nothing_of_the_users_is_touched(tmp_path, sh
         datamodule(cache_dir, source="prepared", path=str(mine)).load_cache()
     with pytest.raises(UserError, match="does not exist"):
         datamodule(cache_dir, source="prepared", path=str(tmp_path / "nowhere")).load_cache()
-    with pytest.raises(
-        UserError, match="holds char tokens, but the run asks for the gpt2 tokenizer; add tokenizer.name=char"
-    ):
+    refused = (
+        "holds char tokens, but the run asks for the gpt2 tokenizer; use a folder prepared with tokenizer.name=gpt2"
+    )
+    with pytest.raises(UserError, match=refused + ", or train with tokenizer.name=char to read this one"):
         datamodule(cache_dir, source="prepared", path=str(shakespeare_char), tokenizer="gpt2").load_cache()
     other_chars = {"name": "char", "chars": "abc"}  # a checkpoint's tokenizer with another vocabulary
     with pytest.raises(UserError, match=r"tokenizer \(another vocabulary\)"):

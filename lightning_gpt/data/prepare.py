@@ -445,7 +445,8 @@ class PreparedFolder:
         same_name = " (another vocabulary)" if name == have["name"] else ""
         raise UserError(
             f"the prepared folder {self.folder} holds {have['name']} tokens, but the run asks for the {name} "
-            f"tokenizer{same_name}; add tokenizer.name={have['name']}, or prepare the corpus with tokenizer={name}"
+            f"tokenizer{same_name}; use a folder prepared with tokenizer.name={name}, or train with "
+            f"tokenizer.name={have['name']} to read this one"
         )
 
     @property
