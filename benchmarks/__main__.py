@@ -19,7 +19,7 @@ from typing import Any
 from benchmarks import ROOT, Stopwatch, row
 
 MODULES = ("training", "startup", "data", "generation", "memory", "explain", "checkpoint", "threads", "tokenizers")
-LONG = ("families",)  # half an hour or more on 2 cores: only with --only
+LONG = ("families", "prepare")  # 15-40 minutes each on 2 cores: only with --only
 COLUMNS = ("benchmark", "case", "metric", "value", "unit", "ratio", "target", "met", "note")
 
 
@@ -61,7 +61,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer steps and trials (under 2 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="fewer steps, trials and corpora")
     parser.add_argument(
         "--only", nargs="+", choices=MODULES + LONG, metavar="NAME", help=f"some of: {', '.join(MODULES + LONG)}"
     )

@@ -20,8 +20,10 @@ class TokenizerConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "embedded"  # embedded (Shakespeare, no download), local or hub
-    path: str | None = None  # local: file, folder or glob (.txt/.md, .jsonl/.json, .csv, .parquet)
+    source: str = "embedded"  # embedded (Shakespeare, no download), local, hub, or prepared (lgpt-prepare's folder)
+    path: str | None = (
+        None  # local: file, folder or glob (.txt/.md, .jsonl/.json, .csv, .parquet); prepared: the folder
+    )
     val_path: str | None = None  # local: validation files, instead of val_fraction
     name: str | None = None  # hub: dataset name
     config_name: str | None = None  # hub: dataset configuration
@@ -250,6 +252,20 @@ class ExplainAppConfig:
     device: str = "cpu"
 
 
+@dataclass
+class PrepareAppConfig:
+    out_dir: str = MISSING  # the prepared folder: new, empty, or one lgpt-prepare wrote
+    # 2**27 tokens: 256 MiB a shard at uint16; OpenWebText's 9B tokens in 68 files, and a killed run redoes
+    # at most a few minutes of work per shard
+    shard_tokens: int = 2**27
+    memory_mb: int = 256  # text and tokens in flight, all processes together (their ~60 MB each on top)
+    tokenizer: TokenizerConfig = MISSING
+    data: DataConfig = MISSING
+    paths: PathsConfig = MISSING
+    model: dict[str, Any] = field(default_factory=lambda: {"block_size": None})  # data.block_size reads it
+    seed: int = 1337  # data.seed reads it
+
+
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
@@ -258,3 +274,4 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="lgpt_eval_schema", node=EvalAppConfig)
     ConfigStore.instance().store(name="lgpt_export_schema", node=ExportAppConfig)
     ConfigStore.instance().store(name="lgpt_explain_schema", node=ExplainAppConfig)
+    ConfigStore.instance().store(name="lgpt_prepare_schema", node=PrepareAppConfig)

@@ -108,13 +108,14 @@ def training_data_hint(path: Path) -> str:
         "local": f"data=local data.path={data.get('path')}",
         "hub": f"data=hub data.name={data.get('name')}",
         "embedded": "data=shakespeare",
+        "prepared": f"data=prepared data.path={data.get('path')}",
     }.get(source, f"data={source}")
     return f"; the checkpoint's training corpus has them all: {use}"
 
 
 def describe_data(data: DictConfig) -> str:
-    if data.source == "local":
-        return f"local {data.path}"
+    if data.source in ("local", "prepared"):
+        return f"{data.source} {data.path}"
     if data.source == "hub":
         return f"hub {data.name}" + (f" ({data.config_name})" if data.config_name else "")
     return data.source

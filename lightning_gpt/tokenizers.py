@@ -50,6 +50,10 @@ class Tokenizer(ABC):
                 doc.append(self.eot_id)
         return ids
 
+    def encode_array(self, text: str, dtype: np.dtype) -> np.ndarray:
+        """`encode` as an array, as lgpt-prepare stores tokens (a subclass may skip the Python ints)."""
+        return np.asarray(self.encode(text), dtype=dtype)
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name}
 
@@ -181,6 +185,12 @@ class TiktokenTokenizer(Tokenizer):
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self.encoding.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1)
+
+    def encode_array(self, text: str, dtype: np.dtype) -> np.ndarray:
+        if not hasattr(self.encoding, "encode_to_numpy"):  # tiktoken < 0.8
+            return super().encode_array(text, dtype)
+        # encode_ordinary's tokens (no special tokens: their text is encoded as text), a quarter faster
+        return self.encoding.encode_to_numpy(text, disallowed_special=()).astype(dtype, copy=False)
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.encoding.decode(list(ids))

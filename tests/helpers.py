@@ -94,3 +94,12 @@ class HalveSecondGroup(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.lr_scheduler_configs[0].scheduler.base_lrs[1] /= 2
         trainer.optimizers[0].param_groups[1]["lr"] /= 2
+
+
+class RecordBatches(L.Callback):
+    """Each process appends every training batch's input ids to batches_rank<r>.txt: the step, then the ids."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        ids = " ".join(map(str, batch[0].flatten().tolist()))
+        with open(Path(trainer.default_root_dir) / f"batches_rank{trainer.global_rank}.txt", "a") as f:
+            f.write(f"{trainer.global_step} {ids}\n")

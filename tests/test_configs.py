@@ -28,6 +28,7 @@ APPS = {
     "eval": schema.EvalAppConfig,
     "explain": schema.ExplainAppConfig,
     "export": schema.ExportAppConfig,
+    "prepare": schema.PrepareAppConfig,
 }
 GROUPS = {  # config group -> the schema node its files fill in
     "tokenizer": schema.TokenizerConfig,

@@ -27,6 +27,7 @@ APPS = {
     "lgpt-export": "export",
     "lgpt-plot": "plot",
     "lgpt-info": "info",
+    "lgpt-prepare": "prepare",
 }
 NEEDS_A_GPU_OR_NETWORK = re.compile(r"trainer=(gpu|ddp |ddp$|fsdp|multinode)|gpt2_|init_from|tokenizer=gpt2|devices=8")
 

@@ -99,7 +99,7 @@ def test_resume_continues_at_the_right_step_with_the_data_stream(compose_train, 
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=True)
     assert saved["global_step"] == 20
-    assert saved["GPTDataModule"] == {"batches_seen": 20}  # the sampler's position
+    assert saved["GPTDataModule"] == {"batches_seen": 20, "world_size": 1}  # the sampler's position, its processes
     resumed = compose_train(
         *TINY,
         "trainer.max_steps=30",

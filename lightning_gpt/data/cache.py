@@ -247,6 +247,14 @@ class TokenCache:
     def tokens(self) -> np.memmap:
         return np.memmap(self.folder / "tokens.bin", dtype=self.meta["dtype"], mode="r")
 
+    @property
+    def dtype(self) -> str:
+        return self.meta["dtype"]
+
+    def shards(self) -> list[tuple[Path, int, int]]:
+        """The token file as the stream's one shard (file, byte offset, tokens), as prepared folders list theirs."""
+        return [(self.folder / "tokens.bin", 0, self.meta["num_tokens"])]
+
     def split(self, name: str) -> tuple[int, int]:
         """[start, end) of a split in the token file."""
         return (

@@ -1,7 +1,9 @@
-"""The LightningDataModule: the token cache (prepared once, by one process) served as window loaders."""
+"""The LightningDataModule: the token cache (prepared once, by one process) or a prepared folder
+(lgpt-prepare's shards, data=prepared) served as window loaders."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning as L
@@ -9,10 +11,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_gpt.data.cache import TokenCache, prepare_tokens
+from lightning_gpt.data.prepare import PreparedFolder
 from lightning_gpt.data.sources import Source
 from lightning_gpt.data.windows import FixedWindows, RandomWindows, SplitTokens
 from lightning_gpt.errors import UserError
 from lightning_gpt.tokenizers import Tokenizer
+
+log = logging.getLogger(__name__)
 
 
 class GPTDataModule(L.LightningDataModule):
@@ -56,25 +61,32 @@ class GPTDataModule(L.LightningDataModule):
         self.block_size, self.batch_size, self.val_batches = block_size, batch_size, val_batches
         self.num_workers, self.num_proc, self.cache_dir, self.seed = num_workers, num_proc, cache_dir, seed
         self.batches_seen = 0  # training batches consumed: the sampler's position, saved in checkpoints
-        self.cache: TokenCache | None = None
+        self.saved_world_size: int | None = None  # the number of processes of the run that saved it
+        self.cache: TokenCache | PreparedFolder | None = None
 
     def prepare_data(self) -> None:
-        prepare_tokens(self.source, self.tokenizer_name, self.val_fraction, self.cache_dir, self.num_proc)
+        if self.source.kind != "prepared":
+            prepare_tokens(self.source, self.tokenizer_name, self.val_fraction, self.cache_dir, self.num_proc)
 
-    def load_cache(self) -> TokenCache:
+    def load_cache(self) -> TokenCache | PreparedFolder:
         """Prepare (or find) the tokens and open them; the model's vocabulary comes from here."""
         if self.cache is None:
-            self.cache = TokenCache(
-                prepare_tokens(self.source, self.tokenizer_name, self.val_fraction, self.cache_dir, self.num_proc)
-            )
+            if self.source.kind == "prepared":  # lgpt-prepare's folder, read where it is
+                cache: TokenCache | PreparedFolder = PreparedFolder(self.source.path)
+                cache.check_tokenizer(self.tokenizer_name)
+            else:
+                cache = TokenCache(
+                    prepare_tokens(self.source, self.tokenizer_name, self.val_fraction, self.cache_dir, self.num_proc)
+                )
             for split in ("train", "val"):
-                start, end = self.cache.split(split)
+                start, end = cache.split(split)
                 if end - start < self.block_size + 1:
                     raise UserError(
                         f"the {split} split has {end - start} tokens, fewer than "
                         f"block_size + 1 = {self.block_size + 1}; "
                         "use more text, a smaller model.block_size or a larger data.val_fraction"
                     )
+            self.cache = cache
         return self.cache
 
     @property
@@ -86,7 +98,7 @@ class GPTDataModule(L.LightningDataModule):
 
     def tokens(self, name: str) -> SplitTokens:
         cache = self.load_cache()
-        return SplitTokens(cache.folder / "tokens.bin", cache.meta["dtype"], *cache.split(name))
+        return SplitTokens(cache.shards(), cache.dtype, *cache.split(name))
 
     def _loader(self, dataset: Dataset, batch_size: int | None) -> DataLoader:
         return DataLoader(
@@ -102,6 +114,14 @@ class GPTDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.saved_world_size not in (None, world) and rank == 0:
+            log.warning(
+                f"resuming with {world} processes a run saved with {self.saved_world_size}: each process continues "
+                f"its own stream of windows at batch {self.batches_seen} (new ones start theirs there), so the "
+                "data differs from what an uninterrupted run would have drawn; resume with the same number of "
+                "processes for an exact continuation"
+            )
         windows = RandomWindows(
             self.tokens("train"), self.block_size, self.batch_size, self.seed, rank, start=self.batches_seen
         )
@@ -116,7 +136,11 @@ class GPTDataModule(L.LightningDataModule):
         accumulate_grad_batches batches, so the step count tells how many batches were drawn."""
         if self.trainer is None:
             return {"batches_seen": self.batches_seen}
-        return {"batches_seen": self.trainer.global_step * self.trainer.accumulate_grad_batches}
+        return {
+            "batches_seen": self.trainer.global_step * self.trainer.accumulate_grad_batches,
+            "world_size": self.trainer.world_size,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.batches_seen = state["batches_seen"]
+        self.saved_world_size = state.get("world_size")  # absent from checkpoints saved before it was recorded

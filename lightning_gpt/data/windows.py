@@ -1,4 +1,4 @@
-"""Training and validation windows over one split of the token file, as torch datasets.
+"""Training and validation windows over one split of the token stream (one file or shards), as torch datasets.
 
 Training draws random windows of block_size + 1 tokens (nanoGPT's scheme) from a seeded stream whose
 position is saved in checkpoints; validation uses a fixed, evenly spaced set of windows, sharded by rank.
@@ -14,27 +14,50 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 
 class SplitTokens:
-    """One split: tokens [start, end) of the token file. The memmap opens lazily in each process, because
-    a memmap must not be pickled into loader workers."""
+    """One split: tokens [start, end) of a token stream stored in one file or several (shards), back to back,
+    each given as (file, byte offset of its first token, tokens). The memmaps open lazily in each process,
+    because a memmap must not be pickled into loader workers."""
 
-    def __init__(self, path: Path, dtype: str, start: int, end: int):
-        self.path, self.dtype, self.start, self.end = path, dtype, start, end
-        self._tokens: np.ndarray | None = None
+    def __init__(self, shards: list[tuple[Path, int, int]], dtype: str, start: int, end: int):
+        self.shards, self.dtype, self.start, self.end = shards, dtype, start, end
+        self.bounds = np.cumsum([0] + [count for _, _, count in shards])  # where each shard starts in the stream
+        self._parts: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return self.end - self.start
 
     @property
-    def tokens(self) -> np.ndarray:
-        if self._tokens is None:
-            self._tokens = np.memmap(self.path, dtype=self.dtype, mode="r")[self.start : self.end]
-        return self._tokens
+    def parts(self) -> list[np.ndarray]:
+        if self._parts is None:
+            self._parts = [
+                np.memmap(path, dtype=self.dtype, mode="r", offset=offset, shape=(count,))
+                for path, offset, count in self.shards
+            ]
+        return self._parts
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_tokens": None}
+        return {**self.__dict__, "_parts": None}
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start + length) of the split, across shard boundaries if need be."""
+        position = self.start + start
+        i = int(np.searchsorted(self.bounds, position, side="right")) - 1
+        offset = position - self.bounds[i]
+        if offset + length <= len(self.parts[i]):
+            return self.parts[i][offset : offset + length]
+        pieces = []
+        while length > 0:
+            piece = self.parts[i][offset : offset + length]
+            pieces.append(piece)
+            length -= len(piece)
+            i, offset = i + 1, 0
+        return np.concatenate(pieces)
 
     def windows(self, starts: np.ndarray, length: int) -> torch.Tensor:
-        return torch.from_numpy(np.stack([self.tokens[s : s + length] for s in starts]).astype(np.int64))
+        out = np.empty((len(starts), length), dtype=np.int64)
+        for row, start in enumerate(starts):
+            out[row] = self.read(int(start), length)
+        return torch.from_numpy(out)
 
 
 class RandomWindows(IterableDataset):
