@@ -125,3 +125,13 @@ def run(quick: bool) -> list[dict]:
         for name, model in FAMILIES.items():
             rows += quality(name, model, 200 if quick else 2000, env, Path(tmp))
     return rows
+
+
+if __name__ == "__main__":  # python -m benchmarks.families generation: the generation rows alone (seconds)
+    import sys
+
+    from benchmarks.__main__ import markdown
+
+    if sys.argv[1:] != ["generation"]:
+        sys.exit("usage: python -m benchmarks.families generation")
+    print(markdown(generation_rows()))
