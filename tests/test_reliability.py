@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,7 @@ from lightning_gpt.errors import UserError
 from lightning_gpt.train import task
 
 from .conftest import TINY, TINY_SHAKESPEARE, WARM, compose_train_config, run_cli, warm_socket
-from .warm import ENV
+from .warm import ENV, PIDFILE
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
@@ -44,17 +45,32 @@ def train_args(tmp_path: Path, cache_dir: Path, run: str, *extra: str) -> list[s
 
 def start(args: list[str], warm: bool = False, **kwargs) -> subprocess.Popen:
     """A training process to signal or kill: a fresh interpreter, or (warm) a warm start's client, which hands
-    signals on to its child but cannot hand on a SIGKILL at once (tests/warm.py)."""
+    signals on to its child; `kill_app` SIGKILLs the app itself at once either way (tests/warm.py)."""
     launcher = [sys.executable, str(WARM)] if warm else [sys.executable, "-m"]
-    return subprocess.Popen(
+    pidfile = Path(tempfile.mkdtemp()) / "pid"
+    proc = subprocess.Popen(
         [*launcher, "lightning_gpt.train", *args],
-        env={**os.environ, ENV: warm_socket()} if warm else None,
+        env={**os.environ, ENV: warm_socket(), PIDFILE: str(pidfile)} if warm else None,
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         **kwargs,
     )
+    proc.app_pidfile = pidfile if warm else None
+    return proc
+
+
+def kill_app(proc: subprocess.Popen) -> None:
+    """SIGKILL the training process and every process it started (DDP ranks), as a lost node would."""
+    pid = proc.pid
+    if proc.app_pidfile is not None:  # a warm client: its child is the app, the leader of its own group
+        while not proc.app_pidfile.exists():
+            assert proc.poll() is None
+            time.sleep(0.001)
+        pid = int(proc.app_pidfile.read_text())
+    os.killpg(pid, signal.SIGKILL)
+    proc.communicate()
 
 
 def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -100,10 +116,11 @@ EXACT = [
 @pytest.mark.slow
 def test_a_run_killed_and_resumed_logs_the_same_losses_as_an_uninterrupted_one(tmp_path, cache_dir):
     train_here(tmp_path, cache_dir, "whole", *EXACT)
-    proc = start(train_args(tmp_path, cache_dir, "killed", *EXACT, "+callbacks.slow._target_=tests.helpers.Slow"))
+    proc = start(
+        train_args(tmp_path, cache_dir, "killed", *EXACT, "+callbacks.slow._target_=tests.helpers.Slow"), warm=True
+    )
     wait_for_step(tmp_path / "killed" / "checkpoints" / "last.ckpt", 10, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    kill_app(proc)
     resumed_from = saved_step(tmp_path / "killed" / "checkpoints" / "last.ckpt")
     assert 10 <= resumed_from < 40
     train_here(tmp_path, cache_dir, "resumed", *EXACT, f"ckpt_path={tmp_path / 'killed'}")
@@ -200,13 +217,12 @@ def test_a_kill_during_a_save_never_leaves_a_corrupt_checkpoint(tmp_path, cache_
     )
     folder = tmp_path / "run" / "checkpoints"
     for _ in range(10):
-        proc = start(args)
+        proc = start(args, warm=True)
         wait_for_step(folder / "last.ckpt", 1, proc)
         while not list(folder.glob("last.ckpt.*.tmp")):  # a save is under way
             assert proc.poll() is None
             time.sleep(0.001)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
+        kill_app(proc)
         if list(folder.glob("last.ckpt.*.tmp")):
             break  # killed mid-write: exactly the case to check
     assert list(folder.glob("last.ckpt.*.tmp")), "never managed to kill during a save"
@@ -227,13 +243,12 @@ def test_a_kill_during_a_multi_process_save_never_leaves_a_corrupt_checkpoint(tm
         "callbacks.model_checkpoint.every_n_train_steps=1",
     )
     folder = tmp_path / "run" / "checkpoints"
-    proc = start(args, start_new_session=True)
+    proc = start(args, warm=True)
     wait_for_step(folder / "last.ckpt", 2, proc)
     while not list(folder.glob("last.ckpt.*.tmp")):
         assert proc.poll() is None
         time.sleep(0.001)
-    os.killpg(proc.pid, signal.SIGKILL)  # every rank at once, as a lost node would
-    proc.communicate()
+    kill_app(proc)  # every rank at once
     assert saved_step(folder / "last.ckpt") >= 2
 
 

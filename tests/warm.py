@@ -8,7 +8,8 @@ server its argv, working folder, environment and its own stdin/stdout/stderr, th
 The server forks a child that runs the module as `__main__` in that folder with that environment and those
 files: the app's own code path from its first line, as a user's `python -m` would run it (a DDP launch
 re-runs `python -m <module> <args>` for the other ranks). Signals sent to the client go on to the child
-(a scheduler's SIGTERM or SIGUSR1, Ctrl-C); killing the client kills the child (within 50 ms).
+(a scheduler's SIGTERM or SIGUSR1, Ctrl-C); killing the client kills the child (within 50 ms), and a test
+that must SIGKILL the app at an exact moment reads the child's pid (and process group) from $LGPT_TEST_WARM_PIDFILE.
 
 What a warm child cannot show: anything an import does (warnings printed while importing, the time to fail
 before importing torch, environment read at import time such as OMP_NUM_THREADS). Tests of those launch a
@@ -25,6 +26,7 @@ import socket
 import sys
 
 ENV = "LGPT_TEST_WARM"  # the server's socket path
+PIDFILE = "LGPT_TEST_WARM_PIDFILE"  # where the client writes its child's pid, for tests that SIGKILL the app
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
 
 
@@ -42,6 +44,10 @@ def client(module: str, args: list[str]) -> None:
             if reply.startswith(b"pid ") and b"\n" in reply:  # the child's pid: signals sent here go on to it
                 line, reply = reply.split(b"\n", 1)
                 child = int(line[4:])
+                if os.environ.get(PIDFILE):
+                    with open(os.environ[PIDFILE] + ".tmp", "w") as f:
+                        f.write(str(child))
+                    os.rename(os.environ[PIDFILE] + ".tmp", os.environ[PIDFILE])
                 for signum in FORWARDED:
                     signal.signal(signum, lambda signum, frame, child=child: os.kill(child, signum))
     code = int(reply) if reply else 1
