@@ -28,7 +28,8 @@ def task(cfg: DictConfig) -> dict[str, Any]:
 
     from omegaconf import OmegaConf
 
-    from lightning_gpt.data.prepare import MANIFEST, prepare_folder
+    from lightning_gpt.data.prepare import prepare_folder
+    from lightning_gpt.data.shards import MANIFEST
     from lightning_gpt.data.sources import Source
     from lightning_gpt.tokenizers import tokenizer_spec
 

@@ -20,7 +20,8 @@ import torch
 from lightning_gpt.config import DataConfig, TrainConfig
 from lightning_gpt.data import GPTDataModule
 from lightning_gpt.data.cache import TokenCache, prepare_tokens
-from lightning_gpt.data.prepare import HEADER_BYTES, PreparedFolder, prepare_folder, read_header
+from lightning_gpt.data.prepare import prepare_folder
+from lightning_gpt.data.shards import HEADER_BYTES, PreparedFolder, read_header
 from lightning_gpt.data.sources import Source, stream, token_boundary
 from lightning_gpt.data.windows import FixedWindows, RandomWindows
 from lightning_gpt.errors import UserError

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_gpt.data.cache import TokenCache, prepare_tokens
-from lightning_gpt.data.prepare import PreparedFolder
+from lightning_gpt.data.shards import PreparedFolder
 from lightning_gpt.data.sources import Source
 from lightning_gpt.data.windows import FixedWindows, RandomWindows, SplitTokens
 from lightning_gpt.errors import UserError
