@@ -381,6 +381,7 @@ def test_the_cli_prints_one_line_and_exits_2_with_the_traceback_on_demand(tmp_pa
     assert full.returncode != 0 and "Traceback" in full.stderr
 
 
+@pytest.mark.slow  # an app process
 def test_an_unwritable_output_folder_is_a_clear_error(tmp_path, cache_dir):
     (tmp_path / "a_file").write_text("")
     result = run(train_args(tmp_path, cache_dir, "a_file/run"))
