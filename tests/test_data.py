@@ -194,10 +194,12 @@ def test_only_one_process_tokenizes(tmp_path):
     assert len({out.strip().splitlines()[-1] for out in outputs}) == 1
 
 
-def test_tokenizing_imports_neither_lightning_nor_torch():
-    """This file's `from lightning_gpt.data import GPTDataModule` shows the package still offers the DataModule."""
+def test_tokenizing_and_preparing_import_neither_lightning_nor_torch():
+    """Nor do lgpt-prepare's worker processes, forked from it: each would carry torch's memory. This file's
+    `from lightning_gpt.data import GPTDataModule` shows the package still offers the DataModule."""
     code = (
-        "import sys; import lightning_gpt.data.cache, lightning_gpt.data.sources;"
+        "import sys; import lightning_gpt.data.cache, lightning_gpt.data.sources, lightning_gpt.prepare;"
+        "import lightning_gpt.data.prepare, lightning_gpt.data.shards;"
         "print(sorted(m for m in ('lightning', 'torch', 'lightning_gpt.data.module') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)

@@ -197,17 +197,6 @@ def test_the_app_gives_one_line_errors(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_preparing_imports_neither_lightning_nor_torch():
-    """Nor do its worker processes, forked from it: each would carry torch's memory."""
-    code = (
-        "import sys; import lightning_gpt.prepare, lightning_gpt.data.prepare;"
-        "print(sorted(m for m in ('lightning', 'torch') if m in sys.modules))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip() == "[]"
-
-
 @pytest.mark.slow
 def test_a_killed_prepare_resumes_after_its_last_complete_shard(tmp_path):
     """SIGKILL mid-way (shards written, no manifest), then the same command: it keeps the complete shards,
