@@ -129,7 +129,7 @@ def hand_loop(overrides: list[str], first: int, last: int, chunk: int) -> None:
     from lightning_gpt.build import build_datamodule, build_model_config
     from lightning_gpt.cli import fit_threads_to_load
     from lightning_gpt.models.gpt import GPT, GPTConfig
-    from lightning_gpt.module import cosine_lr
+    from lightning_gpt.optim import cosine_lr
 
     fit_threads_to_load()  # the thread count lgpt-train would choose: like against like on a loaded machine
     cfg = compose(overrides)

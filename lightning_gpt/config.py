@@ -74,6 +74,8 @@ class ModelConfig:
     rope_theta: float | None = _family_default()  # base of the rotary position frequencies
     norm_eps: float | None = _family_default()  # RMSNorm's epsilon
     qk_norm: bool | None = _family_default()  # RMSNorm on each head's queries and keys
+    mlp: str | None = _family_default()  # swiglu (Llama's) or relu2 (ungated, squared ReLU)
+    zero_init_out: bool | None = _family_default()  # attention and MLP output projections start at zero
     # mamba (and bias: in in_proj and out_proj; norm_eps)
     d_state: int | None = _family_default()  # SSM state size per channel
     d_conv: int | None = _family_default()  # width of the causal depthwise convolution
@@ -106,7 +108,8 @@ def family_default(*, _parent_: Any, _node_: Any) -> Any:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
+    name: str = "adamw"  # adamw, or muon: Muon for the blocks' weight matrices, AdamW for the rest
+    lr: float = 1e-3  # AdamW's
     min_lr: float = 1e-4
     warmup_steps: int = 100
     decay_steps: int = "${trainer.max_steps}"  # type: ignore[assignment]  # cosine from lr to min_lr
@@ -114,6 +117,10 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     eps: float = 1e-8
     fused: bool | None = None  # null: the fused AdamW kernel wherever torch has one (CUDA and CPU)
+    schedule: str = "cosine"  # cosine (nanoGPT's), or wsd: warmup, hold lr, decay linearly over cooldown_frac
+    cooldown_frac: float = 0.4  # wsd: the share of decay_steps spent decaying to min_lr
+    muon_lr: float = 0.02  # muon: its learning rate (the schedule scales it as it scales lr)
+    muon_momentum: float = 0.95
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Any
 
@@ -15,28 +14,8 @@ from torchmetrics import Metric
 from lightning_gpt.config import OptimConfig
 from lightning_gpt.errors import UserError
 from lightning_gpt.models import build
+from lightning_gpt.optim import build_optimizer, check_optim, param_groups, schedule
 from lightning_gpt.tokenizers import Tokenizer, tokenizer_from_dict
-
-
-def cosine_lr(step: int, lr: float, min_lr: float, warmup_steps: int, decay_steps: int) -> float:
-    """Linear warmup to lr, cosine decay to min_lr at decay_steps, then min_lr (nanoGPT's schedule)."""
-    if step < warmup_steps:
-        return lr * (step + 1) / (warmup_steps + 1)
-    if step >= decay_steps:
-        return min_lr
-    progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
-
-
-def check_optim(o: OptimConfig) -> None:
-    for key in ("lr", "eps"):
-        if not getattr(o, key) > 0:
-            raise UserError(f"optim.{key} must be positive, got {getattr(o, key)}")
-    for key in ("min_lr", "weight_decay", "warmup_steps"):
-        if getattr(o, key) < 0:
-            raise UserError(f"optim.{key} must not be negative, got {getattr(o, key)}")
-    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
-        raise UserError(f"optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.95]; got {list(o.betas)}")
 
 
 class SumRatio(Metric):
@@ -72,7 +51,10 @@ class GPTLightningModule(L.LightningModule):
         self.save_hyperparameters(logger=False)
         self.optim = OptimConfig(**optim) if optim is not None else None
         if self.optim is not None:
-            check_optim(self.optim)
+            try:
+                check_optim(self.optim)
+            except ValueError as e:
+                raise UserError(f"optim.{e}") from None
         self.model = build(model)
         self.tokenizer_spec = tokenizer
         self.compile_model = compile
@@ -187,12 +169,17 @@ class GPTLightningModule(L.LightningModule):
             if "cuda" in states and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(states["cuda"])
         # The new run's optimizer settings win: a resumed run may lower the learning rate, for instance.
-        o = self.optim
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in param_groups(self.model, self.optim)]
         for state in checkpoint.get("optimizer_states", []):
-            for group, decay in zip(state["param_groups"], (o.weight_decay, 0.0)):  # see optimizer_groups
-                group.update(betas=tuple(o.betas), eps=o.eps, weight_decay=decay)
+            if len(state["param_groups"]) != len(fresh):
+                raise UserError(
+                    f"the checkpoint's optimizer has {len(state['param_groups'])} parameter groups and optim.name="
+                    f"{self.optim.name} makes {len(fresh)}: resume with the optimizer it was trained with"
+                )
+            for group, settings in zip(state["param_groups"], fresh):
+                group.update({k: v for k, v in settings.items() if k != "lr"})
         for state in checkpoint.get("lr_schedulers", []):
-            state["base_lrs"] = [o.lr] * len(state["base_lrs"])
+            state["base_lrs"] = [g["lr"] for g in fresh]
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim
@@ -207,16 +194,8 @@ class GPTLightningModule(L.LightningModule):
                 "optim.fused=true with trainer.precision=16-mixed cannot clip gradients (the fused step unscales "
                 "them after clipping); use optim.fused=null, trainer.precision=bf16-mixed or no clipping"
             )
-        optimizer = torch.optim.AdamW(
-            self.model.optimizer_groups(o.weight_decay),
-            lr=o.lr,
-            betas=tuple(o.betas),
-            eps=o.eps,
-            fused=fused,
-        )
-
-        def factor(step: int) -> float:
-            return cosine_lr(step, o.lr, o.min_lr, o.warmup_steps, o.decay_steps) / o.lr
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        if o.name == "muon" and "FSDP" in type(self.trainer.strategy).__name__:
+            raise UserError("optim.name=muon needs whole weight matrices, which FSDP shards: use trainer=ddp")
+        optimizer = build_optimizer(self.model, o, fused)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(o))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -93,6 +93,12 @@ class LanguageModel(nn.Module):
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
 
+    def hidden_matrices(self) -> Iterator[nn.Parameter]:
+        """Weights of the Linear layers inside the blocks: the matrices Muon orthogonalizes."""
+        for module in self.blocks.modules():
+            if isinstance(module, nn.Linear) and module.weight.requires_grad:
+                yield module.weight
+
     def generate(self, idx: torch.Tensor, max_new_tokens: int, *args: Any, **kwargs: Any) -> Iterator[torch.Tensor]:
         """Yield next tokens (B, 1) one step at a time: see `lightning_gpt.generation.generate`."""
         from lightning_gpt.generation import generate
