@@ -73,6 +73,8 @@ def state_from_hf(
 def config_to_hf(c: LlamaConfig, eot: int | None) -> dict[str, Any]:
     if c.qk_norm:
         raise UserError("a model.qk_norm=true model cannot be exported: transformers' Llama has no QK-norm")
+    if c.mlp != "swiglu":
+        raise UserError(f"a model.mlp={c.mlp} model cannot be exported: transformers' Llama has a SwiGLU MLP only")
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",

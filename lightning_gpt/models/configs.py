@@ -103,6 +103,8 @@ class LlamaConfig(BaseConfig):
     rope_theta: float = 10000.0  # base of the rotary frequencies (Llama 3: 500000, for longer contexts)
     norm_eps: float = 1e-5
     qk_norm: bool = False  # RMSNorm on each head's queries and keys (Qwen3, OLMo 2): steadier at high lr
+    mlp: str = "swiglu"  # swiglu (Llama's gated MLP) or relu2: down(relu(up(x))^2), no gate (So et al. 2021)
+    zero_init_out: bool = False  # o_proj and down_proj start at zero: every block starts as the identity
     tie_embeddings: bool = False  # output head = token embedding (Llama's is separate)
 
     def __post_init__(self) -> None:
@@ -131,6 +133,8 @@ class LlamaConfig(BaseConfig):
         for name in ("rope_theta", "norm_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.mlp not in ("swiglu", "relu2"):
+            raise ValueError(f"mlp must be swiglu or relu2, got {self.mlp!r}")
 
     @property
     def head_dim(self) -> int:

@@ -79,17 +79,21 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x))."""
+    """SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x)); or, with mlp=relu2, the ungated squared ReLU of
+    Primer (So et al. 2021) and modded-nanogpt: down(relu(up(x))^2), two matrices instead of three."""
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(config.n_embd, config.hidden_dim, bias=False)
+        self.gated = config.mlp == "swiglu"
+        if self.gated:
+            self.gate_proj = nn.Linear(config.n_embd, config.hidden_dim, bias=False)
         self.up_proj = nn.Linear(config.n_embd, config.hidden_dim, bias=False)
         self.down_proj = nn.Linear(config.hidden_dim, config.n_embd, bias=False)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
+        h = F.silu(self.gate_proj(x)) * self.up_proj(x) if self.gated else F.relu(self.up_proj(x)).square()
+        return self.dropout(self.down_proj(h))  # (B, T, hidden_dim) -> (B, T, n_embd)
 
 
 class Block(nn.Module):
@@ -127,10 +131,14 @@ class Llama(LanguageModel):
 
     def init_weights(self) -> None:
         """GPT-2's init: every matrix and the embedding normal(0, 0.02), except the residual output
-        projections (o_proj, down_proj: each block adds two) at 0.02 / sqrt(2 * n_layer); norm gains 1."""
+        projections (o_proj, down_proj: each block adds two) at 0.02 / sqrt(2 * n_layer), or zero with
+        zero_init_out (modded-nanogpt: each block starts as the identity, the gradient still reaches it);
+        norm gains 1."""
         for name, p in self.named_parameters():
             if p.dim() < 2:
                 nn.init.ones_(p)  # RMSNorm gains
+            elif name.endswith(("o_proj.weight", "down_proj.weight")) and self.config.zero_init_out:
+                nn.init.zeros_(p)
             elif name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
             else:
