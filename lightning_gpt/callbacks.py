@@ -1,16 +1,20 @@
-"""Callbacks specific to GPTs: token throughput, a text sample and attention maps at each validation."""
+"""Callbacks specific to GPTs: token throughput, a text sample and attention maps at each validation, and a
+stop at a target validation loss."""
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ThroughputMonitor, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ThroughputMonitor, TQDMProgressBar
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.trainer.states import RunningStage
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lightning_gpt.distributed import full_parameters
 from lightning_gpt.errors import UserError
@@ -64,16 +68,57 @@ class TokenThroughputMonitor(ThroughputMonitor):
 
 
 class LearningRateLogger(L.Callback):
-    """The learning rate as `train/lr`, beside train/loss at each logging step; one `train/lr/pg<i>` per
-    parameter group only when the groups' rates differ (the decay and no-decay groups of our AdamW share
-    one). Lightning's LearningRateMonitor logs `lr-AdamW/pg1` and `pg2`, two identical lines."""
+    """The learning rate as `train/lr`, beside train/loss at each logging step; with optim.name=muon,
+    `train/lr/muon` and `train/lr/adamw`; one `train/lr/pg<i>` per parameter group only when rates differ
+    otherwise. Lightning's LearningRateMonitor logs `lr-AdamW/pg1` and `pg2`, two identical lines."""
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        rates = [group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups]
-        if len(set(rates)) == 1:
-            pl_module.log("train/lr", rates[0])
+        groups = [group for optimizer in trainer.optimizers for group in optimizer.param_groups]
+        by_optimizer = {("muon" if g.get("muon") else "adamw", g["lr"]) for g in groups}
+        if len({g["lr"] for g in groups}) == 1:
+            pl_module.log("train/lr", groups[0]["lr"])
+        elif len(by_optimizer) == len(dict(by_optimizer)):  # one rate per optimizer
+            pl_module.log_dict({f"train/lr/{name}": rate for name, rate in by_optimizer})
         else:
-            pl_module.log_dict({f"train/lr/pg{i}": rate for i, rate in enumerate(rates)})
+            pl_module.log_dict({f"train/lr/pg{i}": g["lr"] for i, g in enumerate(groups)})
+
+
+class StopAtLoss(EarlyStopping):
+    """Ends the run at the first validation with val/loss at or below `target` (Lightning's EarlyStopping
+    with stopping_threshold and unlimited patience), and reports what reaching it took: printed, logged as
+    `target/seconds` and `target/tokens` (all processes, from this run's first step), and kept in `reached`."""
+
+    def __init__(self, target: float):
+        super().__init__(monitor="val/loss", stopping_threshold=target, patience=sys.maxsize, mode="min")
+        self.target = target
+        self.reached: dict[str, float] | None = None
+        self._start, self._tokens = 0.0, 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start, self._tokens = time.perf_counter(), 0
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._tokens += _tokens(batch) * trainer.world_size
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self.reached is None and self.stopping_reason == EarlyStoppingReason.STOPPING_THRESHOLD:
+            loss = float(trainer.callback_metrics["val/loss"])
+            seconds = time.perf_counter() - self._start
+            self.reached = dict(step=trainer.global_step, seconds=seconds, tokens=self._tokens, loss=loss)
+            rank_zero_info(
+                f"Reached val/loss {loss:.4f} <= {self.target} at step {trainer.global_step}: "
+                f"{seconds:.1f} s of training, {self._tokens:,} tokens"
+            )
+            for logger in trainer.loggers:
+                logger.log_metrics({"target/seconds": seconds, "target/tokens": self._tokens}, trainer.global_step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.reached is None:
+            best = float(self.best_score)
+            rank_zero_info(f"Did not reach val/loss <= {self.target} in {trainer.global_step} steps (best {best:.4f})")
 
 
 class StepProgressBar(TQDMProgressBar):
