@@ -144,6 +144,10 @@ def build_trainer(cfg: DictConfig):
     for key in ("strategy", "profiler"):
         if isinstance(trainer_kwargs[key], dict):
             trainer_kwargs[key] = instantiate(cfg.trainer[key])
+    strategy = trainer_kwargs["strategy"]
+    fsdp = "fsdp" in (strategy if isinstance(strategy, str) else type(strategy).__name__).lower()
+    if fsdp and OmegaConf.select(cfg, "optim.name") == "muon":
+        raise UserError("optim=muon needs whole weight matrices, which FSDP shards: use trainer=ddp or optim=adamw")
     if trainer_kwargs["plugins"]:
         trainer_kwargs["plugins"] = [instantiate(p) for p in cfg.trainer.plugins]
     callbacks = instantiate_all(cfg.callbacks)

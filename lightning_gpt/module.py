@@ -194,8 +194,6 @@ class GPTLightningModule(L.LightningModule):
                 "optim.fused=true with trainer.precision=16-mixed cannot clip gradients (the fused step unscales "
                 "them after clipping); use optim.fused=null, trainer.precision=bf16-mixed or no clipping"
             )
-        if o.name == "muon" and "FSDP" in type(self.trainer.strategy).__name__:
-            raise UserError("optim.name=muon needs whole weight matrices, which FSDP shards: use trainer=ddp")
         optimizer = build_optimizer(self.model, o, fused)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(o))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lightning_gpt.config import OptimConfig
+from lightning_gpt.errors import UserError
 from lightning_gpt.models import build
 from lightning_gpt.optim import MuonWithAdamW, build_optimizer, cosine_lr, param_groups, schedule, wsd_lr
 from lightning_gpt.train import task
@@ -116,6 +117,12 @@ def test_a_muon_run_learns_and_resumes_exactly(compose_train, tmp_path):
     )
     assert all(torch.equal(once["state_dict"][k], twice["state_dict"][k]) for k in once["state_dict"])
     assert once["optimizer_states"][0]["param_groups"][0]["muon"]
+    with pytest.raises(UserError, match="resume with the optimizer it was trained with"):
+        task(
+            compose_train(
+                f"ckpt_path={tmp_path / 'once'}", "optim.name=adamw", "trainer.max_steps=20", output_dir=tmp_path / "a"
+            )
+        )
     rows = read_metrics(tmp_path / "once")
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert losses[-1] < losses[0] - 0.3

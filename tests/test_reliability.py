@@ -343,8 +343,9 @@ BAD_INPUTS = [
     (["ckpt_path=/nonexistent/last.ckpt"], "checkpoint not found"),
     (["optim.betas=[2,3]"], "optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.95]; got [2.0, 3.0]"),
     (["optim.name=sgd"], "optim.name must be one of adamw, muon; got 'sgd'"),
+    (["optim=muon", "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2"], "optim=muon needs whole"),
     (["optim.schedule=linear"], "optim.schedule must be one of cosine, wsd; got 'linear'"),
-    (["model.family=llama", "model.mlp=gelu"], "model.mlp must be swiglu or relu2, got 'gelu'"),
+    (["model=llama_baby", "model.mlp=gelu"], "model.mlp must be swiglu or relu2, got 'gelu'"),
     (["data.num_workers=-1"], "data.num_workers must be 0 (load in the training process) or more, got -1"),
     (["data=local", "data.path=${paths.root_dir}/short.txt", "model.block_size=64"], "fewer than block_size + 1"),
 ]
