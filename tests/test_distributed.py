@@ -18,7 +18,8 @@ import torch
 import lightning_gpt
 from lightning_gpt.train import task
 
-from .conftest import TINY, TINY_SHAKESPEARE, run_cli
+from .conftest import TINY, TINY_SHAKESPEARE, WARM, run_cli, warm_socket
+from .warm import ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
@@ -185,8 +186,9 @@ def free_port() -> int:
 
 
 def torchrun_two_nodes(tmp_path: Path, cache_dir: Path, rendezvous: list[str], *overrides: str) -> None:
-    """Two torchrun agents on this machine, one process each, as two nodes would run them."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    """Two torchrun agents on this machine, one process each, as two nodes would run them (warm-started, as
+    the workers they start: tests/warm.py)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", ENV: warm_socket()}
     args = [
         "trainer=multinode",
         "trainer.accelerator=cpu",
@@ -202,7 +204,7 @@ def torchrun_two_nodes(tmp_path: Path, cache_dir: Path, rendezvous: list[str], *
         subprocess.Popen(
             [
                 sys.executable,
-                "-m",
+                str(WARM),
                 "torch.distributed.run",
                 "--nnodes=2",
                 "--nproc-per-node=1",

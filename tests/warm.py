@@ -7,7 +7,8 @@ each test worker starts one server that imports them once; a command is this sma
 server its argv, working folder, environment and its own stdin/stdout/stderr, then waits for the exit code.
 The server forks a child that runs the module as `__main__` in that folder with that environment and those
 files: the app's own code path from its first line, as a user's `python -m` would run it (a DDP launch
-re-runs `python -m <module> <args>` for the other ranks). Signals sent to the client go on to the child
+re-runs `python -m <module> <args>` for the other ranks, which tests/warm_python, the child's
+`sys.executable`, warm-starts the same way). Signals sent to the client go on to the child
 (a scheduler's SIGTERM or SIGUSR1, Ctrl-C); killing the client kills the child (within 50 ms), and a test
 that must SIGKILL the app at an exact moment reads the child's pid (and process group) from $LGPT_TEST_WARM_PIDFILE.
 
@@ -27,6 +28,7 @@ import sys
 
 ENV = "LGPT_TEST_WARM"  # the server's socket path
 PIDFILE = "LGPT_TEST_WARM_PIDFILE"  # where the client writes its child's pid, for tests that SIGKILL the app
+REAL_PYTHON = "LGPT_TEST_REAL_PYTHON"  # the interpreter behind tests/warm_python
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
 
 
@@ -70,6 +72,9 @@ def _run_child(request: dict) -> int:
     extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
     sys.path[:1] = [request["cwd"], *extra]  # as `python -m` puts the working folder first
     sys.argv = [request["module"], *request["args"]]
+    # What the app starts in turn (DDP ranks, submitit jobs, torchrun workers) is warm-started too.
+    os.environ.setdefault(REAL_PYTHON, sys.executable)
+    sys.executable = os.path.join(os.path.dirname(os.path.abspath(__file__)), "warm_python")
     try:
         runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
         code = 0
