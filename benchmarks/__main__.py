@@ -1,4 +1,4 @@
-"""python -m benchmarks [--quick] [--only NAME ...] [--gpu] [--json PATH]: run the benchmarks, print one table."""
+"""python -m benchmarks [NAME ...] [--quick] [--gpu] [--json PATH]: run the benchmarks, print one table."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any
 from benchmarks import ROOT, Stopwatch, row
 
 MODULES = ("training", "startup", "data", "generation", "memory", "explain", "checkpoint", "threads", "tokenizers")
-LONG = ("families", "prepare")  # 15-40 minutes each on 2 cores: only with --only
+LONG = ("families", "prepare", "speedrun")  # 15-40 minutes each on 2 cores: only when named
 COLUMNS = ("benchmark", "case", "metric", "value", "unit", "ratio", "target", "met", "note")
 
 
@@ -61,6 +61,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"some of: {', '.join(MODULES + LONG)} (as --only)")
     parser.add_argument("--quick", action="store_true", help="fewer steps, trials and corpora")
     parser.add_argument(
         "--only", nargs="+", choices=MODULES + LONG, metavar="NAME", help=f"some of: {', '.join(MODULES + LONG)}"
@@ -68,6 +69,8 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="the GPU check alone (benchmarks/gpu.py)")
     parser.add_argument("--json", default=str(ROOT / "outputs" / "benchmarks" / "results.json"), help="results file")
     args = parser.parse_args()
+    if unknown := [name for name in args.names if name not in MODULES + LONG]:
+        parser.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(MODULES + LONG)}")
 
     rows: list[dict[str, Any]] = []
     failed = []
@@ -76,7 +79,7 @@ def main() -> None:
     cache = tempfile.TemporaryDirectory(prefix="lgpt-bench-cache-")
     os.environ.setdefault("LGPT_BENCH_CACHE", cache.name)
     with cache, Stopwatch() as total:
-        for name in ["gpu"] if args.gpu else args.only or MODULES:
+        for name in ["gpu"] if args.gpu else args.names + (args.only or []) or MODULES:
             try:
                 module = importlib.import_module(f"benchmarks.{name}")
             except ModuleNotFoundError as e:

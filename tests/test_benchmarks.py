@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import child_env
+from benchmarks.speedrun import race, reached
 from benchmarks.training import Case, _hand_loop, _lgpt_train, paired_trial
 
 from .conftest import TINY, WARM, warm_socket
@@ -25,6 +26,27 @@ def test_the_hand_loop_and_lgpt_train_take_turns_and_reach_the_same_loss(tmp_pat
         assert len(result["chunks"]) == 2 and all(seconds > 0 for seconds in result["chunks"])
         assert result["tokens_per_step"] == 8 * 32
     assert results["loop"]["loss"] == pytest.approx(results["lgpt-train"]["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_the_speedrun_race_takes_turns_and_times_each_run_to_its_target(tmp_path, cache_dir):
+    def command(name: str, *extra: str) -> list[str]:
+        return [
+            *(sys.executable, str(WARM), "lightning_gpt.train", *TINY, f"paths.cache_dir={cache_dir}"),
+            *("trainer.max_steps=30", "trainer.val_check_interval=10", "callbacks=[default,stop_at_loss]"),
+            *("+callbacks.race._target_=benchmarks.speedrun.race_timer", f"hydra.run.dir={tmp_path / name}", *extra),
+        ]
+
+    commands = {
+        "quick": command("quick", "optim.lr=1e-2", "optim.warmup_steps=0", "callbacks.stop_at_loss.target=3.5"),
+        "never": command("never", "callbacks.stop_at_loss.target=0.5"),
+    }
+    result = race(commands, child_env(LGPT_ROOT=str(tmp_path), **{ENV: warm_socket()}), timeout=120)
+    never, quick = result["never"], result["quick"]
+    assert [v["step"] for v in never] == [10, 20, 30] and reached(never, 0.5) is None  # the other ran on alone
+    assert all(0 < a["seconds"] < b["seconds"] for a, b in zip(never, never[1:]))
+    hit = reached(quick, 3.5)
+    assert hit is quick[-1] and hit["tokens"] == hit["step"] * 8 * 32  # stopped at its first validation at 3.5
 
 
 @pytest.mark.slow
