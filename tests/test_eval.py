@@ -37,6 +37,7 @@ def run_eval(run: Path, tmp_path: Path, cache_dir: Path, *overrides: str) -> dic
     return evaluate(compose_app("eval", *eval_args(run, tmp_path, cache_dir), *overrides))
 
 
+@pytest.mark.slow
 def test_eval_reproduces_the_validation_loss_of_training(run, tmp_path, cache_dir, capsys):
     # Training validated on val_batches x batch_size = 2 x 8 evenly spaced windows of the same split, at its
     # last step (10): the loss in the best checkpoint's name is last.ckpt's.

@@ -124,6 +124,7 @@ def test_fine_tuning_starts_from_gpt2_weights(gpt2_folder, finetuned_run):
         assert (state[name] - imported[name]).abs().max() < 1e-3
 
 
+@pytest.mark.slow
 def test_sampling_from_gpt2_weights_works_offline(gpt2_folder, finetuned_run):
     samples = generate(
         compose_app(

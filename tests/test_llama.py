@@ -55,6 +55,7 @@ def test_presets_have_exactly_the_original_parameter_counts(compose_train, name,
     assert model.lm_head.weight is not model.model.embed_tokens.weight  # untied, as Llama
 
 
+@pytest.mark.slow
 def test_preset_shapes_and_the_intermediate_size_rule(compose_train):
     assert preset(compose_train, "llama2_7b").hidden_dim == 11008  # 8/3 * 4096 = 10922, up to a multiple of 256
     llama3_rule = LlamaConfig(n_embd=4096, n_head=32, ffn_dim_multiplier=1.3, multiple_of=1024)
@@ -64,6 +65,7 @@ def test_preset_shapes_and_the_intermediate_size_rule(compose_train):
     assert preset(compose_train, "llama_baby").hidden_dim == 384
 
 
+@pytest.mark.slow
 def test_bad_shapes_are_clear_errors(compose_train):
     with pytest.raises(ValueError, match=r"n_head \(6\) must be divisible by n_kv_head \(4\); try n_kv_head=3"):
         LlamaConfig(n_embd=48, n_head=6, n_kv_head=4)
@@ -295,6 +297,7 @@ def test_llama_baby_trains_resumes_exactly_samples_and_exports(compose_train, tm
         explain_task(compose_app("explain", f"ckpt_path={tmp_path / 'resumed'}", "prompt=KING"))
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_transformers_llama_weights(compose_train, tmp_path):
     theirs = random_llama(vocab_size=65, positions=64)  # the char vocabulary's size
     theirs.save_pretrained(tmp_path / "hf")

@@ -249,6 +249,7 @@ def train_losses(run: Path) -> list[float]:
         return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
 
 
+@pytest.mark.slow
 def test_lgpt_train_mamba_learns(mamba_run):
     losses = train_losses(mamba_run)
     assert len(losses) == 12 and losses[-1] < losses[0] - 0.3

@@ -129,6 +129,7 @@ def test_a_muon_run_learns_and_resumes_exactly(compose_train, tmp_path):
     assert {"train/lr/muon", "train/lr/adamw"} <= rows[0].keys()
 
 
+@pytest.mark.slow
 def test_stop_at_loss_ends_the_run_at_the_first_validation_at_the_target(compose_train, tmp_path, caplog):
     cfg = compose_train(
         *TINY,

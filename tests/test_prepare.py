@@ -180,6 +180,7 @@ def test_bad_inputs_are_refused_and_nothing_of_the_users_is_touched(tmp_path, sh
         datamodule(cache_dir, source="prepared", path=str(shakespeare_char), tokenizer=other_chars).load_cache()
 
 
+@pytest.mark.slow
 def test_the_app_gives_one_line_errors(tmp_path):
     # A fresh interpreter: lgpt-prepare imports no torch, so it starts faster than a warm start's server.
     done = run_cli("data=local", f"data.path={TINY_SHAKESPEARE}", module="lightning_gpt.prepare", fresh=True)

@@ -339,7 +339,11 @@ BAD_INPUTS = [
     (["optim.lr=0"], "optim.lr must be positive, got 0.0"),
     (["data=local", "data.path=/nonexistent/corpus.txt"], "matches no files"),
     (["tokenizer.name=sentencepiece"], "unknown tokenizer 'sentencepiece'"),
-    (["tokenizer=gpt2", "model.vocab_size=1000"], "smaller than the gpt2 tokenizer's 50257 tokens"),
+    pytest.param(
+        ["tokenizer=gpt2", "model.vocab_size=1000"],
+        "smaller than the gpt2 tokenizer's 50257 tokens",
+        marks=pytest.mark.slow,  # tokenizes the corpus with tiktoken first
+    ),
     (["ckpt_path=/nonexistent/last.ckpt"], "checkpoint not found"),
     (["optim.betas=[2,3]"], "optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.95]; got [2.0, 3.0]"),
     (["optim.name=sgd"], "optim.name must be one of adamw, muon; got 'sgd'"),
@@ -564,6 +568,7 @@ def test_resuming_a_finished_run_says_so(tiny_checkpoint, compose_train):
         task(compose_train(*TINY, *DATA, f"ckpt_path={tiny_checkpoint}", "trainer.max_steps=5"))
 
 
+@pytest.mark.slow
 def test_checkpoints_of_one_step_are_hard_links_and_snapshots_are_bounded(compose_train, tmp_path):
     task(
         compose_train(

@@ -161,6 +161,7 @@ def test_latest_stays_in_its_task_and_skips_runs_still_training(compose_train, t
     assert resumed_from == str(runs / "train" / "runs" / "new" / "checkpoints" / "last.ckpt")
 
 
+@pytest.mark.slow
 def test_a_damaged_last_checkpoint_falls_back_to_the_newest_whole_one(compose_train, tmp_path, capsys):
     run = tmp_path / "run"
     task(
