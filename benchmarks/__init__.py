@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -66,6 +67,42 @@ def read_json_line(stdout: str, tag: str) -> Any:
         if tag in line:
             return json.loads(line.split(tag, 1)[1])
     raise RuntimeError(f"the child printed no {tag} line; its output ends with:\n{stdout[-2000:]}")
+
+
+class Baton:
+    """Turn-taking between the benchmark and one process it started: two named pipes, "go" (the benchmark
+    writes g) and "done" (the process writes a byte when its turn ends). Named, so a process started by any
+    launcher finds them through an environment variable (a warm start in the tests, a Hydra app); the
+    benchmark holds both ends open, so neither side waits to open them."""
+
+    def __init__(self, folder: Path, name: str):
+        self.paths = [folder / f"{name}.go", folder / f"{name}.done"]
+        for path in self.paths:
+            os.mkfifo(path)
+        self.go, self.done = (os.open(path, os.O_RDWR) for path in self.paths)
+
+    def __str__(self) -> str:
+        return ",".join(map(str, self.paths))  # what the process gets, to open_baton
+
+    def wait(self, proc: subprocess.Popen, timeout: float) -> bytes:
+        """The byte that ends the process's turn, or b"" if it exited (or the timeout passed) first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if select.select([self.done], [], [], 0.1)[0]:
+                return os.read(self.done, 1)
+            if proc.poll() is not None:
+                return b""
+        return b""
+
+    def close(self) -> None:
+        os.close(self.go)
+        os.close(self.done)
+
+
+def open_baton(value: str) -> tuple[int, int]:
+    """In the benchmarked process: (fd to read "go" from, fd to write "done" to) from str(Baton)."""
+    go, done = value.split(",")
+    return os.open(go, os.O_RDONLY), os.open(done, os.O_WRONLY)
 
 
 class Stopwatch:

@@ -17,19 +17,18 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import ROOT, TINY_SHAKESPEARE, child_env, lgpt_train, row
+from benchmarks import ROOT, TINY_SHAKESPEARE, Baton, child_env, lgpt_train, open_baton, row
 
 TARGET = 1.8857  # nanoGPT's val loss after the 2000 steps of its CPU recipe
 CHUNK = 10
 SEEDS = (1337, 1338, 1339)
-BATON = "LGPT_BENCH_RACE"  # "<fifo to read 'go' from>,<fifo to write 'done' to>,<file for the validations>"
+BATON = "LGPT_BENCH_RACE"  # "<str(Baton)>,<file for the validations>"
 ABLATIONS = {  # each ingredient removed, as overrides on top of experiment=speedrun_baby
     "AdamW instead of Muon": ["optim.name=adamw"],
     "cosine schedule instead of WSD": ["optim.schedule=cosine"],
@@ -45,8 +44,8 @@ def race_timer():
     """The Lightning callback each raced run gets: `+callbacks.race._target_=benchmarks.speedrun.race_timer`."""
     import lightning as L
 
-    go_path, done_path, log = os.environ[BATON].split(",", 2)
-    go, done = os.open(go_path, os.O_RDONLY), os.open(done_path, os.O_WRONLY)  # the benchmark holds both ends
+    baton, log = os.environ[BATON].rsplit(",", 1)
+    go, done = open_baton(baton)
 
     class RaceTimer(L.Callback):
         own = 0.0  # seconds of this run's own turns
@@ -92,45 +91,33 @@ def race_timer():
 
 
 def race(commands: dict[str, list[str]], env: dict[str, str], timeout: float = 1800) -> dict[str, list[dict]]:
-    """Run the commands taking turns; each one's validations as {step, seconds, tokens, val_loss}. The baton
-    is a pair of named pipes per run, so a run may be started by any launcher (a warm start in the tests)."""
+    """Run the commands taking turns; each one's validations as {step, seconds, tokens, val_loss}."""
     with tempfile.TemporaryDirectory(prefix="lgpt-bench-race-") as tmp:
-        procs, go, done, logs, outputs = {}, {}, {}, {}, {}
+        procs, batons, logs, outputs = {}, {}, {}, {}
         for i, (name, cmd) in enumerate(commands.items()):
-            paths = [Path(tmp) / f"{i}.go", Path(tmp) / f"{i}.done"]
-            for path in paths:
-                os.mkfifo(path)
-            go[name], done[name] = (os.open(path, os.O_RDWR) for path in paths)  # open without waiting for the run
+            batons[name] = Baton(Path(tmp), str(i))
             logs[name], outputs[name] = Path(tmp) / f"{i}.jsonl", Path(tmp) / f"{i}.log"
             with open(outputs[name], "w") as out:
-                baton = ",".join(map(str, [*paths, logs[name]]))
-                procs[name] = subprocess.Popen(cmd, env={**env, BATON: baton}, stdout=out, stderr=subprocess.STDOUT)
-
-        def signal(name: str) -> bytes:
-            """The run's next signal: d (its turn is over), e (it ended training), or nothing (it exited)."""
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if select.select([done[name]], [], [], 0.1)[0]:
-                    return os.read(done[name], 1)
-                if procs[name].poll() is not None:
-                    return b""
-            return b""
-
-        running = list(commands)
-        while running:
-            for name in list(running):
-                os.write(go[name], b"g")
-                turn_end = signal(name)
-                if turn_end == b"e":
-                    os.write(go[name], b"g")  # its final checkpoint and sample, alone
-                if turn_end != b"d":
-                    running.remove(name)
-                    if procs[name].wait(timeout) != 0:
-                        for proc in procs.values():
-                            proc.kill()
-                        tail = outputs[name].read_text(errors="replace")[-3000:]
-                        raise RuntimeError(f"{name} failed:\n{tail}")
-        return {name: [json.loads(line) for line in logs[name].read_text().splitlines()] for name in commands}
+                run_env = {**env, BATON: f"{batons[name]},{logs[name]}"}
+                procs[name] = subprocess.Popen(cmd, env=run_env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            running = list(commands)
+            while running:
+                for name in list(running):
+                    os.write(batons[name].go, b"g")
+                    turn_end = batons[name].wait(procs[name], timeout)  # d: its turn is over; e: it ended training
+                    if turn_end == b"e":
+                        os.write(batons[name].go, b"g")  # its final checkpoint and sample, alone
+                    if turn_end != b"d":
+                        running.remove(name)
+                        if procs[name].wait(timeout) != 0:
+                            tail = outputs[name].read_text(errors="replace")[-3000:]
+                            raise RuntimeError(f"{name} failed:\n{tail}")
+            return {name: [json.loads(line) for line in logs[name].read_text().splitlines()] for name in commands}
+        finally:
+            for name in commands:
+                procs[name].kill()
+                batons[name].close()
 
 
 def command(experiment: str, seed: int, run_dir: Path, *extra: str) -> list[str]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
 import statistics
 import subprocess
 import sys
@@ -32,10 +31,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import TINY_SHAKESPEARE, child_env, lgpt_train, read_json_line, row
+from benchmarks import TINY_SHAKESPEARE, Baton, child_env, lgpt_train, open_baton, read_json_line, row
 
 TAG = "BENCH_STEPS "
-BATON = "LGPT_BENCH_BATON"  # "<fd to read 'go' from>,<fd to write 'done' to>", set by compare()
+BATON = "LGPT_BENCH_BATON"  # str(Baton): its two named pipes, set by paired_trial
 SIDES = ("hand loop", "lgpt-train")
 
 
@@ -57,7 +56,7 @@ class ChunkTimer:
         self.chunks: list[float] = []
         self.start: float | None = None
         baton = os.environ.get(BATON)
-        self.go, self.done = map(int, baton.split(",")) if baton else (None, None)
+        self.go, self.done = open_baton(baton) if baton else (None, None)
 
     def clock(self) -> float:
         if self.device_type == "cuda":
@@ -189,28 +188,18 @@ def _hand_loop(case: Case) -> list[str]:
 def paired_trial(commands: dict[str, list[str]], chunks: int, env: dict[str, str], timeout: float = 600) -> dict:
     """Start two runs; once both are warm, let them run one chunk at a time, taking turns. Their reports by name."""
     with tempfile.TemporaryDirectory(prefix="lgpt-bench-pair-") as tmp:
-        procs, go, done, logs = {}, {}, {}, {}
+        procs, batons, logs = {}, {}, {}
         for i, (name, cmd) in enumerate(commands.items()):
-            child_go, go[name] = os.pipe()
-            done[name], child_done = os.pipe()
-            logs[name] = Path(tmp) / f"{i}.log"
+            batons[name], logs[name] = Baton(Path(tmp), str(i)), Path(tmp) / f"{i}.log"
             with open(logs[name], "w") as log:
-                procs[name] = subprocess.Popen(
-                    cmd,
-                    env={**env, BATON: f"{child_go},{child_done}"},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=(child_go, child_done),
-                )
-            os.close(child_go)
-            os.close(child_done)
+                run_env = {**env, BATON: str(batons[name])}
+                procs[name] = subprocess.Popen(cmd, env=run_env, stdout=log, stderr=subprocess.STDOUT)
 
         def output(name: str) -> str:
             return logs[name].read_text(errors="replace")
 
         def wait_done(name: str) -> None:
-            ready, _, _ = select.select([done[name]], [], [], timeout)
-            if not ready or os.read(done[name], 1) != b"d":
+            if batons[name].wait(procs[name], timeout) != b"d":
                 for proc in procs.values():
                     proc.kill()
                 raise RuntimeError(f"the {name} run stopped or hung; its output ends with:\n{output(name)[-3000:]}")
@@ -221,7 +210,7 @@ def paired_trial(commands: dict[str, list[str]], chunks: int, env: dict[str, str
                 wait_done(name)  # warmed up
             for i in range(chunks):
                 for name in names if i % 2 == 0 else names[::-1]:
-                    os.write(go[name], b"g")
+                    os.write(batons[name].go, b"g")
                     wait_done(name)
             for proc in procs.values():
                 proc.wait(timeout=60)
@@ -229,8 +218,8 @@ def paired_trial(commands: dict[str, list[str]], chunks: int, env: dict[str, str
         finally:
             for proc in procs.values():
                 proc.kill()
-            for fd in (*go.values(), *done.values()):
-                os.close(fd)
+            for baton in batons.values():
+                baton.close()
 
 
 def _median_chunks(results: list[dict], name: str) -> float:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import child_env
+from benchmarks import child_env, lgpt_train
 from benchmarks.speedrun import race, reached
 from benchmarks.training import Case, _hand_loop, _lgpt_train, paired_trial
 
@@ -20,8 +20,13 @@ from .warm import ENV
 @pytest.mark.slow
 def test_the_hand_loop_and_lgpt_train_take_turns_and_reach_the_same_loss(tmp_path, cache_dir):
     case = Case("tiny", [*TINY, f"paths.cache_dir={cache_dir}"], first=2, last=6, chunk=2, settings="")
-    commands = {"loop": _hand_loop(case), "lgpt-train": _lgpt_train(case)}
-    results = paired_trial(commands, chunks=2, env=child_env(LGPT_ROOT=str(tmp_path)), timeout=120)
+    warm = [sys.executable, str(WARM)]  # the same modules, warm-started (tests/warm.py)
+    commands = {
+        "loop": [*warm, "benchmarks.training", *_hand_loop(case)[3:]],
+        "lgpt-train": [*warm, "lightning_gpt.train", *_lgpt_train(case)[len(lgpt_train()) :]],
+    }
+    env = child_env(LGPT_ROOT=str(tmp_path), **{ENV: warm_socket()})
+    results = paired_trial(commands, chunks=2, env=env, timeout=120)
     for result in results.values():
         assert len(result["chunks"]) == 2 and all(seconds > 0 for seconds in result["chunks"])
         assert result["tokens_per_step"] == 8 * 32

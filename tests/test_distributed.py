@@ -62,6 +62,7 @@ def the_run(root: Path) -> Path:
         ["trainer=gpu", "trainer.accelerator=cpu"],  # bf16-mixed + fused AdamW + clipping (Lightning #21435)
         ["experiment=nanogpt_baby"],
         ["experiment=nanogpt_shakespeare_char", "data.batch_size=8", "data.val_batches=2"],
+        ["experiment=speedrun_baby", "model.n_kv_head=2"],  # Muon + AdamW, the stop at a target loss
         # GPT-2 BPE, accumulation 5, logger=many, 2 loader workers; on one CPU process, a tiny model uncompiled
         [
             "experiment=gpt2_124m",
