@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -374,7 +373,7 @@ def test_a_fresh_run_never_writes_into_a_folder_holding_another_run(compose_trai
 @pytest.mark.slow
 def test_two_trainings_in_one_slurm_job_each_resume_their_own_after_a_kill(tmp_path, cache_dir):
     """Two `lgpt-train` calls in one SLURM job; the first is killed, and its requeued command resumes it."""
-    from .test_reliability import saved_step, wait_for_step
+    from .test_reliability import kill_app, saved_step, start, wait_for_step
 
     env = {k: v for k, v in os.environ.items() if k not in ("LGPT_RUN_STAMP", "TORCHELASTIC_RUN_ID")}
     env["SLURM_JOB_ID"] = "4242"
@@ -387,18 +386,17 @@ def test_two_trainings_in_one_slurm_job_each_resume_their_own_after_a_kill(tmp_p
         "callbacks.model_checkpoint.every_n_train_steps=2",
         "ckpt_path=auto",
         "+callbacks.slow._target_=tests.helpers.Slow",
+        "+callbacks.slow.seconds=0.03",  # 30 steps take over a second: the kill lands mid-run
     ]
     first, second = [*common, "optim.lr=1e-3"], [*common, "optim.lr=3e-4"]
-    command = lambda args: [sys.executable, "-m", "lightning_gpt.train", *args]
-    proc = subprocess.Popen(command(first), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start(first, warm=True, env=env)
     runs = tmp_path / "outputs" / "train" / "runs"
     while not list(runs.glob("job4242_*/checkpoints/last.ckpt")):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.05)
     [killed] = [p.parent.parent for p in runs.glob("job4242_*/checkpoints/last.ckpt")]
     wait_for_step(killed / "checkpoints" / "last.ckpt", 2, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    kill_app(proc)
     assert saved_step(killed / "checkpoints" / "last.ckpt") < 30
     for args in (second, first):  # the second training, then the first's requeued command
         done = run_cli(*args, cwd=ROOT, env={"SLURM_JOB_ID": "4242"})

@@ -43,14 +43,15 @@ def train_args(tmp_path: Path, cache_dir: Path, run: str, *extra: str) -> list[s
     ]
 
 
-def start(args: list[str], warm: bool = False, **kwargs) -> subprocess.Popen:
+def start(args: list[str], warm: bool = False, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
     """A training process to signal or kill: a fresh interpreter, or (warm) a warm start's client, which hands
     signals on to its child; `kill_app` SIGKILLs the app itself at once either way (tests/warm.py)."""
     launcher = [sys.executable, str(WARM)] if warm else [sys.executable, "-m"]
     pidfile = Path(tempfile.mkdtemp()) / "pid"
+    env = env or dict(os.environ)
     proc = subprocess.Popen(
         [*launcher, "lightning_gpt.train", *args],
-        env={**os.environ, ENV: warm_socket(), PIDFILE: str(pidfile)} if warm else None,
+        env={**env, ENV: warm_socket(), PIDFILE: str(pidfile)} if warm else env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
