@@ -169,6 +169,7 @@ def test_resuming_with_another_vocabulary_size_is_refused(bpe_run, compose_train
         task(cfg)
 
 
+@pytest.mark.slow
 def test_lgpt_info_sizes_the_model_for_the_vocabulary_bpe_learns():
     from .test_info import info
 

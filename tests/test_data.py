@@ -39,6 +39,7 @@ def test_embedded_corpus_is_shakespeare_in_tiny_shakespeare_layout():
     assert "**" not in text and "_Exit" not in text and "## ACT" not in text
 
 
+@pytest.mark.slow
 def test_tiny_shakespeare_char_split_matches_nanogpt(cache_dir):
     dm = datamodule(cache_dir, source="local", path=str(TINY_SHAKESPEARE))
     meta = dm.load_cache().meta

@@ -106,6 +106,7 @@ class _Null:
         pass
 
 
+@pytest.mark.slow
 def test_a_10m_model_and_64_tokens_make_a_page_under_5_mb(tmp_path):
     """Size only: its time is a benchmark (python -m benchmarks explain), not a test on a shared machine."""
     torch.manual_seed(0)

@@ -45,6 +45,7 @@ def test_a_wandb_run_is_named_after_its_run_folder_and_a_resume_continues_it(com
     assert resumed.display_name == "run"
 
 
+@pytest.mark.slow
 def test_tensorboard_has_the_config_as_hparams_one_learning_rate_and_tokens_per_second_from_the_first_log(
     compose_train, tmp_path
 ):

@@ -201,6 +201,7 @@ def test_an_unsupported_transformers_mamba_is_a_clear_error(tmp_path):
         import_model(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_a_local_transformers_mamba(tmp_path):
     theirs = random_hf_mamba(vocab_size=300)
     theirs.save_pretrained(tmp_path)
@@ -266,6 +267,7 @@ def test_a_resumed_mamba_run_ends_where_the_uninterrupted_one_does(mamba_run, tm
     assert train_losses(resumed) == pytest.approx(train_losses(mamba_run)[8:], abs=1e-6)  # steps 8-11 only
 
 
+@pytest.mark.slow
 def test_mamba_trains_in_bf16_mixed_precision_with_clipping(tmp_path, cache_dir):
     """trainer=gpu's settings on the CPU: bf16 autocast around a float32 scan, fused AdamW, clipping."""
     grad_norms = "+callbacks.grad_norms._target_=tests.helpers.RecordGradNorm"

@@ -76,6 +76,7 @@ def test_bad_shapes_are_clear_errors():
         GPTConfig(block_size=0)
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_one_batch():
     torch.manual_seed(0)
     model = GPT(TINY)

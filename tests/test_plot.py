@@ -22,6 +22,7 @@ def run(tmp_path_factory):
     )
 
 
+@pytest.mark.slow
 def test_plots_train_and_val_loss_of_a_run_to_a_png(run, tmp_path, capsys):
     curves = read_curves(run / "csv" / "metrics.csv")
     assert [step for step, _ in curves["train/loss"]][:3] == [1, 3, 5]  # logged every 2 steps (0-based steps)

@@ -43,6 +43,7 @@ def sample(run: Path, *overrides: str, out=None) -> list[str]:
     return generate(compose_app("sample", f"ckpt_path={run}", "device=cpu", *overrides), out or Recorder())
 
 
+@pytest.mark.slow
 def test_samples_stream_the_first_and_print_the_rest(run):
     out = Recorder()
     samples = sample(run, "prompt=ROMEO:", "num_samples=3", "max_new_tokens=30", out=out)
