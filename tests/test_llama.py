@@ -20,7 +20,7 @@ from lightning_gpt.errors import UserError
 from lightning_gpt.evaluate import evaluate
 from lightning_gpt.hf import export, import_model
 from lightning_gpt.models import build
-from lightning_gpt.models.llama import Llama, LlamaConfig
+from lightning_gpt.models.llama import Llama, LlamaConfig, rotary_cos_sin
 from lightning_gpt.sample import generate
 from lightning_gpt.tokenizers import build_tokenizer
 from lightning_gpt.train import task
@@ -321,3 +321,18 @@ def test_the_llama_compiles_as_one_graph():
     expected = model(idx)[0]
     model.compile(backend="eager", fullgraph=True)
     torch.testing.assert_close(model(idx)[0], expected)
+
+
+def test_relu2_has_no_gate_and_zero_init_starts_every_block_as_the_identity():
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(**{**SMALL.to_dict(), "mlp": "relu2", "zero_init_out": True}))
+    block = model.blocks[0]
+    assert not hasattr(block.mlp, "gate_proj") and block.mlp.up_proj.weight.abs().sum() > 0
+    outputs = [m.weight for b in model.blocks for m in (b.self_attn.o_proj, b.mlp.down_proj)]
+    assert all(w.count_nonzero() == 0 for w in outputs)
+    x = torch.randn(2, 5, SMALL.n_embd)
+    rope = tuple(t.to(x.dtype) for t in rotary_cos_sin(model.config, 0, 5, x.device))
+    assert torch.equal(block(x, rope), x)  # both residual branches add exactly zero
+    logits, loss = model(torch.randint(0, 50, (2, 16)), torch.randint(0, 50, (2, 16)))
+    loss.backward()
+    assert all(w.grad.abs().sum() > 0 for w in outputs)  # and they still learn
