@@ -17,6 +17,7 @@ import csv
 import os
 import re
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,10 @@ def presets(gpus: int) -> dict[str, list[str]]:
         ],
         "trainer=multinode (1 node)": ["trainer=multinode", "trainer.num_nodes=1", *devices],
         "experiment=nanogpt_shakespeare_char": ["experiment=nanogpt_shakespeare_char", "trainer=gpu"],
+        "experiment=speedrun_baby (Muon)": ["experiment=speedrun_baby", "trainer=gpu"],
+        "model=llama_baby": ["model=llama_baby", "trainer=gpu"],
+        "model=mamba_baby": ["model=mamba_baby", "trainer=gpu"],
+        "model=mamba_baby fsdp": ["model=mamba_baby", "trainer=fsdp", *devices],
         "experiment=gpt2_124m": [
             "experiment=gpt2_124m",
             *devices,
@@ -81,7 +86,8 @@ def presets(gpus: int) -> dict[str, list[str]]:
         ],
     }
     if ON_CPU:  # the same launches on CPU processes (gloo), tiny
-        cases = {name: [*args, "trainer.accelerator=cpu", *TINY] for name, args in cases.items()}
+        tiny = lambda name: [] if "_baby" in name else TINY  # the baby models are CPU-sized already
+        cases = {name: [*args, "trainer.accelerator=cpu", *tiny(name)] for name, args in cases.items()}
         cases = {name: [a.replace(f"devices={gpus}", "devices=2") for a in args] for name, args in cases.items()}
     return cases
 
@@ -99,6 +105,12 @@ def metrics(run: Path) -> dict[str, list[float]]:
 
 def folder_name(case: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", case).strip("_")
+
+
+def failed(name: str, error: Exception) -> dict[str, Any]:
+    """A FAILED row; the whole error goes to stderr at once, since the table keeps only its last line."""
+    print(f"[gpu] {name} FAILED:\n{error}", file=sys.stderr, flush=True)
+    return row("gpu", name, "FAILED", float("nan"), "", note=str(error).strip().splitlines()[-1][:200])
 
 
 def check_preset(name: str, args: list[str], steps: int, root: Path, env: dict[str, str]) -> list[dict[str, Any]]:
@@ -123,7 +135,7 @@ def check_preset(name: str, args: list[str], steps: int, root: Path, env: dict[s
         sample_cmd = [str(sample)] if sample.exists() else [lgpt_train()[0], "-m", "lightning_gpt.sample"]
         run_child([*sample_cmd, f"ckpt_path={run}", "max_new_tokens=16"], env)
     except Exception as e:
-        return [row("gpu", name, "FAILED", float("nan"), "", note=str(e).strip().splitlines()[-1][:200])]
+        return [failed(name, e)]
     rows = [row("gpu", name, "val/loss at the end", first["val/loss"][-1], "nats", note="trained, resumed, sampled")]
     if "train/items_per_sec" in first:
         rows.append(
@@ -161,11 +173,11 @@ def gpt2_speed(compile: bool, steps: int, root: Path, env: dict[str, str]) -> li
         run_child([*lgpt_train(), *args], env)
         m = metrics(run)
     except Exception as e:
-        return [row("gpu", name, "FAILED", float("nan"), "", note=str(e).strip().splitlines()[-1][:200])]
+        return [failed(name, e)]
     half = lambda values: statistics.median(values[len(values) // 2 :])  # after compilation and warm-up
     rows = [row("gpu", name, "tokens/s", half(m["train/device/items_per_sec"]), "tok/s")]
     if "train/device/mfu" in m:
-        rows.append(row("gpu", name, "MFU", half(m["train/device/mfu"]), "", note="Lightning's peak FLOPs table"))
+        rows.append(row("gpu", name, "MFU", half(m["train/device/mfu"]), "", note="of the dense bf16 peak"))
     if "peak_memory_gib" in m:
         rows.append(row("gpu", name, "peak memory", m["peak_memory_gib"][-1], "GiB"))
     return rows
@@ -183,6 +195,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
             for name, args in presets(count).items():
                 label = f"{name} ({count} GPU{'s' if count > 1 else ''})" if not ON_CPU else f"{name} (CPU)"
                 rows += check_preset(label, args, steps, Path(tmp) / str(count), env)
+                print(f"[gpu] {label}: {rows[-1]['metric']} {rows[-1]['value']:.4g}", file=sys.stderr, flush=True)
         for compile in (False, True):
             rows += gpt2_speed(compile, 8 if ON_CPU else (30 if quick else 60), Path(tmp), env)
     return rows

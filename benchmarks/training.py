@@ -268,7 +268,7 @@ def compare(case: Case, trials: int, env: dict[str, str]) -> list[dict]:
                     f"MFU {side}",
                     round(100 * rate[side] * flops_per_token / peak, 1),
                     "%",
-                    note="of the bf16 peak Lightning knows for this GPU",
+                    note="of the GPU's dense bf16 peak",
                 )
             )
     return rows
@@ -294,14 +294,17 @@ OPTIONS = {
 
 
 def _peak_flops() -> float | None:
-    """Peak bf16 FLOP/s of the GPU, where Lightning knows it; None on CPU."""
+    """Peak bf16 FLOP/s of the GPU, as the training app's MFU takes it; None on CPU."""
     import torch
 
     if not torch.cuda.is_available():
         return None
     from lightning.fabric.utilities.throughput import get_available_flops
 
-    return get_available_flops(torch.device("cuda"), torch.bfloat16)
+    from lightning_gpt.callbacks import h200_peak_flops
+
+    cuda = torch.device("cuda")
+    return h200_peak_flops(cuda, "bf16-mixed") or get_available_flops(cuda, torch.bfloat16)
 
 
 def cases(quick: bool) -> list[Case]:

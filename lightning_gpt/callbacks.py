@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,18 @@ def _tokens(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
     return batch[0].numel()
 
 
+def h200_peak_flops(device: torch.device, precision: str) -> float | None:
+    """An H200's dense peak FLOP/s, which equals an H100 SXM's (NVIDIA's datasheets). Lightning's table
+    misses it: its H200 rows hold the sparse figures (twice these) under names ('h200 sxm1') that the card
+    does not report ('NVIDIA H200'). None elsewhere: Lightning's table then decides."""
+    if device.type != "cuda" or "h200" not in torch.cuda.get_device_name(device).lower():
+        return None
+    nvl = "nvl" in torch.cuda.get_device_name(device).lower()
+    if "16" in precision:  # bf16 or fp16 tensor cores
+        return 835e12 if nvl else 989.4e12
+    return 60e12 if nvl else 66.9e12  # float32 without TF32
+
+
 class TokenThroughputMonitor(ThroughputMonitor):
     """Lightning's ThroughputMonitor counting sequences as samples and tokens as items: tokens/s per device
     is `train/device/items_per_sec` (all devices: `train/items_per_sec`), MFU `train/device/mfu` on GPUs
@@ -36,16 +49,26 @@ class TokenThroughputMonitor(ThroughputMonitor):
 
     By default each value is measured over the steps since the previous logging step, so the first logging
     step has one too (Lightning's window of 100 batches left short runs without any); window_size=N measures
-    over the last N batches instead."""
+    over the last N batches instead. `peak_flops` (one device's, at the training precision) sets MFU's
+    denominator for GPUs Lightning's table lacks or gets wrong."""
 
-    def __init__(self, window_size: int | None = None, **kwargs: Any):
+    def __init__(self, window_size: int | None = None, peak_flops: float | None = None, **kwargs: Any):
         super().__init__(batch_size_fn=_sequences, length_fn=_tokens, **kwargs)
         self.window_size = window_size
+        self.peak_flops = peak_flops
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         logging_interval = trainer.log_every_n_steps * trainer.accumulate_grad_batches  # in batches
         self.kwargs["window_size"] = self.window_size or logging_interval + 1  # + the reading before them
-        super().setup(trainer, pl_module, stage)
+        peak = self.peak_flops or h200_peak_flops(trainer.strategy.root_device, trainer.precision)
+        with warnings.catch_warnings():
+            if peak:  # Lightning's "FLOPs not found for 'NVIDIA H200'" would be wrong: we know them
+                warnings.filterwarnings("ignore", "FLOPs not found")
+            super().setup(trainer, pl_module, stage)
+        if peak:
+            self.available_flops = peak
+            for throughput in self._throughputs.values():
+                throughput.available_flops = peak
 
     def _start(self, trainer: L.Trainer) -> None:
         super()._start(trainer)

@@ -53,7 +53,8 @@ def test_tensorboard_has_the_config_as_hparams_one_learning_rate_and_tokens_per_
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
     steps = ["trainer.max_steps=10", "trainer.log_every_n_steps=2", "trainer.val_check_interval=10"]
-    task(compose_train(*TINY, *DATA, *steps, "logger=tensorboard", "tags=[baseline]"))
+    peak = "callbacks.throughput.peak_flops=1e9"  # MFU's denominator where Lightning's table has no figure
+    task(compose_train(*TINY, *DATA, *steps, "logger=tensorboard", "tags=[baseline]", peak))
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
     scalars = events.Tags()["scalars"]
     assert "epoch" not in scalars and not [tag for tag in scalars if tag.startswith("lr-")]
@@ -61,6 +62,8 @@ def test_tensorboard_has_the_config_as_hparams_one_learning_rate_and_tokens_per_
     assert events.Scalars("train/lr")[0].value == pytest.approx(1e-3 * 2 / 101)  # warmup: lr * (step + 1) / 101
     assert [e.step for e in events.Scalars("train/device/items_per_sec")] == [1, 3, 5, 7, 9]
     assert all(e.value > 0 for e in events.Scalars("train/device/items_per_sec"))
+    flops, mfu = events.Scalars("train/device/flops_per_sec"), events.Scalars("train/device/mfu")
+    assert [m.value for m in mfu] == pytest.approx([f.value / 1e9 for f in flops], rel=1e-6)
     content = events.PluginTagToContent("hparams")
     start = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert start.hparams["global_batch_size"].number_value == 8
