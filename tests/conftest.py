@@ -81,37 +81,45 @@ def compose_train(tmp_path, cache_dir):
     GlobalHydra.instance().clear()
 
 
-_warm: dict[str, object] = {}
+SERVER = "LGPT_TEST_WARM_SERVER"  # the session's warm-start server socket, for every test worker
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One warm-start server (tests/warm.py) for the whole session, started by the process that pytest was
+    launched as, before it starts xdist workers (they inherit its environment): its imports overlap the
+    workers' collection, and are paid once, not once per worker."""
+    if hasattr(config, "workerinput") or SERVER in os.environ:
+        return
+    import atexit
+    import signal
+    import tempfile
+
+    from .warm import ENV
+
+    folder = Path(tempfile.mkdtemp(prefix="lgpt-warm-"))
+    env = {k: v for k, v in os.environ.items() if k not in ("LGPT_RUN_STAMP", ENV)}
+    with open(folder / "server.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(WARM), "--serve", str(folder / "server.sock")],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+    atexit.register(lambda: os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None)
+    os.environ[SERVER] = str(folder / "server.sock")
 
 
 def warm_socket() -> str:
-    """The socket of this worker's warm-start server (tests/warm.py), started on first use."""
-    if "path" not in _warm:
-        import atexit
-        import signal
-        import tempfile
-
-        from .warm import ENV
-
-        folder = Path(tempfile.mkdtemp(prefix="lgpt-warm-"))
-        path = folder / "server.sock"
-        env = {k: v for k, v in os.environ.items() if k not in ("LGPT_RUN_STAMP", ENV)}
-        with open(folder / "server.log", "w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, str(WARM), "--serve", str(path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=env,
-                cwd=ROOT,
-                start_new_session=True,
-            )
-        atexit.register(lambda: os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None)
-        while not path.exists():
-            assert proc.poll() is None, (folder / "server.log").read_text()[-3000:]
-            time.sleep(0.05)
-        _warm["path"] = str(path)
-    return str(_warm["path"])
+    """The socket of the session's warm-start server, once it has done its imports."""
+    path = Path(os.environ[SERVER])
+    deadline = time.monotonic() + 300
+    while not path.exists():
+        assert time.monotonic() < deadline, (path.parent / "server.log").read_text()[-3000:]
+        time.sleep(0.05)
+    return str(path)
 
 
 def run_cli(
@@ -121,6 +129,7 @@ def run_cli(
     env: dict | None = None,
     timeout: float = 300,
     fresh: bool = False,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess:
     """Run one of our apps in its own process, as a user would: a child of this worker's warm-start server
     (tests/warm.py: the app's code from its first line, without seconds of imports), or with fresh=True a new
@@ -137,6 +146,7 @@ def run_cli(
             **({} if fresh else {ENV: warm_socket()}),
             **(env or {}),
         },
+        input=input,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -324,9 +324,7 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_checkpoint
         "trainer.val_check_interval=8",
         "ckpt_path=auto",
     ]
-    result = subprocess.run(
-        [sys.executable, "-c", limited, *args], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    result = run_cli(limited, *args, module="-c", cwd=ROOT)  # the limit applies to the warm child alone
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: no space left to save")
     assert tiny_checkpoint.read_bytes() == before

@@ -86,20 +86,8 @@ def test_a_run_folder_means_its_last_checkpoint(run):
 @pytest.mark.slow
 def test_a_prompt_that_needs_quoting_reads_from_stdin_or_gets_the_quoted_form(run):
     text = "Ω café, I'll go"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lightning_gpt.sample",
-            f"ckpt_path={run}",
-            "prompt=-",
-            "max_new_tokens=5",
-            "device=cpu",
-        ],
-        input="ROMEO, I'll go",
-        capture_output=True,
-        text=True,
-    )
+    args = [f"ckpt_path={run}", "prompt=-", "max_new_tokens=5", "device=cpu"]
+    done = run_cli(*args, module="lightning_gpt.sample", input="ROMEO, I'll go")
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("ROMEO, I'll go") and len(done.stdout.split("\n")[0]) == len("ROMEO, I'll go") + 5
     done = run_cli(f"ckpt_path={run}", f"prompt={text}", module="lightning_gpt.sample")

@@ -16,7 +16,8 @@ from hydra.core.global_hydra import GlobalHydra
 from lightning_gpt.cli import CONF_DIR
 from lightning_gpt.train import task
 
-from .conftest import TINY, TINY_SHAKESPEARE, run_cli
+from .conftest import TINY, TINY_SHAKESPEARE, WARM, run_cli, warm_socket
+from .warm import ENV
 
 TINY_SHAKESPEARE_DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
 
@@ -221,12 +222,13 @@ def test_a_busy_machine_gets_fewer_torch_threads_unless_omp_num_threads_is_set()
         "print(torch.get_num_threads(), note)"
     )
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    busy = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    env[ENV] = warm_socket()  # a forked child reads the environment and load as a fresh process would
+    busy = subprocess.run([sys.executable, str(WARM), "-c", code], capture_output=True, text=True, env=env)
     assert busy.stdout.strip() == (
         "1 the CPUs are busy (load average 3.5 on 2 cores): using 1 torch thread(s) instead of 2; "
         "set OMP_NUM_THREADS to choose"
     )
     chosen = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "2"}
+        [sys.executable, str(WARM), "-c", code], capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "2"}
     )
     assert chosen.stdout.strip() == "2 None"

@@ -1,9 +1,10 @@
 """Warm starts for the app processes the tests launch: `python tests/warm.py <module> <args>` runs like
-`python -m <module> <args>`, without paying for the imports.
+`python -m <module> <args>` (and `python tests/warm.py -c <code> <args>` like `python -c`), without paying
+for the imports.
 
 Launching an app costs a fresh interpreter seconds of CPU to import torch, Lightning (which pulls in
 torch._dynamo, transformers and scipy) and Hydra: most of a tiny test run, and most of the suite's time. So
-each test worker starts one server that imports them once; a command is this small client, which hands the
+the test session starts one server that imports them once; a command is this small client, which hands the
 server its argv, working folder, environment and its own stdin/stdout/stderr, then waits for the exit code.
 The server forks a child that runs the module as `__main__` in that folder with that environment and those
 files: the app's own code path from its first line, as a user's `python -m` would run it (a DDP launch
@@ -35,7 +36,7 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, sign
 def client(module: str, args: list[str]) -> None:
     path = os.environ.get(ENV)
     if not path or not os.path.exists(path):
-        os.execv(sys.executable, [sys.executable, "-m", module, *args])
+        os.execv(sys.executable, [sys.executable, *([] if module == "-c" else ["-m"]), module, *args])
     request = json.dumps({"module": module, "args": args, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.connect(path)
@@ -72,11 +73,19 @@ def _run_child(request: dict) -> int:
     extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
     sys.path[:1] = [request["cwd"], *extra]  # as `python -m` puts the working folder first
     sys.argv = [request["module"], *request["args"]]
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # read by torch's import in a fresh process
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     # What the app starts in turn (DDP ranks, submitit jobs, torchrun workers) is warm-started too.
     os.environ.setdefault(REAL_PYTHON, sys.executable)
     sys.executable = os.path.join(os.path.dirname(os.path.abspath(__file__)), "warm_python")
     try:
-        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+        if request["module"] == "-c":  # python -c CODE ARGS: sys.argv is ['-c', *ARGS]
+            code_text = sys.argv.pop(1)
+            exec(compile(code_text, "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+        else:
+            runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -136,7 +145,7 @@ def _handle(conn: socket.socket) -> None:
 
 def serve(path: str) -> None:
     """Import what every app needs, then fork one monitor per request (requests may overlap). Ends when the
-    test worker that started it does."""
+    pytest process that started it does."""
     import hydra  # noqa: F401
     import lightning  # noqa: F401
     import torch  # noqa: F401
