@@ -112,6 +112,15 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ[SERVER] = str(folder / "server.sock")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each module's slow tests first, so a worker's last tests are short ones and the xdist workers finish
+    together; modules stay contiguous, so module-scoped fixtures are still built once per worker."""
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        first.setdefault(item.module.__name__, i)
+    items.sort(key=lambda item: (first[item.module.__name__], item.get_closest_marker("slow") is None))
+
+
 def warm_socket() -> str:
     """The socket of the session's warm-start server, once it has done its imports."""
     path = Path(os.environ[SERVER])

@@ -148,11 +148,11 @@ def test_the_cpu_commands_run_as_written_in_a_fresh_folder(tmp_path, cache_dir):
 
     sampling = [c for c in commands if re.match(r"(echo .*\| )?lgpt-(sample|eval|export) ", c)]
     assert len(sampling) == 5
-    for command in sampling:
-        done = run(as_written(command))
+    done = [run(as_written(command)) for command in sampling]
+    for command, result in zip(sampling, done):
         if "lgpt-sample" in command:
-            assert f"loaded outputs/train/runs/{stamp}/checkpoints/last.ckpt" in done.stderr
-    assert "ROMEO: Nay, I'll go." in run(as_written(sampling[2])).stdout
+            assert f"loaded outputs/train/runs/{stamp}/checkpoints/last.ckpt" in result.stderr
+    assert "ROMEO: Nay, I'll go." in done[2].stdout
     assert (clone / "my-gpt2" / "model.safetensors").is_file()
 
     infos = [c for c in commands if c.startswith("lgpt-info ")]
