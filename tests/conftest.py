@@ -83,50 +83,61 @@ SERVER = "LGPT_TEST_WARM_SERVER"  # the session's warm-start server socket, for 
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """One warm-start server (tests/warm.py) for the whole session, started by the process that pytest was
-    launched as, before it starts xdist workers (they inherit its environment): its imports overlap the
-    workers' collection, and are paid once, not once per worker."""
+    """Name the session's warm-start server (tests/warm.py) before xdist starts its workers, which inherit the
+    environment: the first test that needs it starts it, for all of them, and it lives as long as this
+    process. The fast tier uses none, so it starts none."""
     if hasattr(config, "workerinput") or SERVER in os.environ:
         return
-    import atexit
-    import signal
     import tempfile
 
-    from .warm import ENV
-
     folder = Path(tempfile.mkdtemp(prefix="lgpt-warm-"))
-    env = {k: v for k, v in os.environ.items() if k not in ("LGPT_RUN_STAMP", ENV)}
-    with open(folder / "server.log", "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(WARM), "--serve", str(folder / "server.sock")],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            env=env,
-            cwd=ROOT,
-            start_new_session=True,
-        )
-    atexit.register(lambda: os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None)
-    os.environ[SERVER] = str(folder / "server.sock")
+    os.environ[SERVER] = f"{folder / 'server.sock'}:{os.getpid()}"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each module's slow tests first, so a worker's last tests are short ones and the xdist workers finish
-    together; modules stay contiguous, so module-scoped fixtures are still built once per worker."""
-    first: dict[str, int] = {}
-    for i, item in enumerate(items):
-        first.setdefault(item.module.__name__, i)
-    items.sort(key=lambda item: (first[item.module.__name__], item.get_closest_marker("slow") is None))
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput") or SERVER not in os.environ:
+        return
+    import shutil
+    import signal
+
+    pid_file = Path(os.environ[SERVER].rsplit(":", 1)[0]).with_name("server.pid")
+    if pid_file.exists():
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)  # the server and its monitors
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(pid_file.parent, ignore_errors=True)
 
 
 def warm_socket() -> str:
-    """The socket of the session's warm-start server, once it has done its imports."""
-    path = Path(os.environ[SERVER])
+    """The socket of the session's warm-start server, started by the first caller in any worker (under a
+    lock), once it has done its imports."""
+    import fcntl
+
+    from .warm import ENV
+
+    path, owner = os.environ[SERVER].rsplit(":", 1)
+    socket_path, log = Path(path), Path(path).with_name("server.log")
+    with open(socket_path.with_name("lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not socket_path.with_name("server.pid").exists():
+            env = {k: v for k, v in os.environ.items() if k not in ("LGPT_RUN_STAMP", ENV, "OMP_NUM_THREADS")}
+            with open(log, "w") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, str(WARM), "--serve", path, owner],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    env=env,
+                    cwd=ROOT,
+                    start_new_session=True,
+                )
+            socket_path.with_name("server.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + 300
-    while not path.exists():
-        assert time.monotonic() < deadline, (path.parent / "server.log").read_text()[-3000:]
+    while not socket_path.exists():
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.05)
-    return str(path)
+    return path
 
 
 def run_cli(

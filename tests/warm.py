@@ -143,9 +143,17 @@ def _handle(conn: socket.socket) -> None:
             return
 
 
-def serve(path: str) -> None:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def serve(path: str, owner: int) -> None:
     """Import what every app needs, then fork one monitor per request (requests may overlap). Ends when the
-    pytest process that started it does."""
+    session's pytest process (`owner`) does."""
     import hydra  # noqa: F401
     import lightning  # noqa: F401
     import torch  # noqa: F401
@@ -158,9 +166,8 @@ def serve(path: str) -> None:
         server.bind(path + ".tmp")
         server.listen(16)
         os.rename(path + ".tmp", path)  # clients see the socket only once the imports are done
-        parent = os.getppid()
         server.settimeout(1.0)
-        while os.getppid() == parent:  # the test worker that started it is alive
+        while _alive(owner):  # the pytest process of the session
             try:
                 conn, _ = server.accept()
             except TimeoutError:
@@ -178,6 +185,6 @@ def serve(path: str) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "--serve":
-        serve(sys.argv[2])
+        serve(sys.argv[2], int(sys.argv[3]))
     else:
         client(sys.argv[1], sys.argv[2:])
