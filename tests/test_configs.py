@@ -139,9 +139,12 @@ BUILDABLE = [(g, o) for g in ("tokenizer", "model", "optim", "trainer", "logger"
 
 @pytest.mark.parametrize(("group", "option"), BUILDABLE, ids=lambda x: x)
 @pytest.mark.slow
-def test_every_group_option_builds(group, option, tmp_path, cache_dir):
+def test_every_group_option_builds(group, option, tmp_path, cache_dir, monkeypatch):
     """Compose with the option and build what it configures (a model on the meta device, no training)."""
     import torch
+
+    if option == "mlflow":  # a server's URI, not a SQLite store, which takes seconds to create (test_sweeps does)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     from hydra.utils import instantiate
 
     from lightning_gpt.build import build_model_config, build_trainer
