@@ -56,6 +56,7 @@ def test_the_readme_has_the_commands_this_test_expects():
 
 
 @pytest.mark.parametrize("command", sorted({c for c in readme_commands() if train_overrides(c) is not None}), ids=str)
+@pytest.mark.slow  # ~30 compositions, half a second each: documentation drift, not an everyday edit's concern
 def test_every_training_command_composes(command):
     register_resolvers()
     GlobalHydra.instance().clear()
