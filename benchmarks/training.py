@@ -304,7 +304,7 @@ def _peak_flops() -> float | None:
     from lightning_gpt.callbacks import h200_peak_flops
 
     cuda = torch.device("cuda")
-    return h200_peak_flops(cuda, "bf16-mixed") or get_available_flops(cuda, torch.bfloat16)
+    return h200_peak_flops(torch.cuda.get_device_name(cuda), "bf16-mixed") or get_available_flops(cuda, torch.bfloat16)
 
 
 def cases(quick: bool) -> list[Case]:

@@ -30,16 +30,16 @@ def _tokens(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
     return batch[0].numel()
 
 
-def h200_peak_flops(device: torch.device, precision: str) -> float | None:
-    """An H200's dense peak FLOP/s, which equals an H100 SXM's (NVIDIA's datasheets). Lightning's table
-    misses it: its H200 rows hold the sparse figures (twice these) under names ('h200 sxm1') that the card
-    does not report ('NVIDIA H200'). None elsewhere: Lightning's table then decides."""
-    if device.type != "cuda" or "h200" not in torch.cuda.get_device_name(device).lower():
+def h200_peak_flops(device_name: str, precision: str) -> float | None:
+    """An H200's dense peak FLOP/s, which equals an H100's of the same form (NVIDIA's datasheets). Lightning's
+    table misses it: its H200 rows hold the sparse figures (twice these) under names ('h200 sxm1') that the
+    card does not report ('NVIDIA H200'). None for other cards: Lightning's table then decides."""
+    name = device_name.lower()
+    if "h200" not in name:
         return None
-    nvl = "nvl" in torch.cuda.get_device_name(device).lower()
     if "16" in precision:  # bf16 or fp16 tensor cores
-        return 835e12 if nvl else 989.4e12
-    return 60e12 if nvl else 66.9e12  # float32 without TF32
+        return 835e12 if "nvl" in name else 989.4e12
+    return 60e12 if "nvl" in name else 66.9e12  # float32 without TF32
 
 
 class TokenThroughputMonitor(ThroughputMonitor):
@@ -60,7 +60,9 @@ class TokenThroughputMonitor(ThroughputMonitor):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         logging_interval = trainer.log_every_n_steps * trainer.accumulate_grad_batches  # in batches
         self.kwargs["window_size"] = self.window_size or logging_interval + 1  # + the reading before them
-        peak = self.peak_flops or h200_peak_flops(trainer.strategy.root_device, trainer.precision)
+        device = trainer.strategy.root_device
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+        peak = self.peak_flops or h200_peak_flops(gpu, trainer.precision)
         with warnings.catch_warnings():
             if peak:  # Lightning's "FLOPs not found for 'NVIDIA H200'" would be wrong: we know them
                 warnings.filterwarnings("ignore", "FLOPs not found")

@@ -76,6 +76,20 @@ def test_tensorboard_has_the_config_as_hparams_one_learning_rate_and_tokens_per_
     assert len(events.Scalars("val/loss")) == 1  # the final value, which the HPARAMS tab shows
 
 
+def test_mfu_on_an_h200_is_against_its_dense_peak_which_lightnings_table_misses():
+    from lightning.fabric.utilities.throughput import _CUDA_FLOPS
+
+    from lightning_gpt.callbacks import h200_peak_flops
+
+    # What the card reports (seen on one, 2026-11-29) is none of the names in Lightning's table.
+    assert "nvidia h200" not in _CUDA_FLOPS and "h200" not in _CUDA_FLOPS
+    assert h200_peak_flops("NVIDIA H200", "bf16-mixed") == h200_peak_flops("NVIDIA H200", "16-mixed") == 989.4e12
+    assert h200_peak_flops("NVIDIA H200", "32-true") == 66.9e12
+    assert h200_peak_flops("NVIDIA H200 NVL", "bf16-mixed") == 835e12
+    assert h200_peak_flops("NVIDIA A100-SXM4-80GB", "bf16-mixed") is None  # Lightning's table decides
+    assert h200_peak_flops("", "bf16-mixed") is None  # no GPU
+
+
 def test_parameter_groups_with_different_learning_rates_get_a_line_each(compose_train, tmp_path):
     import csv
 
