@@ -49,7 +49,7 @@ def child_env(**extra: str) -> dict[str, str]:
 def lgpt_train() -> list[str]:
     """The installed `lgpt-train` console script, as a user launches it."""
     script = Path(sys.executable).with_name("lgpt-train")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "lightning_gpt.train"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "lightning_gpt.apps.train"]
 
 
 def run_child(cmd: list[str], env: dict[str, str], timeout: float = 600, cwd: Path | None = None) -> str:

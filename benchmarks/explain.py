@@ -24,7 +24,7 @@ from pathlib import Path
 import lightning as L
 
 from benchmarks import TINY_SHAKESPEARE, child_env, lgpt_train, read_json_line, row, run_child
-from lightning_gpt.callbacks import AttentionMaps
+from lightning_gpt.training.callbacks import AttentionMaps
 
 TAG = "ATTENTION_MAPS_TIMING "
 
@@ -65,7 +65,7 @@ def page_rows() -> list[dict]:
     import torch
 
     from lightning_gpt.explain import explain, write_page
-    from lightning_gpt.models.gpt import GPT, GPTConfig
+    from lightning_gpt.models.gpt2.model import GPT, GPTConfig
     from lightning_gpt.tokenizers import CharTokenizer
 
     text = TINY_SHAKESPEARE.read_text(encoding="utf-8")

@@ -80,7 +80,7 @@ def generation_rows() -> list[dict]:
     import torch
     from omegaconf import OmegaConf
 
-    from lightning_gpt.cli import CONF_DIR
+    from lightning_gpt.apps.launch import CONF_DIR
     from lightning_gpt.models import build, config_from_dict
 
     rows = []

@@ -24,8 +24,8 @@ def nano_char_model():
     import torch
     from omegaconf import OmegaConf
 
-    from lightning_gpt.cli import CONF_DIR
-    from lightning_gpt.models.gpt import GPT, GPTConfig
+    from lightning_gpt.apps.launch import CONF_DIR
+    from lightning_gpt.models.gpt2.model import GPT, GPTConfig
 
     shape = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / "nano_char.yaml"))
     torch.manual_seed(0)

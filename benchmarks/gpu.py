@@ -132,7 +132,7 @@ def check_preset(name: str, args: list[str], steps: int, root: Path, env: dict[s
         if resumed != steps + 5:
             raise RuntimeError(f"the resumed run's last.ckpt is at step {resumed}, not {steps + 5}")
         sample = Path(lgpt_train()[0]).with_name("lgpt-sample")
-        sample_cmd = [str(sample)] if sample.exists() else [lgpt_train()[0], "-m", "lightning_gpt.sample"]
+        sample_cmd = [str(sample)] if sample.exists() else [lgpt_train()[0], "-m", "lightning_gpt.apps.sample"]
         run_child([*sample_cmd, f"ckpt_path={run}", "max_new_tokens=16"], env)
     except Exception as e:
         return [failed(name, e)]
@@ -164,7 +164,7 @@ def gpt2_speed(compile: bool, steps: int, root: Path, env: dict[str, str]) -> li
         "trainer.limit_val_batches=0",
         f"hydra.run.dir={run}",
         "callbacks=none",
-        "+callbacks.throughput._target_=lightning_gpt.callbacks.TokenThroughputMonitor",
+        "+callbacks.throughput._target_=lightning_gpt.training.callbacks.TokenThroughputMonitor",
         "+callbacks.throughput.window_size=5",
     ]
     if ON_CPU:

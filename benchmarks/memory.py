@@ -29,7 +29,7 @@ def run(quick: bool) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="lgpt-bench-memory-") as tmp:
         env = child_env(LGPT_ROOT=tmp, LGPT_CACHE_DIR=os.environ.get("LGPT_BENCH_CACHE", f"{tmp}/cache"))
-        imports = "import torch, lightning, lightning_gpt.train, lightning_gpt.module, lightning_gpt.data.module"
+        imports = "import torch, lightning, lightning_gpt.apps.train, lightning_gpt.training.module, lightning_gpt.data.module"
         rows.append(
             row(
                 "memory",
@@ -64,7 +64,7 @@ def run(quick: bool) -> list[dict]:
                 )
             )
         tokens = 200 if quick else 500
-        sample = [sys.executable, "-m", "lightning_gpt.sample", f"ckpt_path={run_dir}", f"max_new_tokens={tokens}"]
+        sample = [sys.executable, "-m", "lightning_gpt.apps.sample", f"ckpt_path={run_dir}", f"max_new_tokens={tokens}"]
         rows.append(
             row(
                 "memory",

@@ -130,7 +130,7 @@ def prepare_throughput(sizes: list[int], repeats: int, cores: int, env: dict[str
                 ours = [
                     sys.executable,
                     "-m",
-                    "lightning_gpt.prepare",
+                    "lightning_gpt.apps.prepare",
                     "tokenizer=gpt2",
                     "data=local",
                     f"data.path={corpus}",
@@ -190,7 +190,7 @@ def training_from_prepared(quick: bool, env: dict[str, str]) -> list[dict]:
     first, last = (10, 50) if quick else (20, 140)
     with tempfile.TemporaryDirectory(prefix="lgpt-bench-prepared-") as tmp:
         folder = Path(tmp) / "shakespeare"
-        prepare = [sys.executable, "-m", "lightning_gpt.prepare", "data=local", f"data.path={TINY_SHAKESPEARE}"]
+        prepare = [sys.executable, "-m", "lightning_gpt.apps.prepare", "data=local", f"data.path={TINY_SHAKESPEARE}"]
         subprocess.run([*prepare, f"out_dir={folder}", "shard_tokens=100000"], env=env, check=True, capture_output=True)
         common = ["experiment=nanogpt_baby", f"paths.root_dir={tmp}", "trainer.enable_progress_bar=false"]
         cases = {

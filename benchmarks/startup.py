@@ -38,7 +38,7 @@ PACKAGES = (
     "tensorboard",
     "wandb",
 )
-ENTRY_IMPORTS = "import lightning_gpt.train, lightning_gpt.data.module, lightning_gpt.module, lightning_gpt.callbacks"
+ENTRY_IMPORTS = "import lightning_gpt.apps.train, lightning_gpt.data.module, lightning_gpt.training.module, lightning_gpt.training.callbacks"
 
 
 def first_step_marker():
@@ -65,9 +65,9 @@ def breakdown(overrides: list[str]) -> None:
         stages[name] = now - clock
         clock = now
 
-    from lightning_gpt.build import build_datamodule, build_model_config, build_trainer
+    from lightning_gpt.training.build import build_datamodule, build_model_config, build_trainer
 
-    stage("import lightning_gpt.train (the entry point)")
+    stage("import lightning_gpt.apps.train (the entry point)")
     from benchmarks.training import compose
 
     cfg = compose([*overrides, *MARKER, f"paths.output_dir={os.environ.get('LGPT_ROOT', '.')}/breakdown"])
@@ -80,7 +80,7 @@ def breakdown(overrides: list[str]) -> None:
     datamodule = build_datamodule(cfg)
     tokenizer = datamodule.tokenizer
     stage("data: open the cached tokens")
-    from lightning_gpt.module import GPTLightningModule
+    from lightning_gpt.training.module import GPTLightningModule
 
     run_config = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])  # what task() passes on
     module = GPTLightningModule(

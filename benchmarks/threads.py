@@ -3,7 +3,7 @@ OMP_NUM_THREADS=1 and =2, on the machine as it is and with one more busy process
 
 On a loaded machine, torch's threads (one per core by default) wait for each other at every parallel
 region while the scheduler hands their cores to other processes, so a step can take many times longer.
-lgpt-train's default (`lightning_gpt.cli.fit_threads_to_load`) uses fewer threads when the load average
+lgpt-train's default (`lightning_gpt.apps.launch.fit_threads_to_load`) uses fewer threads when the load average
 says the cores are busy; the "lgpt default" case measures that rule.
 
     python -m benchmarks.threads [--quick]
@@ -34,8 +34,8 @@ def child(seconds: float) -> None:
     """Train nanoGPT's baby model on random tokens for `seconds` after warm-up; print tokens/s."""
     import torch
 
-    from lightning_gpt.cli import fit_threads_to_load
-    from lightning_gpt.models.gpt import GPT, GPTConfig
+    from lightning_gpt.apps.launch import fit_threads_to_load
+    from lightning_gpt.models.gpt2.model import GPT, GPTConfig
 
     if os.environ.get("LGPT_BENCH_RULE"):
         fit_threads_to_load()

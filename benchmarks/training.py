@@ -112,7 +112,7 @@ def compose(overrides: list[str]):
     from hydra import initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    from lightning_gpt.cli import CONF_DIR, register_resolvers
+    from lightning_gpt.apps.launch import CONF_DIR, register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -125,10 +125,10 @@ def hand_loop(overrides: list[str], first: int, last: int, chunk: int) -> None:
     """nanoGPT's training loop on the pieces lgpt-train composes, without Lightning."""
     import torch
 
-    from lightning_gpt.build import build_datamodule, build_model_config
-    from lightning_gpt.cli import fit_threads_to_load
-    from lightning_gpt.models.gpt import GPT, GPTConfig
-    from lightning_gpt.optim import cosine_lr
+    from lightning_gpt.training.build import build_datamodule, build_model_config
+    from lightning_gpt.apps.launch import fit_threads_to_load
+    from lightning_gpt.models.gpt2.model import GPT, GPTConfig
+    from lightning_gpt.training.optim import cosine_lr
 
     fit_threads_to_load()  # the thread count lgpt-train would choose: like against like on a loaded machine
     cfg = compose(overrides)
@@ -301,7 +301,7 @@ def _peak_flops() -> float | None:
         return None
     from lightning.fabric.utilities.throughput import get_available_flops
 
-    from lightning_gpt.callbacks import h200_peak_flops
+    from lightning_gpt.training.callbacks import h200_peak_flops
 
     cuda = torch.device("cuda")
     return h200_peak_flops(torch.cuda.get_device_name(cuda), "bf16-mixed") or get_available_flops(cuda, torch.bfloat16)

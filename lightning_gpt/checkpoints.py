@@ -1,7 +1,7 @@
 """Checkpoint files: find them in run folders, read them safely, resolve `ckpt_path`, check a resume.
 
 Torch only (no Lightning): `lightning_gpt.load`, the apps and the Lightning-side writer
-(`lightning_gpt.checkpointing`) all come here. A run folder holds checkpoints/last.ckpt (the state it ended
+(`lightning_gpt.training.checkpoint_io`) all come here. A run folder holds checkpoints/last.ckpt (the state it ended
 or stopped in), step<N>.ckpt snapshots and best-step<N>-val<loss>.ckpt; a SLURM requeue adds hpc_ckpt_<n>.ckpt.
 """
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_gpt.models.gpt import GPT, CausalSelfAttention
+from lightning_gpt.models.gpt2.model import GPT, CausalSelfAttention
 from lightning_gpt.tokenizers import ByteTokenizer, Tokenizer
 
 

@@ -8,21 +8,87 @@ own folder from its saved config plus the new command line's overrides.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
+import secrets
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_gpt.apps.launch import CONF_DIR
 from lightning_gpt.checkpoints import LOCK, latest_run, resolve_ckpt_path
-from lightning_gpt.cli import CONF_DIR
 from lightning_gpt.errors import UserError
 
 log = logging.getLogger(__name__)
 CONFIG, RESUMED_CONFIG, RESUMES = "config.yaml", "config-resumed.yaml", "resumes.yaml"
+
+
+def run_stamp(overrides: list[str] | None = None) -> str:
+    """A run folder name unique to this launch, shared by every process of it.
+
+    Time plus a random suffix, so two runs started in the same second never share a folder. Kept in the
+    environment so the DDP processes Lightning starts agree; under torchrun, rank 0's name reaches every
+    node through torchrun's store. Under SLURM the job id and the command-line overrides name the folder:
+    every node and a requeued job land in the same one, and two trainings in one job in two.
+    """
+    if "LGPT_RUN_STAMP" not in os.environ:
+        fresh = time.strftime("%Y-%m-%d_%H-%M-%S_") + secrets.token_hex(2)
+        if "SLURM_JOB_ID" in os.environ:
+            digest = hashlib.sha256(" ".join(sorted(overrides or [])).encode()).hexdigest()[:6]
+            stamp = f"job{os.environ['SLURM_JOB_ID']}_{digest}"
+        elif "TORCHELASTIC_RUN_ID" in os.environ:
+            stamp = agree_on_stamp(fresh)
+        else:
+            stamp = fresh
+        os.environ["LGPT_RUN_STAMP"] = stamp
+    return os.environ["LGPT_RUN_STAMP"]
+
+
+def run_name(output_dir: str) -> str:
+    """A run's name in dashboards: its run folder's name, `<sweep folder>/<job>` for a job of a multirun."""
+    path = Path(output_dir)
+    return f"{path.parent.name}/{path.name}" if path.name.isdigit() else path.name
+
+
+def sweep_name(output_dir: str) -> str | None:
+    """A multirun job's sweep folder name (its W&B group); None for a single run."""
+    path = Path(output_dir)
+    return path.parent.name if path.name.isdigit() else None
+
+
+def torchrun_store():
+    """A client of torchrun's key-value store, or None when not launched by torchrun."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or "MASTER_ADDR" not in os.environ:
+        return None
+    from torch.distributed import TCPStore
+
+    return TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=False,
+        timeout=timedelta(seconds=300),
+        wait_for_workers=False,
+    )
+
+
+def agree_on_stamp(fresh: str) -> str:
+    """The run folder name every torchrun process uses: rank 0's `fresh`, shared through torchrun's store.
+
+    torchrun keeps that store for the whole launch, so a restarted worker group (`--max-restarts`) finds
+    the same name and `ckpt_path=auto` resumes in the same folder.
+    """
+    store = torchrun_store()
+    if store is None:
+        return fresh
+    key = f"lgpt_run_stamp/{os.environ['TORCHELASTIC_RUN_ID']}"
+    if int(os.environ.get("RANK", "0")) == 0:
+        store.compare_set(key, "", fresh)  # first writer wins: a restarted rank 0 keeps the first name
+    return store.get(key).decode()
 
 
 @contextlib.contextmanager

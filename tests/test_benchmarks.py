@@ -23,7 +23,7 @@ def test_the_hand_loop_and_lgpt_train_take_turns_and_reach_the_same_loss(tmp_pat
     warm = [sys.executable, str(WARM)]  # the same modules, warm-started (tests/warm.py)
     commands = {
         "loop": [*warm, "benchmarks.training", *_hand_loop(case)[3:]],
-        "lgpt-train": [*warm, "lightning_gpt.train", *_lgpt_train(case)[len(lgpt_train()) :]],
+        "lgpt-train": [*warm, "lightning_gpt.apps.train", *_lgpt_train(case)[len(lgpt_train()) :]],
     }
     env = child_env(LGPT_ROOT=str(tmp_path), **{ENV: warm_socket()})
     results = paired_trial(commands, chunks=2, env=env, timeout=120)
@@ -37,7 +37,7 @@ def test_the_hand_loop_and_lgpt_train_take_turns_and_reach_the_same_loss(tmp_pat
 def test_the_speedrun_race_takes_turns_and_times_each_run_to_its_target(tmp_path, cache_dir):
     def command(name: str, *extra: str) -> list[str]:
         return [
-            *(sys.executable, str(WARM), "lightning_gpt.train", *TINY, f"paths.cache_dir={cache_dir}"),
+            *(sys.executable, str(WARM), "lightning_gpt.apps.train", *TINY, f"paths.cache_dir={cache_dir}"),
             *("trainer.max_steps=30", "trainer.val_check_interval=10", "callbacks=[default,stop_at_loss]"),
             *("+callbacks.race._target_=benchmarks.speedrun.race_timer", f"hydra.run.dir={tmp_path / name}", *extra),
         ]
@@ -69,7 +69,7 @@ def test_the_gpu_check_trains_resumes_and_samples_a_preset(tmp_path, monkeypatch
     from benchmarks import gpu
 
     monkeypatch.setattr(gpu, "ON_CPU", True)
-    monkeypatch.setattr(gpu, "lgpt_train", lambda: [sys.executable, str(WARM), "lightning_gpt.train"])
+    monkeypatch.setattr(gpu, "lgpt_train", lambda: [sys.executable, str(WARM), "lightning_gpt.apps.train"])
     args = gpu.presets(1)["trainer=gpu"]
     env = child_env(**{ENV: warm_socket()})
     rows = gpu.check_preset("trainer=gpu (CPU)", [*args, f"paths.cache_dir={cache_dir}"], 10, tmp_path, env)

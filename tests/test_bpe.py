@@ -13,7 +13,7 @@ from lightning_gpt import read_checkpoint
 from lightning_gpt.data.cache import TokenCache, fingerprint
 from lightning_gpt.data.sources import Source
 from lightning_gpt.errors import UserError
-from lightning_gpt.sample import generate
+from lightning_gpt.apps.sample import generate
 from lightning_gpt.tokenizers import BPETokenizer, build_tokenizer, fits_on_corpus, tokenizer_from_dict, tokenizer_spec
 
 from .apps import compose_app
@@ -88,7 +88,7 @@ def readme_bpe_overrides() -> list[str]:
 @pytest.fixture(scope="module")
 def bpe_run(tmp_path_factory, cache_dir) -> Path:
     """The README's command with TINY's model, for 10 steps."""
-    from lightning_gpt.train import task
+    from lightning_gpt.apps.train import task
 
     root = tmp_path_factory.mktemp("bpe")
     overrides = readme_bpe_overrides()
@@ -141,7 +141,7 @@ def test_the_exported_tokenizer_loads_in_transformers_with_our_ids(bpe_run, tmp_
 
     from .conftest import run_cli
 
-    done = run_cli(f"ckpt_path={bpe_run}", f"out_dir={tmp_path}", module="lightning_gpt.export")
+    done = run_cli(f"ckpt_path={bpe_run}", f"out_dir={tmp_path}", module="lightning_gpt.apps.export")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tokenizer.json" in done.stdout and "no tokenizer files" not in done.stdout
     ours = tokenizer_from_dict(read_checkpoint(bpe_run)[1])
@@ -157,7 +157,7 @@ def test_the_exported_tokenizer_loads_in_transformers_with_our_ids(bpe_run, tmp_
 
 @pytest.mark.slow
 def test_resuming_with_another_vocabulary_size_is_refused(bpe_run, compose_train):
-    from lightning_gpt.train import task
+    from lightning_gpt.apps.train import task
 
     cfg = compose_train(
         *TINY,
@@ -181,7 +181,7 @@ def test_lgpt_info_sizes_the_model_for_the_vocabulary_bpe_learns():
 def test_eval_reads_the_corpus_with_the_saved_tokenizer_and_reproduces_the_validation_loss(
     bpe_run, tmp_path, cache_dir
 ):
-    from lightning_gpt.evaluate import evaluate
+    from lightning_gpt.apps.evaluate import evaluate
 
     from .test_eval import eval_args
 

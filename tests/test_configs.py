@@ -1,7 +1,8 @@
 """The config tree: every default lives in one place, and every group option composes and builds.
 
-Defaults live in the typed schema (lightning_gpt/config.py) and, for model shapes, in each family's
-dataclass; a YAML file states only what differs from what it would otherwise get.
+Defaults live in the typed schema (lightning_gpt/schema.py) and, for model shapes, in each family's
+dataclass (lightning_gpt/models/<family>/config.py); a YAML file states only what differs from what it would
+otherwise get.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import MISSING, OmegaConf
 
-from lightning_gpt import config as schema
-from lightning_gpt.cli import CONF_DIR, register_resolvers
+from lightning_gpt import schema
+from lightning_gpt.apps.launch import CONF_DIR
 
-register_resolvers()
+from .support.config import compose
+from .support.runs import column, read_metrics, train
 
 CONF = Path(CONF_DIR)
 APPS = {
@@ -33,7 +33,6 @@ APPS = {
 GROUPS = {  # config group -> the schema node its files fill in
     "tokenizer": schema.TokenizerConfig,
     "data": schema.DataConfig,
-    "model": schema.ModelConfig,
     "optim": schema.OptimConfig,
     "trainer": schema.TrainerConfig,
     "paths": schema.PathsConfig,
@@ -54,12 +53,6 @@ def values(path: Path) -> dict:
     return {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k not in ("defaults", "hydra")}
 
 
-def compose_plain(*overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
 def same(a, b) -> bool:
     return a == b and type(a) is type(b) or (a == b and {type(a), type(b)} <= {int, float})
 
@@ -72,19 +65,17 @@ def test_app_files_do_not_restate_the_schema(app):
     assert restated == [], f"conf/{app}.yaml restates the schema's defaults of {restated}"
 
 
-@pytest.mark.parametrize("path", sorted(p.relative_to(CONF) for g in GROUPS for p in (CONF / g).glob("*.yaml")))
+@pytest.mark.parametrize(
+    "path", sorted(p.relative_to(CONF) for g in [*GROUPS, "model"] for p in (CONF / g).glob("*.yaml"))
+)
 def test_group_files_state_only_what_differs(path):
     group = path.parts[0]
     raw = yaml.safe_load((CONF / path).read_text()) or {}
     parents = [d for d in raw.get("defaults", []) if isinstance(d, str) and d != "_self_"]
-    if parents:  # trainer/cpu.yaml builds on trainer/default.yaml: compare with what that gives
-        base = OmegaConf.to_container(compose_plain(f"{group}={parents[0]}")[group])
+    if parents:  # trainer/cpu.yaml builds on trainer/default.yaml, model/baby.yaml on model=gpt2 (the family's node)
+        base = OmegaConf.to_container(compose("train", f"{group}={parents[0]}")[group])
     else:
         base = defaults_of(GROUPS[group])
-    if group == "model":  # shape keys default to the family's dataclass
-        from lightning_gpt.models import config_class
-
-        base |= {k: v for k, v in defaults_of(config_class(raw.get("family", "gpt2"))).items() if k != "family"}
     restated = [k for k, v in values(CONF / path).items() if k in base and same(v, base[k])]
     assert restated == [], f"conf/{path} restates {restated}, which it gets anyway"
 
@@ -101,7 +92,7 @@ def test_presets_state_only_what_differs(path):
         if isinstance(d, dict)
         for k, v in d.items()
     ]
-    without = OmegaConf.to_container(compose_plain(*picks))
+    without = OmegaConf.to_container(compose("train", *picks))
 
     def leaves(node, prefix=""):
         for k, v in node.items():
@@ -116,8 +107,8 @@ def test_presets_state_only_what_differs(path):
 
 def test_classes_built_from_the_config_take_its_values_without_defaults_of_their_own():
     """A default written on the Python side too would drift from the schema's (it did: batch 12 vs 8)."""
-    from lightning_gpt.callbacks import SampleText
     from lightning_gpt.data import GPTDataModule
+    from lightning_gpt.training.callbacks import SampleText
 
     for cls, node in ((GPTDataModule, schema.DataConfig), (SampleText, schema.SampleConfig)):
         names = {f.name for f in dataclasses.fields(node)}
@@ -147,12 +138,12 @@ def test_every_group_option_builds(group, option, tmp_path, cache_dir, monkeypat
         monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     from hydra.utils import instantiate
 
-    from lightning_gpt.build import build_model_config, build_trainer
     from lightning_gpt.models import build
     from lightning_gpt.tokenizers import build_tokenizer, tokenizer_spec
+    from lightning_gpt.training.build import build_model_config, build_trainer
 
     cpu = ["trainer.accelerator=cpu", "trainer.devices=1"] if group == "trainer" else []
-    cfg = compose_plain(f"{group}={option}", *cpu, f"paths.root_dir={tmp_path}", f"++paths.output_dir={tmp_path}")
+    cfg = compose("train", f"{group}={option}", *cpu, f"paths.root_dir={tmp_path}", f"++paths.output_dir={tmp_path}")
     OmegaConf.resolve(cfg)
     if group == "tokenizer":
         assert build_tokenizer(tokenizer_spec(cfg.tokenizer), texts=["abc"]).vocab_size >= 3
@@ -161,7 +152,7 @@ def test_every_group_option_builds(group, option, tmp_path, cache_dir, monkeypat
             model = build(build_model_config(cfg, build_tokenizer("byte")))
         assert model.num_params() > 0
     elif group == "optim":
-        from lightning_gpt.config import OptimConfig
+        from lightning_gpt.schema import OptimConfig
 
         assert OptimConfig(**cfg.optim).lr > 0
     elif group == "trainer":
@@ -172,30 +163,17 @@ def test_every_group_option_builds(group, option, tmp_path, cache_dir, monkeypat
 
 
 @pytest.mark.slow
-def test_debug_options_run_end_to_end(compose_train, tmp_path):
+def test_debug_options_run_end_to_end(tmp_path, cache_dir):
     """fast_dev_run writes no checkpoint; overfit drives one batch's loss down; profiler writes its report."""
-    from lightning_gpt.train import task
-
-    from .conftest import TINY, TINY_SHAKESPEARE
-    from .test_train import column, read_metrics
-
-    common = [*TINY, "data=local", f"data.path={TINY_SHAKESPEARE}"]
-    task(compose_train("debug=fast_dev_run", *common, output_dir=tmp_path / "fast"))
-    assert not list((tmp_path / "fast").glob("**/*.ckpt"))
-    task(
-        compose_train(
-            "debug=overfit",
-            *common,
-            "trainer.max_steps=40",
-            "optim.warmup_steps=0",
-            "optim.lr=1e-2",
-            output_dir=tmp_path / "overfit",
-        )
+    fast = train(tmp_path, cache_dir, "fast", "debug=fast_dev_run")
+    assert not list(fast.glob("**/*.ckpt"))
+    overfit = train(
+        tmp_path, cache_dir, "overfit", "debug=overfit", "trainer.max_steps=40", "optim.warmup_steps=0", "optim.lr=1e-2"
     )
-    loss = column(read_metrics(tmp_path / "overfit"), "train/loss")
+    loss = column(read_metrics(overfit), "train/loss")
     assert loss[-1] < loss[0] - 1.0  # one batch, memorised
-    task(compose_train("debug=profiler", *common, "trainer.max_steps=3", output_dir=tmp_path / "profiler"))
-    assert "run_training_batch" in (tmp_path / "profiler" / "fit-profile.txt").read_text()
+    profiler = train(tmp_path, cache_dir, "profiler", "debug=profiler", "trainer.max_steps=3")
+    assert "run_training_batch" in (profiler / "fit-profile.txt").read_text()
 
 
 def test_a_typod_key_fails_without_importing_torch():
@@ -204,9 +182,8 @@ def test_a_typod_key_fails_without_importing_torch():
     import sys
 
     code = (
-        "import sys; from lightning_gpt.train import main; sys.argv = ['lgpt-train', 'model.n_layers=4']\n"
-        "try:\n    main()\nexcept SystemExit as e:\n"
-        "    print(e.code, 'torch' in sys.modules, 'lightning' in sys.modules)"
+        "import sys; from lightning_gpt.apps.train import main\n"
+        "print(main(['model.n_layers=4']), 'torch' in sys.modules, 'lightning' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["2", "False", "False"], result.stderr

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_gpt.config import DataConfig, TrainConfig
+from lightning_gpt.schema import DataConfig, TrainConfig
 from lightning_gpt.data import GPTDataModule
 from lightning_gpt.data.cache import fingerprint, prepare_tokens
 from lightning_gpt.data.shakespeare import load_plays
@@ -199,7 +199,7 @@ def test_tokenizing_and_preparing_import_neither_lightning_nor_torch():
     """Nor do lgpt-prepare's worker processes, forked from it: each would carry torch's memory. This file's
     `from lightning_gpt.data import GPTDataModule` shows the package still offers the DataModule."""
     code = (
-        "import sys; import lightning_gpt.data.cache, lightning_gpt.data.sources, lightning_gpt.prepare;"
+        "import sys; import lightning_gpt.data.cache, lightning_gpt.data.sources, lightning_gpt.apps.prepare;"
         "import lightning_gpt.data.prepare, lightning_gpt.data.shards;"
         "print(sorted(m for m in ('lightning', 'torch', 'lightning_gpt.data.module') if m in sys.modules))"
     )

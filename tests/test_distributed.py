@@ -15,14 +15,14 @@ import pytest
 import torch
 
 import lightning_gpt
-from lightning_gpt.train import task
+from lightning_gpt.apps.train import task
 
 from .conftest import TINY, TINY_SHAKESPEARE, WARM, run_cli, warm_socket
 from .warm import ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
-GRAD_NORMS = "+callbacks.grad_norms._target_=tests.helpers.RecordGradNorm"
+GRAD_NORMS = "+callbacks.grad_norms._target_=tests.support.callbacks.RecordGradNorm"
 
 
 def metrics(run: Path) -> list[dict[str, str]]:
@@ -129,7 +129,7 @@ def test_ddp_preset_on_two_cpu_processes_trains_and_resumes(tmp_path, cache_dir)
         "trainer.devices=2",
         "trainer.val_check_interval=4",
         GRAD_NORMS,
-        "+callbacks.record._target_=tests.helpers.RecordFirstBatch",
+        "+callbacks.record._target_=tests.support.callbacks.RecordFirstBatch",
     ]
     cli(tmp_path, cache_dir, *common, "trainer.max_steps=4")
     run = the_run(tmp_path)  # both processes wrote into rank 0's folder
@@ -211,7 +211,7 @@ def torchrun_two_nodes(tmp_path: Path, cache_dir: Path, rendezvous: list[str], *
                 "--nproc-per-node=1",
                 *[a.format(node=node) for a in rendezvous],
                 "-m",
-                "lightning_gpt.train",
+                "lightning_gpt.apps.train",
                 *args,
             ],
             cwd=ROOT,
@@ -285,7 +285,7 @@ def compose_launcher(tmp_path: Path, *overrides: str):
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
-    from lightning_gpt.cli import CONF_DIR
+    from lightning_gpt.apps.launch import CONF_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -298,7 +298,7 @@ def test_the_submitit_slurm_launcher_makes_one_job_a_multi_gpu_training_that_lig
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     import submitit
 
-    from lightning_gpt.cli import describe
+    from lightning_gpt.apps.launch import describe
 
     overrides = ["hydra/launcher=submitit_slurm", "trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2"]
     cfg, launcher = compose_launcher(tmp_path, *overrides)
@@ -313,7 +313,7 @@ def test_the_submitit_slurm_launcher_makes_one_job_a_multi_gpu_training_that_lig
     executor.update_parameters(
         **{k if k in generic | {"stderr_to_stdout"} else f"slurm_{k}": v for k, v in params.items()}
     )
-    sbatch = executor._executor._make_submission_file_text("python -m lightning_gpt.train", "uid").splitlines()
+    sbatch = executor._executor._make_submission_file_text("python -m lightning_gpt.apps.train", "uid").splitlines()
     for line in "--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--signal=USR1@90", "--requeue":
         assert f"#SBATCH {line}" in sbatch
     # trainer.devices=auto (trainer=ddp's) cannot reserve GPUs: one line says what to give.
@@ -333,7 +333,7 @@ def test_the_submitit_local_launcher_runs_one_process_per_job_that_sees_its_gpus
 def test_two_trainings_in_one_slurm_job_get_two_folders(tmp_path, cache_dir):
     env = {k: v for k, v in os.environ.items() if k not in ("LGPT_RUN_STAMP", "TORCHELASTIC_RUN_ID")}
     env["SLURM_JOB_ID"] = "4242"
-    script = "from lightning_gpt.cli import run_stamp; import sys; print(run_stamp(sys.argv[1:]))"
+    script = "from lightning_gpt.apps.launch import run_stamp; import sys; print(run_stamp(sys.argv[1:]))"
 
     def name(*overrides: str) -> str:
         command = [sys.executable, "-c", script, *overrides]
@@ -388,7 +388,7 @@ def test_two_trainings_in_one_slurm_job_each_resume_their_own_after_a_kill(tmp_p
         "trainer.max_steps=30",
         "callbacks.model_checkpoint.every_n_train_steps=2",
         "ckpt_path=auto",
-        "+callbacks.slow._target_=tests.helpers.Slow",
+        "+callbacks.slow._target_=tests.support.callbacks.Slow",
         "+callbacks.slow.seconds=0.03",  # 30 steps take over a second: the kill lands mid-run
     ]
     first, second = [*common, "optim.lr=1e-3"], [*common, "optim.lr=3e-4"]

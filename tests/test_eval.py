@@ -10,7 +10,7 @@ import pytest
 
 import lightning_gpt
 from lightning_gpt.errors import UserError
-from lightning_gpt.evaluate import evaluate
+from lightning_gpt.apps.evaluate import evaluate
 
 from .apps import TINY_SHAKESPEARE_DATA, compose_app, train_tiny
 from .conftest import run_cli
@@ -97,7 +97,7 @@ def test_one_and_two_processes_give_the_same_loss(run, tmp_path, cache_dir):
         "trainer=ddp_cpu",
         "trainer.devices=2",
         f"out_file={out}",
-        module="lightning_gpt.evaluate",
+        module="lightning_gpt.apps.evaluate",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())

@@ -20,8 +20,8 @@ import lightning_gpt
 from lightning_gpt.errors import UserError
 from lightning_gpt.explain import explain, page, task, write_page
 from lightning_gpt.inspection import token_piece
-from lightning_gpt.models.gpt import GPT, GPTConfig
-from lightning_gpt.sample import generate
+from lightning_gpt.models.gpt2.model import GPT, GPTConfig
+from lightning_gpt.apps.sample import generate
 from lightning_gpt.tokenizers import CharTokenizer, build_tokenizer
 
 from .apps import compose_app, train_tiny

@@ -12,8 +12,8 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 import lightning_gpt
 from lightning_gpt.errors import UserError
 from lightning_gpt.hf import export, import_config, import_model
-from lightning_gpt.models.gpt import GPT, GPTConfig
-from lightning_gpt.sample import generate
+from lightning_gpt.models.gpt2.model import GPT, GPTConfig
+from lightning_gpt.apps.sample import generate
 from lightning_gpt.tokenizers import build_tokenizer
 
 from .apps import compose_app, train_tiny
@@ -150,7 +150,7 @@ def test_sampling_from_gpt2_weights_works_offline(gpt2_folder, finetuned_run):
 
 @pytest.mark.slow
 def test_lgpt_export_writes_a_folder_transformers_loads(finetuned_run, tmp_path):
-    done = run_cli(f"ckpt_path={finetuned_run}", f"out_dir={tmp_path / 'out'}", module="lightning_gpt.export")
+    done = run_cli(f"ckpt_path={finetuned_run}", f"out_dir={tmp_path / 'out'}", module="lightning_gpt.apps.export")
     assert done.returncode == 0, done.stderr
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json"} <= names

@@ -6,8 +6,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from lightning_gpt.cli import CONF_DIR
-from lightning_gpt.info import task
+from lightning_gpt.apps.launch import CONF_DIR
+from lightning_gpt.apps.info import task
 
 from .conftest import run_cli
 
@@ -41,8 +41,8 @@ def test_memory_and_flops_follow_the_count():
 
 @pytest.mark.slow
 def test_the_app_prints_the_table_and_refuses_typos_in_one_line(tmp_path):
-    done = run_cli("model=gpt2_xl", module="lightning_gpt.info", cwd=tmp_path)
+    done = run_cli("model=gpt2_xl", module="lightning_gpt.apps.info", cwd=tmp_path)
     assert done.returncode == 0 and "1,557,611,200 parameters" in done.stdout
     assert list(tmp_path.iterdir()) == []  # writes nothing
-    done = run_cli("model.n_layers=4", module="lightning_gpt.info", cwd=tmp_path)
+    done = run_cli("model.n_layers=4", module="lightning_gpt.apps.info", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.strip().startswith("error: unknown config key 'model.n_layers'")

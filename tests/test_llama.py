@@ -15,15 +15,15 @@ from transformers import LlamaConfig as HFLlamaConfig
 from transformers import LlamaForCausalLM
 
 import lightning_gpt
-from lightning_gpt.build import build_model_config
+from lightning_gpt.training.build import build_model_config
 from lightning_gpt.errors import UserError
-from lightning_gpt.evaluate import evaluate
+from lightning_gpt.apps.evaluate import evaluate
 from lightning_gpt.hf import export, import_model
 from lightning_gpt.models import build
-from lightning_gpt.models.llama import Llama, LlamaConfig, rotary_cos_sin
-from lightning_gpt.sample import generate
+from lightning_gpt.models.llama.model import Llama, LlamaConfig, rotary_cos_sin
+from lightning_gpt.apps.sample import generate
 from lightning_gpt.tokenizers import build_tokenizer
-from lightning_gpt.train import task
+from lightning_gpt.apps.train import task
 
 from .apps import compose_app
 from .conftest import TINY, TINY_SHAKESPEARE
@@ -285,7 +285,7 @@ def test_llama_baby_trains_resumes_exactly_samples_and_exports(compose_train, tm
     assert text == "KING" + tokenizer.decode(tokens[0].tolist())
 
     export_cfg = compose_app("export", f"ckpt_path={tmp_path / 'resumed'}", f"out_dir={tmp_path / 'hf'}")
-    from lightning_gpt.export import task as export_task
+    from lightning_gpt.apps.export import task as export_task
 
     export_task(export_cfg)
     theirs = LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()

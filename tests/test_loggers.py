@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_gpt.train import task
+from lightning_gpt.apps.train import task
 
 from .conftest import TINY, TINY_SHAKESPEARE
 
@@ -79,7 +79,7 @@ def test_tensorboard_has_the_config_as_hparams_one_learning_rate_and_tokens_per_
 def test_mfu_on_an_h200_is_against_its_dense_peak_which_lightnings_table_misses():
     from lightning.fabric.utilities.throughput import _CUDA_FLOPS
 
-    from lightning_gpt.callbacks import h200_peak_flops
+    from lightning_gpt.training.callbacks import h200_peak_flops
 
     # What the card reports (seen on one, 2026-11-29) is none of the names in Lightning's table.
     assert "nvidia h200" not in _CUDA_FLOPS and "h200" not in _CUDA_FLOPS
@@ -94,7 +94,7 @@ def test_parameter_groups_with_different_learning_rates_get_a_line_each(compose_
     import csv
 
     steps = ["trainer.max_steps=4", "trainer.log_every_n_steps=2", "trainer.val_check_interval=4"]
-    task(compose_train(*TINY, *DATA, *steps, "+callbacks.halve._target_=tests.helpers.HalveSecondGroup"))
+    task(compose_train(*TINY, *DATA, *steps, "+callbacks.halve._target_=tests.support.callbacks.HalveSecondGroup"))
     with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert "train/lr" not in rows[0]

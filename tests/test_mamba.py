@@ -14,13 +14,13 @@ from transformers import MambaConfig as HFMambaConfig
 from transformers import MambaForCausalLM
 
 import lightning_gpt
-from lightning_gpt.build import build_model_config, build_module
+from lightning_gpt.training.build import build_model_config, build_module
 from lightning_gpt.errors import UserError
 from lightning_gpt.hf import export, import_model
 from lightning_gpt.models import build
-from lightning_gpt.models.mamba import Mamba, MambaConfig, selective_scan
+from lightning_gpt.models.mamba.model import Mamba, MambaConfig, selective_scan
 from lightning_gpt.tokenizers import build_tokenizer
-from lightning_gpt.train import task
+from lightning_gpt.apps.train import task
 
 from .apps import TINY_SHAKESPEARE_DATA, compose_app
 from .conftest import TINY_SHAKESPEARE, run_cli
@@ -270,7 +270,7 @@ def test_a_resumed_mamba_run_ends_where_the_uninterrupted_one_does(mamba_run, tm
 @pytest.mark.slow
 def test_mamba_trains_in_bf16_mixed_precision_with_clipping(tmp_path, cache_dir):
     """trainer=gpu's settings on the CPU: bf16 autocast around a float32 scan, fused AdamW, clipping."""
-    grad_norms = "+callbacks.grad_norms._target_=tests.helpers.RecordGradNorm"
+    grad_norms = "+callbacks.grad_norms._target_=tests.support.callbacks.RecordGradNorm"
     args = ["trainer=gpu", "trainer.accelerator=cpu", "trainer.gradient_clip_val=0.05", grad_norms]
     run = train(tmp_path, cache_dir, *args, "trainer.max_steps=4")
     norms = [float(line.split()[1]) for line in (run / "grad_norms.txt").read_text().splitlines()]
@@ -280,7 +280,7 @@ def test_mamba_trains_in_bf16_mixed_precision_with_clipping(tmp_path, cache_dir)
 
 @pytest.mark.slow  # two processes: about a minute
 def test_fsdp_with_activation_checkpointing_shards_each_mamba_block(tmp_path, cache_dir):
-    grad_norms = "+callbacks.grad_norms._target_=tests.helpers.RecordGradNorm"
+    grad_norms = "+callbacks.grad_norms._target_=tests.support.callbacks.RecordGradNorm"
     fsdp = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
     paths = [f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}", f"hydra.run.dir={tmp_path / 'run'}"]
     args = [*TRAIN, *fsdp, "trainer.strategy.activation_checkpointing=true", "trainer.max_steps=4", grad_norms]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_gpt.generation import sample_next
-from lightning_gpt.models.gpt import GPT, GPTConfig
+from lightning_gpt.models.gpt2.model import GPT, GPTConfig
 
 TINY = GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=32)
 

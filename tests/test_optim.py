@@ -8,11 +8,11 @@ import csv
 import pytest
 import torch
 
-from lightning_gpt.config import OptimConfig
+from lightning_gpt.schema import OptimConfig
 from lightning_gpt.errors import UserError
 from lightning_gpt.models import build
-from lightning_gpt.optim import MuonWithAdamW, build_optimizer, cosine_lr, param_groups, schedule, wsd_lr
-from lightning_gpt.train import task
+from lightning_gpt.training.optim import MuonWithAdamW, build_optimizer, cosine_lr, param_groups, schedule, wsd_lr
+from lightning_gpt.apps.train import task
 
 from .conftest import TINY, TINY_SHAKESPEARE
 

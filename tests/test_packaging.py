@@ -48,7 +48,7 @@ def test_the_wheel_carries_the_configs_and_runs_from_any_folder(tmp_path):
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}
     result = subprocess.run(
-        [sys.executable, "-m", "lightning_gpt.train", "--cfg", "job", "experiment=nanogpt_baby"],
+        [sys.executable, "-m", "lightning_gpt.apps.train", "--cfg", "job", "experiment=nanogpt_baby"],
         cwd=elsewhere,
         env=env,
         capture_output=True,
@@ -57,7 +57,7 @@ def test_the_wheel_carries_the_configs_and_runs_from_any_folder(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "task_name: nanogpt_baby" in result.stdout
     where = subprocess.run(
-        [sys.executable, "-c", "from lightning_gpt.cli import CONF_DIR; print(CONF_DIR)"],
+        [sys.executable, "-c", "from lightning_gpt.apps.launch import CONF_DIR; print(CONF_DIR)"],
         cwd=elsewhere,
         env=env,
         capture_output=True,

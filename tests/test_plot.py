@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_gpt.plot import main, read_curves
+from lightning_gpt.apps.plot import main, read_curves
 
 from .apps import train_tiny
 from .conftest import TINY, TINY_SHAKESPEARE, run_cli
@@ -50,7 +50,7 @@ def test_a_sweep_folder_plots_one_line_per_job_labelled_by_its_overrides_and_pri
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     (folder,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     out = tmp_path / "sweep.png"
-    result = run_cli(str(folder), "-o", str(out), module="lightning_gpt.plot")
+    result = run_cli(str(folder), "-o", str(out), module="lightning_gpt.apps.plot")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[-1] == str(out) and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -71,7 +71,7 @@ def test_a_sweep_folder_plots_one_line_per_job_labelled_by_its_overrides_and_pri
 
 @pytest.mark.slow
 def test_a_path_without_a_log_is_a_one_line_error(tmp_path):
-    result = run_cli(str(tmp_path), module="lightning_gpt.plot")
+    result = run_cli(str(tmp_path), module="lightning_gpt.apps.plot")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: no metrics.csv at {tmp_path}: give a run folder (with csv/metrics.csv) or a CSV file"

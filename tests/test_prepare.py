@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_gpt.config import DataConfig, TrainConfig
+from lightning_gpt.schema import DataConfig, TrainConfig
 from lightning_gpt.data import GPTDataModule
 from lightning_gpt.data.cache import TokenCache, prepare_tokens
 from lightning_gpt.data.prepare import prepare_folder
@@ -183,7 +183,7 @@ def test_bad_inputs_are_refused_and_nothing_of_the_users_is_touched(tmp_path, sh
 @pytest.mark.slow
 def test_the_app_gives_one_line_errors(tmp_path):
     # A fresh interpreter: lgpt-prepare imports no torch, so it starts faster than a warm start's server.
-    done = run_cli("data=local", f"data.path={TINY_SHAKESPEARE}", module="lightning_gpt.prepare", fresh=True)
+    done = run_cli("data=local", f"data.path={TINY_SHAKESPEARE}", module="lightning_gpt.apps.prepare", fresh=True)
     assert (
         done.returncode == 2 and done.stderr == "error: 'out_dir' needs a value: add out_dir=... to the command line\n"
     )
@@ -191,7 +191,7 @@ def test_the_app_gives_one_line_errors(tmp_path):
         f"out_dir={tmp_path / 'x'}",
         "data=prepared",
         f"data.path={tmp_path}",
-        module="lightning_gpt.prepare",
+        module="lightning_gpt.apps.prepare",
         fresh=True,
     )
     assert done.returncode == 2 and "data=prepared is what lgpt-prepare makes" in done.stderr
@@ -205,10 +205,10 @@ def test_a_killed_prepare_resumes_after_its_last_complete_shard(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TINY_SHAKESPEARE.read_text() * 8)
     args = ["tokenizer=gpt2", "data=local", f"data.path={corpus}", "shard_tokens=50000", "memory_mb=16"]
-    whole = run_cli(*args, f"out_dir={tmp_path / 'whole'}", module="lightning_gpt.prepare")
+    whole = run_cli(*args, f"out_dir={tmp_path / 'whole'}", module="lightning_gpt.apps.prepare")
     assert whole.returncode == 0, whole.stderr
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "lightning_gpt.prepare", *args, f"out_dir={out}"]
+    command = [sys.executable, "-m", "lightning_gpt.apps.prepare", *args, f"out_dir={out}"]
     killed = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL)
     while not (out / "shard_00003.bin").exists() and killed.poll() is None:
         time.sleep(0.01)
@@ -218,7 +218,7 @@ def test_a_killed_prepare_resumes_after_its_last_complete_shard(tmp_path):
     with pytest.raises(UserError, match="holds no manifest.json"):
         PreparedFolder(out)  # a half-prepared folder is never read
     kept = {f"shard_0000{i}.bin": os.stat(out / f"shard_0000{i}.bin").st_mtime_ns for i in range(3)}
-    again = run_cli(*args, f"out_dir={out}", module="lightning_gpt.prepare")
+    again = run_cli(*args, f"out_dir={out}", module="lightning_gpt.apps.prepare")
     assert again.returncode == 0, again.stderr
     assert "; resuming after shard " in again.stdout
     assert all(os.stat(out / name).st_mtime_ns == mtime for name, mtime in kept.items())  # not written again
@@ -240,7 +240,7 @@ def test_memory_stays_bounded_as_the_corpus_grows(tmp_path):
         corpus = tmp_path / f"corpus{copies}.txt"
         corpus.write_text(text * copies)  # 4.5 and 36 MB
         args = ["tokenizer=byte", "data=local", f"data.path={corpus}", f"out_dir={tmp_path / str(copies)}"]
-        command = [sys.executable, "-m", "lightning_gpt.prepare", *args, "memory_mb=32", "data.num_proc=2"]
+        command = [sys.executable, "-m", "lightning_gpt.apps.prepare", *args, "memory_mb=32", "data.num_proc=2"]
         peak, returncode, _ = peak_rss_mb(command, env={**os.environ})
         assert returncode == 0
         peaks.append(peak)
@@ -285,7 +285,7 @@ def test_ddp_trains_from_a_prepared_folder_and_resumes_exactly(tmp_path, shakesp
         f"hydra.run.dir={run}",
         "trainer.log_every_n_steps=1",
         "trainer.val_check_interval=3",
-        "+callbacks.record._target_=tests.helpers.RecordBatches",
+        "+callbacks.record._target_=tests.support.callbacks.RecordBatches",
     ]
     for overrides in (["trainer.max_steps=3"], ["trainer.max_steps=6", "ckpt_path=auto"]):
         done = run_cli(*common, *overrides)

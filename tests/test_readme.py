@@ -14,7 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from lightning_gpt.cli import CONF_DIR, register_resolvers
+from lightning_gpt.apps.launch import CONF_DIR, register_resolvers
 
 from .conftest import ROOT, SHARED, TINY, WARM, warm_socket
 from .warm import ENV

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,89 +16,28 @@ import pytest
 import torch
 
 import lightning_gpt
-from lightning_gpt.cli import describe
+from lightning_gpt.apps import evaluate, export, sample
+from lightning_gpt.apps.messages import describe
+from lightning_gpt.apps.train import main
 from lightning_gpt.data.cache import prepare_tokens
 from lightning_gpt.data.sources import Source
 from lightning_gpt.errors import UserError
-from lightning_gpt.train import task
 
-from .conftest import TINY, TINY_SHAKESPEARE, WARM, compose_train_config, run_cli, warm_socket
-from .warm import ENV, PIDFILE
+from .support.config import ROOT, TINY_SHAKESPEARE, compose
+from .support.processes import child_env, kill_group, run_app, start_app, wait_for_step
+from .support.runs import read_metrics, saved_step, train, train_args, train_losses
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
-
-
-def train_args(tmp_path: Path, cache_dir: Path, run: str, *extra: str) -> list[str]:
-    return [
-        *TINY,
-        *DATA,
-        f"paths.root_dir={tmp_path}",
-        f"paths.cache_dir={cache_dir}",
-        f"hydra.run.dir={tmp_path / run}",
-        *extra,
-    ]
+TRAIN = "lightning_gpt.apps.train"
 
 
-def start(args: list[str], warm: bool = False, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
-    """A training process to signal or kill: a fresh interpreter, or (warm) a warm start's client, which hands
-    signals on to its child; `kill_app` SIGKILLs the app itself at once either way (tests/warm.py)."""
-    launcher = [sys.executable, str(WARM)] if warm else [sys.executable, "-m"]
-    pidfile = Path(tempfile.mkdtemp()) / "pid"
-    env = env or dict(os.environ)
-    proc = subprocess.Popen(
-        [*launcher, "lightning_gpt.train", *args],
-        env={**env, ENV: warm_socket(), PIDFILE: str(pidfile)} if warm else env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kwargs,
-    )
-    proc.app_pidfile = pidfile if warm else None
-    return proc
-
-
-def kill_app(proc: subprocess.Popen) -> None:
-    """SIGKILL the training process and every process it started (DDP ranks), as a lost node would."""
-    pid = proc.pid
-    if proc.app_pidfile is not None:  # a warm client: its child is the app, the leader of its own group
-        while not proc.app_pidfile.exists():
-            assert proc.poll() is None
-            time.sleep(0.001)
-        pid = int(proc.app_pidfile.read_text())
-    os.killpg(pid, signal.SIGKILL)
-    proc.communicate()
-
-
-def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return run_cli(*args, cwd=ROOT, timeout=timeout)
-
-
-def train_here(tmp_path: Path, cache_dir: Path, run: str, *extra: str) -> None:
-    """train_args's run in this process: a subprocess pays seconds of imports, and only the run that is
-    signalled or killed needs one."""
-    task(compose_train_config(tmp_path, cache_dir, *TINY, *DATA, *extra, output_dir=tmp_path / run))
-
-
-def saved_step(path: Path) -> int:
-    try:
-        return torch.load(path, weights_only=True, map_location="cpu", mmap=True)["global_step"]
-    except (FileNotFoundError, RuntimeError, EOFError):
-        return -1
-
-
-def wait_for_step(path: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while saved_step(path) < step:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-
-
-def train_losses(run_dir: Path) -> dict[int, float]:
-    with open(run_dir / "csv" / "metrics.csv") as f:
-        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+def refused(capsys, argv: list[str], app=main) -> str:
+    """The one line an app prints when it refuses argv (it must exit 2)."""
+    code = app(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "Traceback" not in err, err[-3000:]
+    return lines[-1].removeprefix("error: ")
 
 
 EXACT = [
@@ -116,15 +52,14 @@ EXACT = [
 
 @pytest.mark.slow
 def test_a_run_killed_and_resumed_logs_the_same_losses_as_an_uninterrupted_one(tmp_path, cache_dir):
-    train_here(tmp_path, cache_dir, "whole", *EXACT)
-    proc = start(
-        train_args(tmp_path, cache_dir, "killed", *EXACT, "+callbacks.slow._target_=tests.helpers.Slow"), warm=True
-    )
+    train(tmp_path, cache_dir, "whole", *EXACT)
+    slow = "+callbacks.slow._target_=tests.support.callbacks.Slow"
+    proc = start_app(TRAIN, *train_args(tmp_path, cache_dir, "killed", *EXACT, slow))
     wait_for_step(tmp_path / "killed" / "checkpoints" / "last.ckpt", 10, proc)
-    kill_app(proc)
+    kill_group(proc)
     resumed_from = saved_step(tmp_path / "killed" / "checkpoints" / "last.ckpt")
     assert 10 <= resumed_from < 40
-    train_here(tmp_path, cache_dir, "resumed", *EXACT, f"ckpt_path={tmp_path / 'killed'}")
+    train(tmp_path, cache_dir, "resumed", *EXACT, f"ckpt_path={tmp_path / 'killed'}")
     expected, got = train_losses(tmp_path / "whole"), train_losses(tmp_path / "resumed")
     assert min(got) == resumed_from and max(got) == 39
     assert got == {step: expected[step] for step in got}  # bit for bit: weights, optimizer, LR, RNG, data
@@ -135,7 +70,7 @@ def test_a_run_killed_and_resumed_logs_the_same_losses_as_an_uninterrupted_one(t
 def test_a_preempting_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, cache_dir, signum):
     extra = ["callbacks.model_checkpoint.every_n_train_steps=5"]
     args = train_args(tmp_path, cache_dir, "run", *extra)
-    proc = start([*args, "trainer.max_steps=500", "+callbacks.slow._target_=tests.helpers.Slow"], warm=True)
+    proc = start_app(TRAIN, *args, "trainer.max_steps=500", "+callbacks.slow._target_=tests.support.callbacks.Slow")
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     wait_for_step(last, 5, proc)
     time.sleep(0.3)  # a few steps past the periodic checkpoint
@@ -146,12 +81,12 @@ def test_a_preempting_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, cach
     stopped_at = saved_step(last)
     assert 5 < stopped_at < 500  # saved at the signal, not just the last periodic checkpoint
     # As a requeued job would (in this process: the resume itself is no different).
-    train_here(tmp_path, cache_dir, "run", *extra, f"trainer.max_steps={stopped_at + 3}", "ckpt_path=auto")
+    train(tmp_path, cache_dir, "run", *extra, f"trainer.max_steps={stopped_at + 3}", "ckpt_path=auto")
     assert saved_step(last) == stopped_at + 3
 
 
 def recorded_losses(run_dir: Path) -> dict[tuple[int, int], float]:
-    """{(step, micro-batch): loss} from tests.helpers.RecordLosses, across every run in the folder."""
+    """{(step, micro-batch): loss} from tests.support.callbacks.RecordLosses, across every run in the folder."""
     with open(run_dir / "losses.jsonl") as f:
         return {(r["step"], r["micro_batch"]): r["loss"] for r in map(json.loads, f)}
 
@@ -162,14 +97,14 @@ ACCUMULATING = [
     "trainer.accumulate_grad_batches=2",
     "trainer.max_steps=20",
     "trainer.val_check_interval=10",
-    "+callbacks.record._target_=tests.helpers.RecordLosses",
+    "+callbacks.record._target_=tests.support.callbacks.RecordLosses",
 ]
 
 
 @pytest.fixture(scope="module")
 def accumulating_run(tmp_path_factory, cache_dir) -> Path:
     tmp = tmp_path_factory.mktemp("whole")
-    train_here(tmp, cache_dir, "whole", *ACCUMULATING)
+    train(tmp, cache_dir, "whole", *ACCUMULATING)
     return tmp / "whole"
 
 
@@ -180,24 +115,23 @@ def test_a_signal_between_micro_batches_stops_after_the_step_and_resumes_exactly
 ):
     # Batch 22 is the first micro-batch of step 12: the run must go on to the step's end, then save.
     signal_at = [
-        "+callbacks.signal._target_=tests.helpers.SignalAt",
+        "+callbacks.signal._target_=tests.support.callbacks.SignalAt",
         f"+callbacks.signal.signum={int(signum)}",
         "+callbacks.signal.batch=22",
     ]
-    stopped = run(train_args(tmp_path, cache_dir, "run", *ACCUMULATING, *signal_at))
+    stopped = run_app(TRAIN, *train_args(tmp_path, cache_dir, "run", *ACCUMULATING, *signal_at))
     assert stopped.returncode == 0, stopped.stderr[-3000:]
     assert "Traceback" not in stopped.stderr
     assert f"stopped by {signum.name} at step 12" in stopped.stdout + stopped.stderr
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert last["global_step"] == 12 and last["GPTDataModule"]["batches_seen"] == 24
-    train_here(tmp_path, cache_dir, "run", *ACCUMULATING, "ckpt_path=auto")
+    train(tmp_path, cache_dir, "run", *ACCUMULATING, "ckpt_path=auto")
     expected, got = recorded_losses(accumulating_run), recorded_losses(tmp_path / "run")
     assert len((tmp_path / "run" / "losses.jsonl").read_text().splitlines()) == 40  # each micro-batch once
     assert got == expected  # bit for bit: the resumed steps are the uninterrupted run's
 
     def logged(run: Path) -> list[tuple[str, str]]:
-        with open(run / "csv" / "metrics.csv") as f:
-            return [(r["step"], r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+        return [(r["step"], r["train/loss"]) for r in read_metrics(run) if r.get("train/loss")]
 
     assert logged(tmp_path / "run") == logged(accumulating_run)  # metrics.csv: every step from 0, once, the same
 
@@ -218,12 +152,12 @@ def test_a_kill_during_a_save_never_leaves_a_corrupt_checkpoint(tmp_path, cache_
     )
     folder = tmp_path / "run" / "checkpoints"
     for _ in range(10):
-        proc = start(args, warm=True)
+        proc = start_app(TRAIN, *args)
         wait_for_step(folder / "last.ckpt", 1, proc)
         while not list(folder.glob("*.ckpt.*.tmp")):  # a save is under way (last.ckpt is then its hard link)
             assert proc.poll() is None
             time.sleep(0.001)
-        kill_app(proc)
+        kill_group(proc)
         if list(folder.glob("*.ckpt.*.tmp")):
             break  # killed mid-write: exactly the case to check
     assert list(folder.glob("*.ckpt.*.tmp")), "never managed to kill during a save"
@@ -244,17 +178,17 @@ def test_a_kill_during_a_multi_process_save_never_leaves_a_corrupt_checkpoint(tm
         "callbacks.model_checkpoint.every_n_train_steps=1",
     )
     folder = tmp_path / "run" / "checkpoints"
-    proc = start(args, warm=True)
+    proc = start_app(TRAIN, *args)
     wait_for_step(folder / "last.ckpt", 2, proc)
     while not list(folder.glob("*.ckpt.*.tmp")):
         assert proc.poll() is None
         time.sleep(0.001)
-    kill_app(proc)  # every rank at once
+    kill_group(proc)  # every rank at once
     assert saved_step(folder / "last.ckpt") >= 2
 
 
 @pytest.mark.slow
-def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, cache_dir):
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, cache_dir, capsys):
     args = train_args(
         tmp_path,
         cache_dir,
@@ -262,13 +196,10 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
         "trainer.max_steps=100",
         "trainer.log_every_n_steps=5",
         "callbacks.model_checkpoint.every_n_train_steps=10",
-        "+callbacks.poison._target_=tests.helpers.PoisonWeights",
+        "+callbacks.poison._target_=tests.support.callbacks.PoisonWeights",
         "+callbacks.poison.step=12",
     )
-    result = run(args)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: the training loss is nan at step 14") and "Traceback" not in result.stderr
+    assert refused(capsys, args).startswith("the training loss is nan at step 14")
     assert saved_step(tmp_path / "run" / "checkpoints" / "last.ckpt") == 10
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
@@ -277,9 +208,10 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory, cache_dir) -> Path:
     """Trained in this process: a subprocess would import torch and Lightning again (seconds)."""
-    tmp = tmp_path_factory.mktemp("ckpt")
-    task(compose_train_config(tmp, cache_dir, *TINY, *DATA, "trainer.max_steps=5", "trainer.val_check_interval=5"))
-    return tmp / "run" / "checkpoints" / "last.ckpt"
+    run = train(
+        tmp_path_factory.mktemp("ckpt"), cache_dir, "run", "trainer.max_steps=5", "trainer.val_check_interval=5"
+    )
+    return run / "checkpoints" / "last.ckpt"
 
 
 @pytest.mark.parametrize(
@@ -290,21 +222,20 @@ def tiny_checkpoint(tmp_path_factory, cache_dir) -> Path:
     ],
 )
 @pytest.mark.slow
-def test_resuming_with_another_shape_or_tokenizer_names_what_differs(tiny_checkpoint, compose_train, override, message):
-    cfg = compose_train(*TINY, *DATA, override, f"ckpt_path={tiny_checkpoint}")
-    with pytest.raises(UserError, match=message):
-        task(cfg)
+def test_resuming_with_another_shape_or_tokenizer_names_what_differs(
+    tiny_checkpoint, tmp_path, cache_dir, capsys, override, message
+):
+    assert message in refused(capsys, train_args(tmp_path, cache_dir, "run", override, f"ckpt_path={tiny_checkpoint}"))
 
 
-def test_a_truncated_checkpoint_is_a_clear_error(tiny_checkpoint, compose_train, tmp_path):
+def test_a_truncated_checkpoint_is_a_clear_error(tiny_checkpoint, tmp_path, cache_dir, capsys):
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(tiny_checkpoint.read_bytes()[:5000])
-    with pytest.raises(UserError, match="is truncated or corrupt"):
-        task(compose_train(*TINY, *DATA, f"ckpt_path={broken}"))
+    assert "is truncated or corrupt" in refused(capsys, train_args(tmp_path, cache_dir, "run", f"ckpt_path={broken}"))
     not_ours = tmp_path / "weights.ckpt"
     torch.save({"weights": torch.zeros(3)}, not_ours)
-    with pytest.raises(UserError, match="is not a lightning_gpt checkpoint"):
-        task(compose_train(*TINY, *DATA, f"ckpt_path={not_ours}"))
+    error = refused(capsys, train_args(tmp_path, cache_dir, "run", f"ckpt_path={not_ours}"))
+    assert "is not a lightning_gpt checkpoint" in error
 
 
 @pytest.mark.slow
@@ -315,7 +246,7 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_checkpoint
     limited = (
         "import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN);"
         f"resource.setrlimit(resource.RLIMIT_FSIZE, ({len(before) // 2}, {len(before) // 2}));"
-        "sys.argv = ['lgpt-train', *sys.argv[1:]]; runpy.run_module('lightning_gpt.train', run_name='__main__')"
+        "sys.argv = ['lgpt-train', *sys.argv[1:]]; runpy.run_module('lightning_gpt.apps.train', run_name='__main__')"
     )
     args = [
         *train_args(tmp_path, cache_dir, "x"),
@@ -324,7 +255,9 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_checkpoint
         "trainer.val_check_interval=8",
         "ckpt_path=auto",
     ]
-    result = run_cli(limited, *args, module="-c", cwd=ROOT)  # the limit applies to the warm child alone
+    result = subprocess.run(
+        [sys.executable, "-c", limited, *args], cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: no space left to save")
     assert tiny_checkpoint.read_bytes() == before
@@ -355,11 +288,9 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize(("overrides", "message"), BAD_INPUTS)
-def test_bad_input_is_one_clear_error(compose_train, tmp_path, overrides, message):
+def test_bad_input_is_one_clear_error(tmp_path, cache_dir, capsys, overrides, message):
     (tmp_path / "short.txt").write_text("to be or not to be\n")
-    with pytest.raises(UserError) as error:
-        task(compose_train(*TINY, *overrides))
-    assert message in str(error.value) and "\n" not in str(error.value)
+    assert message in refused(capsys, train_args(tmp_path, cache_dir, "run", *overrides))
 
 
 @pytest.mark.parametrize(
@@ -371,29 +302,23 @@ def test_bad_input_is_one_clear_error(compose_train, tmp_path, overrides, messag
         ("model=gpt5", "Could not find 'model/gpt5'"),
     ],
 )
-def test_config_mistakes_are_one_line_naming_the_key(compose_train, override, message):
+def test_config_mistakes_are_one_line_naming_the_key(override, message):
     with pytest.raises(Exception) as error:
-        compose_train(override)
+        compose("train", override)
     assert message in describe(error.value) and "\n" not in describe(error.value)
 
 
 @pytest.mark.slow
-def test_the_cli_prints_one_line_and_exits_2_with_the_traceback_on_demand(tmp_path, cache_dir):
-    result = run(train_args(tmp_path, cache_dir, "run", "model.n_head=5"))
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "error: model.n_embd (32) must be divisible by model.n_head (5); try model.n_head=4"
-    ]
-    full = run_cli(*train_args(tmp_path, cache_dir, "run"), "model.n_head=5", cwd=ROOT, env={"HYDRA_FULL_ERROR": "1"})
+def test_the_cli_prints_one_line_and_exits_2_with_the_traceback_on_demand(tmp_path, cache_dir, capsys):
+    error = refused(capsys, train_args(tmp_path, cache_dir, "run", "model.n_head=5"))
+    assert error == "model.n_embd (32) must be divisible by model.n_head (5); try model.n_head=4"
+    full = run_app(TRAIN, *train_args(tmp_path, cache_dir, "run"), "model.n_head=5", env={"HYDRA_FULL_ERROR": "1"})
     assert full.returncode != 0 and "Traceback" in full.stderr
 
 
-@pytest.mark.slow  # an app process
-def test_an_unwritable_output_folder_is_a_clear_error(tmp_path, cache_dir):
+def test_an_unwritable_output_folder_is_a_clear_error(tmp_path, cache_dir, capsys):
     (tmp_path / "a_file").write_text("")
-    result = run(train_args(tmp_path, cache_dir, "a_file/run"))
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: cannot write")
+    assert refused(capsys, train_args(tmp_path, cache_dir, "a_file/run")).startswith("cannot write")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -428,7 +353,7 @@ def test_a_really_full_disk_during_a_save_is_one_line_and_keeps_the_previous_che
             "trainer.max_steps=20",
             "callbacks.model_checkpoint.every_n_train_steps=2",
         )
-        result = run(args)
+        result = run_app(TRAIN, *args)
         assert result.returncode == 2, result.stderr[-3000:]
         assert result.stderr.strip().splitlines()[-1].startswith("error: no space left to save")
         assert "Traceback" not in result.stderr
@@ -531,54 +456,36 @@ CHECKPOINT_PROBLEMS = [
 
 @pytest.mark.parametrize(("kind", "message"), CHECKPOINT_PROBLEMS)
 @pytest.mark.slow
-def test_every_tool_names_a_damaged_or_unsafe_checkpoint(
-    tiny_checkpoint, compose_train, tmp_path, cache_dir, kind, message
-):
-    from lightning_gpt.evaluate import evaluate
-    from lightning_gpt.export import task as export
-    from lightning_gpt.sample import generate
-
-    from .apps import compose_app
-
+def test_every_tool_names_a_damaged_or_unsafe_checkpoint(tiny_checkpoint, tmp_path, cache_dir, capsys, kind, message):
     path = _damaged(tiny_checkpoint, tmp_path, kind)
     tools = {
-        "resume": lambda: task(compose_train(*TINY, *DATA, f"ckpt_path={path}", "trainer.max_steps=8")),
-        "lgpt-sample": lambda: generate(compose_app("sample", f"ckpt_path={path}", "device=cpu")),
-        "lgpt-eval": lambda: evaluate(
-            compose_app(
-                "eval",
-                f"ckpt_path={path}",
-                f"paths.root_dir={tmp_path}",
-                f"paths.output_dir={tmp_path}",
-                f"paths.cache_dir={cache_dir}",
-            )
+        "resume": (main, train_args(tmp_path, cache_dir, "run", f"ckpt_path={path}", "trainer.max_steps=8")),
+        "lgpt-sample": (sample.main, [f"ckpt_path={path}", "device=cpu"]),
+        "lgpt-eval": (
+            evaluate.main,
+            [f"ckpt_path={path}", f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}"],
         ),
-        "lgpt-export": lambda: export(compose_app("export", f"ckpt_path={path}", f"out_dir={tmp_path / 'hf'}")),
-        "lightning_gpt.load": lambda: lightning_gpt.load(path),
+        "lgpt-export": (export.main, [f"ckpt_path={path}", f"out_dir={tmp_path / 'hf'}"]),
     }
-    for name, tool in tools.items():
-        with pytest.raises(UserError, match=message):
-            tool()
+    for name, (app, argv) in tools.items():
+        assert re.search(message, refused(capsys, argv, app)), name
         assert not (tmp_path / "hf").exists(), name
+    with pytest.raises(UserError, match=message):
+        lightning_gpt.load(path)
 
 
-def test_resuming_a_finished_run_says_so(tiny_checkpoint, compose_train):
-    with pytest.raises(UserError, match=r"is already at step 5 and trainer.max_steps=5: nothing to train; raise"):
-        task(compose_train(*TINY, *DATA, f"ckpt_path={tiny_checkpoint}", "trainer.max_steps=5"))
+def test_resuming_a_finished_run_says_so(tiny_checkpoint, tmp_path, cache_dir, capsys):
+    error = refused(
+        capsys, train_args(tmp_path, cache_dir, "run", f"ckpt_path={tiny_checkpoint}", "trainer.max_steps=5")
+    )
+    assert re.search(r"is already at step 5 and trainer.max_steps=5: nothing to train; raise", error)
 
 
 @pytest.mark.slow
-def test_checkpoints_of_one_step_are_hard_links_and_snapshots_are_bounded(compose_train, tmp_path):
-    task(
-        compose_train(
-            *TINY,
-            *DATA,
-            "trainer.max_steps=8",
-            "trainer.val_check_interval=8",
-            "callbacks.model_checkpoint.every_n_train_steps=1",
-        )
-    )
-    folder = tmp_path / "run" / "checkpoints"
+def test_checkpoints_of_one_step_are_hard_links_and_snapshots_are_bounded(tmp_path, cache_dir):
+    every_step = "callbacks.model_checkpoint.every_n_train_steps=1"
+    folder = train(tmp_path, cache_dir, "run", "trainer.max_steps=8", "trainer.val_check_interval=8", every_step)
+    folder = folder / "checkpoints"
     files = {p.name: p.stat() for p in folder.iterdir()}
     [best] = [name for name in files if name.startswith("best-")]
     assert sorted(files) == sorted([best, "last.ckpt", *(f"step{s:06d}.ckpt" for s in range(4, 9))])  # newest 5
@@ -586,7 +493,7 @@ def test_checkpoints_of_one_step_are_hard_links_and_snapshots_are_bounded(compos
     assert files["last.ckpt"].st_nlink == 3 and files["step000007.ckpt"].st_nlink == 1
 
 
-def test_saves_never_follow_a_planted_symlink_and_stale_temporaries_go(compose_train, tmp_path):
+def test_saves_never_follow_a_planted_symlink_and_stale_temporaries_go(tmp_path, cache_dir):
     folder = tmp_path / "run" / "checkpoints"
     folder.mkdir(parents=True)
     outside = tmp_path / "outside.txt"
@@ -594,7 +501,7 @@ def test_saves_never_follow_a_planted_symlink_and_stale_temporaries_go(compose_t
     (folder / "last.ckpt.tmp").symlink_to(outside)  # the old fixed temporary name
     (folder / "last.ckpt.0123456789abcdef.tmp").symlink_to(outside)
     (folder / "step000002.ckpt.fedcba9876543210.tmp").write_bytes(bytes(1000))  # a save killed midway
-    task(compose_train(*TINY, *DATA, "trainer.max_steps=3"))  # ends before any periodic save
+    train(tmp_path, cache_dir, "run", "trainer.max_steps=3")  # ends before any periodic save
     assert outside.read_text() == "not yours"
     names = sorted(p.name for p in folder.iterdir())  # validated at the last step: best, last and step 3
     assert names == [next(n for n in names if n.startswith("best-step000003-")), "last.ckpt", "step000003.ckpt"]
@@ -637,34 +544,19 @@ def test_null_texts_are_skipped_and_non_text_columns_are_one_line(tmp_path):
         (["prompt=@{latin1}"], "is not valid UTF-8 text (invalid continuation byte at byte 3); convert it"),
     ],
 )
-def test_bad_sampling_input_is_one_line(tiny_checkpoint, tmp_path, overrides, message):
-    from lightning_gpt.sample import generate
-
-    from .apps import compose_app
-
+def test_bad_sampling_input_is_one_line(tiny_checkpoint, tmp_path, capsys, overrides, message):
     (tmp_path / "latin1.txt").write_bytes("café olé".encode("latin-1"))
     overrides = [o.replace("{latin1}", str(tmp_path / "latin1.txt")) for o in overrides]
-    with pytest.raises(UserError, match=re.escape(message)):
-        generate(compose_app("sample", f"ckpt_path={tiny_checkpoint}", "device=cpu", *overrides), io.StringIO())
+    assert message in refused(capsys, [f"ckpt_path={tiny_checkpoint}", "device=cpu", *overrides], sample.main)
 
 
-def test_a_tiny_temperature_is_greedy_not_nan(tiny_checkpoint):
-    from lightning_gpt.sample import generate
+def test_a_tiny_temperature_is_greedy_not_nan(tiny_checkpoint, capsys):
+    def continuation(temperature: str) -> str:
+        argv = [f"ckpt_path={tiny_checkpoint}", "device=cpu", f"temperature={temperature}", "max_new_tokens=30"]
+        assert sample.main([*argv, "prompt=ROMEO:"]) == 0
+        return capsys.readouterr().out
 
-    from .apps import compose_app
-
-    def sample(temperature: str) -> str:
-        cfg = compose_app(
-            "sample",
-            f"ckpt_path={tiny_checkpoint}",
-            "device=cpu",
-            f"temperature={temperature}",
-            "max_new_tokens=30",
-            "prompt=ROMEO:",
-        )
-        return generate(cfg, io.StringIO())[0]
-
-    assert sample("1e-40") == sample("0")
+    assert continuation("1e-40") == continuation("0")
 
 
 def test_a_broken_hugging_face_folder_is_one_line(tmp_path):

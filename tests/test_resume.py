@@ -13,7 +13,7 @@ import lightning_gpt
 from lightning_gpt.checkpoints import latest_run, resolve_ckpt_path
 from lightning_gpt.errors import UserError
 from lightning_gpt.runs import run_lock
-from lightning_gpt.train import task
+from lightning_gpt.apps.train import task
 
 from .conftest import TINY, TINY_SHAKESPEARE, run_cli
 

@@ -11,7 +11,7 @@ from .conftest import TINY, TINY_SHAKESPEARE
 
 @pytest.mark.slow
 def test_two_launches_in_one_python_process_get_two_run_folders(tmp_path, cache_dir, monkeypatch):
-    from lightning_gpt.train import main
+    from lightning_gpt.apps.train import main
 
     monkeypatch.delenv("LGPT_RUN_STAMP", raising=False)
     args = [

@@ -11,7 +11,7 @@ import torch
 
 import lightning_gpt
 from lightning_gpt.errors import UserError
-from lightning_gpt.sample import SEPARATOR, generate
+from lightning_gpt.apps.sample import SEPARATOR, generate
 
 from .apps import compose_app, train_tiny
 from .conftest import run_cli
@@ -87,23 +87,23 @@ def test_a_run_folder_means_its_last_checkpoint(run):
 def test_a_prompt_that_needs_quoting_reads_from_stdin_or_gets_the_quoted_form(run):
     text = "Ω café, I'll go"
     args = [f"ckpt_path={run}", "prompt=-", "max_new_tokens=5", "device=cpu"]
-    done = run_cli(*args, module="lightning_gpt.sample", input="ROMEO, I'll go")
+    done = run_cli(*args, module="lightning_gpt.apps.sample", input="ROMEO, I'll go")
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("ROMEO, I'll go") and len(done.stdout.split("\n")[0]) == len("ROMEO, I'll go") + 5
-    done = run_cli(f"ckpt_path={run}", f"prompt={text}", module="lightning_gpt.sample")
+    done = run_cli(f"ckpt_path={run}", f"prompt={text}", module="lightning_gpt.apps.sample")
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()
     quoted = """'prompt="Ω café, I'"'"'ll go"'"""
     assert line.endswith(f"type it as {quoted}; or, for a prompt, prompt=- reads it from standard input")
     as_typed = subprocess.run(
-        f"{sys.executable} -m lightning_gpt.sample --cfg job {quoted}", shell=True, capture_output=True, text=True
+        f"{sys.executable} -m lightning_gpt.apps.sample --cfg job {quoted}", shell=True, capture_output=True, text=True
     )
     assert f"prompt: {text}" in as_typed.stdout  # the suggested form really parses
 
 
 @pytest.mark.slow
 def test_help_lists_only_the_apps_own_options():
-    done = run_cli("--help", module="lightning_gpt.sample")
+    done = run_cli("--help", module="lightning_gpt.apps.sample")
     assert done.stdout.startswith("lgpt-sample: generate text") and "temperature: 0.8" in done.stdout
     assert "experiment:" not in done.stdout and "Configuration groups" not in done.stdout  # lgpt-train's: test_train
 
@@ -151,7 +151,7 @@ def test_text_goes_to_stdout_and_messages_to_stderr(run, capsys):
 
 @pytest.mark.slow
 def test_the_command_line_reports_bad_input_in_one_line(run):
-    done = run_cli(f"ckpt_path={run}", "top_p=2", module="lightning_gpt.sample")
+    done = run_cli(f"ckpt_path={run}", "top_p=2", module="lightning_gpt.apps.sample")
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines()[-1] == "error: top_p must be in (0, 1], got 2.0"
 

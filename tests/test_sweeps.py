@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from lightning_gpt.cli import CONF_DIR, register_resolvers
+from lightning_gpt.apps.launch import CONF_DIR, register_resolvers
 
 from .conftest import ROOT, TINY, TINY_SHAKESPEARE, run_cli
 
@@ -85,7 +85,7 @@ def test_mlflow_logger_writes_metrics_params_and_sample_artifacts_that_mlflow_re
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    from lightning_gpt.train import task
+    from lightning_gpt.apps.train import task
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     steps = ["trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.log_every_n_steps=2"]
@@ -117,7 +117,7 @@ WITHOUT_PLUGINS = """
 import sys
 sys.modules["hydra_plugins.hydra_optuna_sweeper"] = None
 sys.modules["hydra_plugins.hydra_submitit_launcher"] = None
-from lightning_gpt.train import main
+from lightning_gpt.apps.train import main
 main()
 """
 

@@ -10,7 +10,6 @@ this module finds and reads the folders and picks the family from config.json's 
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from types import ModuleType
@@ -22,22 +21,20 @@ from lightning_gpt.errors import UserError
 
 if TYPE_CHECKING:
     from lightning_gpt.models.base import LanguageModel
-    from lightning_gpt.models.configs import BaseConfig
+    from lightning_gpt.models.family import BaseConfig
     from lightning_gpt.tokenizers import Tokenizer
-
-MODEL_TYPES = {
-    "gpt2": "gpt2",
-    "llama": "llama",
-    "mamba": "mamba",
-}  # transformers' model_type -> our family (a module of this package)
 
 
 def family_of(model_type: str | None, source: str) -> ModuleType:
-    if model_type not in MODEL_TYPES:
-        raise UserError(
-            f"{source!r} is a {model_type!r} model; we load {', '.join(MODEL_TYPES)} (config.json's model_type)"
-        )
-    return importlib.import_module(f"lightning_gpt.hf.{MODEL_TYPES[model_type]}")
+    """The hf module of the family whose MODEL_TYPE is config.json's model_type."""
+    from lightning_gpt.models import FAMILIES, family_module
+
+    for config_class in FAMILIES.values():
+        module = family_module(config_class, "hf")
+        if module is not None and module.MODEL_TYPE == model_type:
+            return module
+    known = [m.MODEL_TYPE for c in FAMILIES.values() if (m := family_module(c, "hf")) is not None]
+    raise UserError(f"{source!r} is a {model_type!r} model; we load {', '.join(known)} (config.json's model_type)")
 
 
 def hf_folder(source: str) -> Path:
@@ -94,8 +91,11 @@ def export(model: LanguageModel, tokenizer: Tokenizer | None, out_dir: str | Pat
     from safetensors.torch import save_file
 
     from lightning_gpt.hf.tokenizer import has_hf_tokenizer, write_tokenizer
+    from lightning_gpt.models import family_module
 
-    family = importlib.import_module(f"lightning_gpt.hf.{model.config.family}")
+    family = family_module(model.config, "hf")
+    if family is None:
+        raise UserError(f"the {model.config.family} family has no transformers equivalent: it cannot be exported")
     eot = tokenizer.eot_id if has_hf_tokenizer(tokenizer) else None
     config = family.config_to_hf(model.config, eot)  # refuses what transformers cannot hold, before any write
     out = Path(out_dir).expanduser()

@@ -1,24 +1,27 @@
-"""Model families: their configs (configs.py, no torch) and one module per family's model.
+"""Model families. Each folder here is one (see family.py for what it holds); importing this package
+registers them all by importing each folder's config.py (no torch).
 
-    configs.py  every family's config dataclass, registered by `family` (the only copy of its defaults)
-    base.py     what families share: the LanguageModel interface (loss, counts, generate) and Cache
-    gpt.py      GPT-2: learned positions, LayerNorm, GELU MLP, tied head
-    llama.py    Llama 2/3: rotary positions, RMSNorm, SwiGLU MLP, grouped-query attention, untied head
-    mamba.py    Mamba: selective state-space layers (no attention), a parallel scan, a recurrent cache
-
-Adding a family: a `@family` dataclass in configs.py naming its model class, the model's module here,
-its transformers mapping in lightning_gpt/hf/, and conf/model/<preset>.yaml files that set `family:`.
+    build(config)            a freshly initialised model of the config's family
+    config_from_dict(dict)   a family's config from its saved dict (checkpoints, config.yaml)
+    config_class(family)     the family's config dataclass
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import TYPE_CHECKING, Any
 
-from lightning_gpt.models.configs import FAMILIES, BaseConfig
+from lightning_gpt.models.family import FAMILIES, BaseConfig, family_module, register_family
 
 if TYPE_CHECKING:
     from lightning_gpt.models.base import LanguageModel
+
+__all__ = ["FAMILIES", "BaseConfig", "build", "config_class", "config_from_dict", "family_module", "register_family"]
+
+for _folder in pkgutil.iter_modules(__path__):
+    if _folder.ispkg:
+        importlib.import_module(f"{__name__}.{_folder.name}.config")
 
 
 def config_class(family: str) -> type[BaseConfig]:
@@ -37,5 +40,4 @@ def build(config: dict[str, Any] | BaseConfig) -> LanguageModel:
     """A freshly initialised model of the config's family."""
     if isinstance(config, dict):
         config = config_from_dict(config)
-    module, name = type(config).model_class.split(":")
-    return getattr(importlib.import_module(module), name)(config)
+    return getattr(family_module(config, "model"), config.model_class)(config)

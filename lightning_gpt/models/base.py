@@ -1,8 +1,8 @@
 """What every model family shares: the interface training and generation rely on.
 
-A family is a config dataclass (lightning_gpt/models/configs.py) and a `LanguageModel` subclass that
+A family is a config dataclass (its folder's config.py, see family.py) and a `LanguageModel` subclass that
 turns token ids into final-layer activations (`hidden_states`) and those into logits (`head`). Loss,
-parameter groups, parameter counts and text generation are written once, here and in
+parameter groups and parameter counts are written once, here; text generation in
 `lightning_gpt.generation`. Nothing here knows of Lightning, Hydra or command-line keys: errors name the
 config's own fields (the apps prefix them with `model.`).
 """
@@ -17,12 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from lightning_gpt.models.configs import BaseConfig
-
-
-def causal_mask(T: int, past: int, device: torch.device) -> torch.Tensor:
-    """True where query i (at position past+i) may attend to key j: T new queries after past cached keys."""
-    return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
+    from lightning_gpt.models.family import BaseConfig
 
 
 class Cache:
@@ -98,9 +93,3 @@ class LanguageModel(nn.Module):
         for module in self.blocks.modules():
             if isinstance(module, nn.Linear) and module.weight.requires_grad:
                 yield module.weight
-
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, *args: Any, **kwargs: Any) -> Iterator[torch.Tensor]:
-        """Yield next tokens (B, 1) one step at a time: see `lightning_gpt.generation.generate`."""
-        from lightning_gpt.generation import generate
-
-        return generate(self, idx, max_new_tokens, *args, **kwargs)

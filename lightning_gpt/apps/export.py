@@ -1,0 +1,36 @@
+"""lgpt-export: a checkpoint as a Hugging Face transformers folder of its family (GPT-2, Llama).
+
+lgpt-export ckpt_path=outputs/train/runs/<stamp> out_dir=my-gpt2
+python -c "from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained('my-gpt2')"
+
+The folder holds config.json and model.safetensors, plus the tokenizer's files when transformers has an
+equivalent: vocab.json, merges.txt and configs for GPT-2's; tokenizer.json and tokenizer_config.json for a
+trained BPE (char and byte tokenizers have none).
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from lightning_gpt.apps.launch import launch
+
+
+def task(cfg: DictConfig) -> None:
+    from lightning_gpt import find_checkpoint, load
+    from lightning_gpt.hf import export
+    from lightning_gpt.hf.tokenizer import has_hf_tokenizer
+
+    path = find_checkpoint(cfg.ckpt_path)
+    model, tokenizer = load(path)
+    files = export(model, tokenizer, cfg.out_dir)
+    print(f"exported {path} as a transformers {model.config.family} folder: {', '.join(str(f) for f in files)}")
+    if not has_hf_tokenizer(tokenizer):
+        print(f"no tokenizer files: the {tokenizer.name} tokenizer has no Hugging Face equivalent")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return launch(task, "export", argv, "lgpt-export")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

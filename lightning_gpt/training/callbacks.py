@@ -1,0 +1,270 @@
+"""Callbacks specific to GPTs: token throughput, a text sample and attention maps at each validation, and a
+stop at a target validation loss."""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ThroughputMonitor, TQDMProgressBar
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+from lightning_gpt.errors import UserError
+from lightning_gpt.generation import complete, prompt_ids
+from lightning_gpt.training.strategies import full_parameters
+
+
+def _sequences(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    return batch[0].size(0)
+
+
+def _tokens(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    return batch[0].numel()
+
+
+def h200_peak_flops(device_name: str, precision: str) -> float | None:
+    """An H200's dense peak FLOP/s, which equals an H100's of the same form (NVIDIA's datasheets). Lightning's
+    table misses it: its H200 rows hold the sparse figures (twice these) under names ('h200 sxm1') that the
+    card does not report ('NVIDIA H200'). None for other cards: Lightning's table then decides."""
+    name = device_name.lower()
+    if "h200" not in name:
+        return None
+    if "16" in precision:  # bf16 or fp16 tensor cores
+        return 835e12 if "nvl" in name else 989.4e12
+    return 60e12 if "nvl" in name else 66.9e12  # float32 without TF32
+
+
+class TokenThroughputMonitor(ThroughputMonitor):
+    """Lightning's ThroughputMonitor counting sequences as samples and tokens as items: tokens/s per device
+    is `train/device/items_per_sec` (all devices: `train/items_per_sec`), MFU `train/device/mfu` on GPUs
+    Lightning knows. It waits for the GPU after each batch to time it; see docs/benchmarks.md.
+
+    By default each value is measured over the steps since the previous logging step, so the first logging
+    step has one too (Lightning's window of 100 batches left short runs without any); window_size=N measures
+    over the last N batches instead. `peak_flops` (one device's, at the training precision) sets MFU's
+    denominator for GPUs Lightning's table lacks or gets wrong."""
+
+    def __init__(self, window_size: int | None = None, peak_flops: float | None = None, **kwargs: Any):
+        super().__init__(batch_size_fn=_sequences, length_fn=_tokens, **kwargs)
+        self.window_size = window_size
+        self.peak_flops = peak_flops
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        logging_interval = trainer.log_every_n_steps * trainer.accumulate_grad_batches  # in batches
+        self.kwargs["window_size"] = self.window_size or logging_interval + 1  # + the reading before them
+        device = trainer.strategy.root_device
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+        peak = self.peak_flops or h200_peak_flops(gpu, trainer.precision)
+        with warnings.catch_warnings():
+            if peak:  # Lightning's "FLOPs not found for 'NVIDIA H200'" would be wrong: we know them
+                warnings.filterwarnings("ignore", "FLOPs not found")
+            super().setup(trainer, pl_module, stage)
+        if peak:
+            self.available_flops = peak
+            for throughput in self._throughputs.values():
+                throughput.available_flops = peak
+
+    def _start(self, trainer: L.Trainer) -> None:
+        super()._start(trainer)
+        if trainer.state.stage == RunningStage.TRAINING:  # a reading of nothing at the start opens the first window
+            self._throughputs[RunningStage.TRAINING].update(time=0.0, batches=0, samples=0, lengths=0, flops=0)
+
+    @rank_zero_only
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *args: Any, **kwargs: Any
+    ) -> None:
+        """Time validation, so its time is not counted as training's, but log nothing: Lightning would log
+        validation throughput on a step axis of its own (validation batches), beside training's steps."""
+        if not trainer.sanity_checking:
+            self._update(trainer, pl_module, batch, trainer._evaluation_loop.batch_progress.total.ready)
+
+    def _compute(self, trainer: L.Trainer, iter_num: int | None = None) -> None:
+        # Logged at the training step: Lightning logs validation tokens/s at a count of validation batches,
+        # which puts rows at unrelated steps into the same metrics.csv.
+        super()._compute(trainer)
+
+
+class LearningRateLogger(L.Callback):
+    """The learning rate as `train/lr`, beside train/loss at each logging step; with optim.name=muon,
+    `train/lr/muon` and `train/lr/adamw`; one `train/lr/pg<i>` per parameter group only when rates differ
+    otherwise. Lightning's LearningRateMonitor logs `lr-AdamW/pg1` and `pg2`, two identical lines."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        groups = [group for optimizer in trainer.optimizers for group in optimizer.param_groups]
+        by_optimizer = {("muon" if g.get("muon") else "adamw", g["lr"]) for g in groups}
+        if len({g["lr"] for g in groups}) == 1:
+            pl_module.log("train/lr", groups[0]["lr"])
+        elif len(by_optimizer) == len(dict(by_optimizer)):  # one rate per optimizer
+            pl_module.log_dict({f"train/lr/{name}": rate for name, rate in by_optimizer})
+        else:
+            pl_module.log_dict({f"train/lr/pg{i}": g["lr"] for i, g in enumerate(groups)})
+
+
+class StopAtLoss(EarlyStopping):
+    """Ends the run at the first validation with val/loss at or below `target` (Lightning's EarlyStopping
+    with stopping_threshold and unlimited patience), and reports what reaching it took: printed, logged as
+    `target/seconds` and `target/tokens` (all processes, from this run's first step), and kept in `reached`."""
+
+    def __init__(self, target: float):
+        super().__init__(monitor="val/loss", stopping_threshold=target, patience=sys.maxsize, mode="min")
+        self.target = target
+        self.reached: dict[str, float] | None = None
+        self._start, self._tokens = 0.0, 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start, self._tokens = time.perf_counter(), 0
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._tokens += _tokens(batch) * trainer.world_size
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self.reached is None and self.stopping_reason == EarlyStoppingReason.STOPPING_THRESHOLD:
+            loss = float(trainer.callback_metrics["val/loss"])
+            seconds = time.perf_counter() - self._start
+            self.reached = dict(step=trainer.global_step, seconds=seconds, tokens=self._tokens, loss=loss)
+            rank_zero_info(
+                f"Reached val/loss {loss:.4f} <= {self.target} at step {trainer.global_step}: "
+                f"{seconds:.1f} s of training, {self._tokens:,} tokens"
+            )
+            for logger in trainer.loggers:
+                logger.log_metrics({"target/seconds": seconds, "target/tokens": self._tokens}, trainer.global_step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.reached is None:
+            best = float(self.best_score)
+            rank_zero_info(f"Did not reach val/loss <= {self.target} in {trainer.global_step} steps (best {best:.4f})")
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's progress bar counting optimizer steps out of trainer.max_steps. A resumed run shows
+    300/400 and its own rate; Lightning's shows 400/? there (it skips the epoch start when resuming
+    mid-epoch) and counts micro-batches with gradient accumulation."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._count_steps(trainer)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self._count_steps(trainer)
+
+    def _count_steps(self, trainer: L.Trainer) -> None:
+        bar = self.train_progress_bar
+        if bar is None or bar.disable or trainer.max_steps < 1:
+            return
+        bar.reset(total=trainer.max_steps)
+        bar.initial = bar.n = bar.last_print_n = trainer.global_step  # the rate counts this run's steps only
+        bar.set_description(f"Epoch {trainer.current_epoch}")
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step_idx = trainer.global_step - 1 if trainer.max_steps > 0 else batch_idx
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, step_idx)
+
+
+class SampleText(L.Callback):
+    """Generates a short sample after each validation and logs it as text, so a dashboard shows the
+    model learning. Every process generates (a sharded FSDP model needs them all); rank 0 logs."""
+
+    def __init__(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None, seed: int = 0):
+        self.prompt, self.max_new_tokens = prompt, max_new_tokens
+        self.temperature, self.top_k, self.seed = temperature, top_k, seed
+
+    def generate(self, pl_module: L.LightningModule) -> str:
+        with full_parameters(pl_module.model):
+            return complete(
+                pl_module.model,
+                pl_module.tokenizer,
+                self.prompt,
+                self.max_new_tokens,
+                self.temperature,
+                self.top_k,
+                seed=self.seed,
+            )[0]
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        text = self.generate(pl_module)
+        if not trainer.is_global_zero:
+            return
+        step = trainer.global_step
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("samples", f"```\n{text}\n```", step)
+            elif isinstance(logger, WandbLogger):
+                logger.log_text(key="samples", columns=["step", "text"], data=[[step, text]])
+            elif isinstance(logger, MLFlowLogger):  # an artifact per validation: samples/step000250.txt
+                logger.experiment.log_text(logger.run_id, text, f"samples/step{step:06d}.txt")
+        if trainer.default_root_dir:
+            with open(Path(trainer.default_root_dir) / "samples.md", "a", encoding="utf-8") as f:
+                f.write(f"## step {step}\n\n```\n{text}\n```\n\n")
+
+
+class AttentionMaps(L.Callback):
+    """After each validation, the attention weights of a fixed prompt as one PNG (a row per layer, a column
+    per head): logged to TensorBoard, W&B and MLflow when those loggers are on, and written to
+    <run>/attention/step<N>.png. A forward pass and a matplotlib figure per validation; its cost is in
+    docs/benchmarks.md. Prompts longer than the context keep their first block_size tokens."""
+
+    def __init__(self, prompt: str = "ROMEO:\nBut, soft! what light through yonder window breaks?"):
+        self.prompt = prompt
+        self.ids: list[int] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if pl_module.model.config.family != "gpt2":
+            raise UserError(f"callbacks.attention_maps draws GPT-2-family models, not {pl_module.model.config.family}")
+        try:  # now, not at the first validation: a prompt the tokenizer cannot encode stops the run at once
+            ids = prompt_ids(pl_module.tokenizer, self.prompt)
+        except UserError as e:
+            raise UserError(f"callbacks.attention_maps.prompt: {e}") from e
+        self.ids = ids[: pl_module.model.config.block_size]
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        from lightning_gpt.inspection import attention_maps
+
+        with full_parameters(pl_module.model):
+            maps = attention_maps(pl_module.model, torch.tensor([self.ids], device=pl_module.device))
+        if trainer.is_global_zero:
+            self.log_image(trainer, self.draw(maps, trainer.global_step), trainer.global_step)
+
+    def draw(self, maps: torch.Tensor, step: int):
+        """The figure as an RGB array (H, W, 3)."""
+        import numpy as np
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        from lightning_gpt.inspection import attention_figure
+
+        canvas = FigureCanvasAgg(attention_figure(maps, f"attention at step {step}: {self.prompt!r}"))
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba())[..., :3]
+
+    @staticmethod
+    def log_image(trainer: L.Trainer, image, step: int) -> None:
+        from matplotlib.image import imsave
+
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("attention", image, step, dataformats="HWC")
+            elif isinstance(logger, WandbLogger):
+                logger.log_image(key="attention", images=[image], step=step)
+            elif isinstance(logger, MLFlowLogger):  # an image artifact per validation
+                logger.experiment.log_image(logger.run_id, image, f"attention/step{step:06d}.png")
+        if trainer.default_root_dir:
+            folder = Path(trainer.default_root_dir) / "attention"
+            folder.mkdir(parents=True, exist_ok=True)
+            imsave(folder / f"step{step:06d}.png", image)

@@ -1,0 +1,199 @@
+"""The LightningModule around a model of any family: loss, optimizer and LR schedule. Everything else is Lightning's."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import Metric
+
+from lightning_gpt.errors import UserError
+from lightning_gpt.models import build
+from lightning_gpt.schema import OptimConfig
+from lightning_gpt.tokenizers import Tokenizer, tokenizer_from_dict
+from lightning_gpt.training.optim import build_optimizer, check_optim, param_groups, schedule
+
+
+class SumRatio(Metric):
+    """sum(values) / sum(weights) over every update of every process: an exact mean of unevenly sized parts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight: torch.Tensor) -> None:
+        self.total += value.double()
+        self.count += weight
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count).float()
+
+
+class GPTLightningModule(L.LightningModule):
+    """Holds a model and everything a checkpoint needs to rebuild it: model config, tokenizer, optimizer."""
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        tokenizer: dict[str, Any],
+        optim: dict[str, Any] | None = None,  # None: a module that only evaluates
+        compile: bool = False,
+        config: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        # Model config, tokenizer and the whole run config travel inside every checkpoint; the loggers get
+        # them in on_train_start, without a learned vocabulary (a trained BPE's is megabytes of JSON).
+        self.save_hyperparameters(logger=False)
+        self.optim = OptimConfig(**optim) if optim is not None else None
+        if self.optim is not None:
+            try:
+                check_optim(self.optim)
+            except ValueError as e:
+                raise UserError(f"optim.{e}") from None
+        self.model = build(model)
+        self.tokenizer_spec = tokenizer
+        self.compile_model = compile
+        self.val_loss = SumRatio()
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if not hasattr(self, "_tokenizer"):
+            self._tokenizer = tokenizer_from_dict(self.tokenizer_spec)
+        return self._tokenizer
+
+    @property
+    def flops_per_batch(self) -> int | None:
+        """Training FLOPs of one batch, for Lightning's ThroughputMonitor (MFU)."""
+        return getattr(self, "_flops_per_batch", None)
+
+    def configure_model(self) -> None:
+        from lightning_gpt.training.strategies import FSDPStrategy, shard
+
+        if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
+            shard(self.model, self.model.blocks, self.trainer.strategy, self.trainer.precision)
+        if self.compile_model:
+            self.model.compile()  # in place: parameter names (and checkpoints) stay free of _orig_mod.
+
+    def on_train_start(self) -> None:
+        """Log the hyperparameters and the global batch: what a step means depends on devices, nodes and
+        accumulation."""
+        data = self.trainer.datamodule
+        sequences = self.trainer.world_size * data.batch_size * self.trainer.accumulate_grad_batches
+        batch = {"global_batch_size": sequences, "tokens_per_step": sequences * data.block_size}
+        tokenizer = {"name": self.tokenizer.name, "vocab_size": self.tokenizer.vocab_size}
+        for logger in self.loggers:
+            logger.log_hyperparams({**self.hparams, "tokenizer": tokenizer, **batch})
+        rank_zero_info(
+            f"global batch: {self.trainer.world_size} processes x {data.batch_size} sequences x "
+            f"{self.trainer.accumulate_grad_batches} accumulation = {sequences} sequences "
+            f"({batch['tokens_per_step']:,} tokens) per step"
+        )
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.flops_per_batch is None:
+            self._flops_per_batch = self.model.flops_per_token() * x.numel()
+        _, loss = self.model(x, y)
+        self.log("train/loss", loss, prog_bar=True)
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # read when the loss is logged anyway
+            self._stop_if_not_finite(loss)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.global_step >= self.trainer.max_steps > 0:  # the last step: validate even off the interval
+            self.trainer.should_stop = True
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip here rather than in Lightning's precision plugins, which refuse a fused optimizer under
+        bf16-mixed (no scaler is involved, Lightning #21435) and norm clipping under FSDP. By now, under
+        16-mixed, the scaler has unscaled the gradients (the optimizer is not fused then, see
+        configure_optimizers). clip_grad_norm_ computes the global norm of FSDP2's sharded gradients too."""
+        if not gradient_clip_val:
+            return
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+
+    def _stop_if_not_finite(self, loss: torch.Tensor) -> None:
+        """A nan/inf loss poisons the weights at the next step: stop, keeping the last good checkpoint."""
+        if not torch.isfinite(loss):
+            every = self.trainer.log_every_n_steps
+            raise UserError(
+                f"the training loss is {loss.item()} at step {self.global_step} (checked every {every} steps); "
+                f"stopped, the last good checkpoint is kept: lower optim.lr or use gradient clipping, then resume"
+            )
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits, _ = self.model(x)
+        # Summed over real targets: padding windows (targets -1, so every process runs as many batches)
+        # add nothing, and the mean over all processes is exact whatever their number.
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-1, reduction="sum"
+        )
+        self.val_loss.update(loss, weight=(y != -1).sum())
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()  # sum of losses / number of targets, over every process
+        self.val_loss.reset()
+        # Already the global mean; sync_dist only tells Lightning so (every process logs the same value).
+        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise UserError(
+                f"not saving a checkpoint at step {self.global_step}: the weights hold nan/inf; the last good "
+                "checkpoint is kept: lower optim.lr or use gradient clipping, then resume from it"
+            )
+        # Random state, so dropout draws the same masks after a resume as in an uninterrupted run.
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if states:
+            torch.set_rng_state(states["torch"])
+            random.setstate(states["python"])
+            if "cuda" in states and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
+        # The new run's optimizer settings win: a resumed run may lower the learning rate, for instance.
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in param_groups(self.model, self.optim)]
+        for state in checkpoint.get("optimizer_states", []):
+            if len(state["param_groups"]) != len(fresh):
+                raise UserError(
+                    f"the checkpoint's optimizer has {len(state['param_groups'])} parameter groups and optim.name="
+                    f"{self.optim.name} makes {len(fresh)}: resume with the optimizer it was trained with"
+                )
+            for group, settings in zip(state["param_groups"], fresh):
+                group.update({k: v for k, v in settings.items() if k != "lr"})
+        for state in checkpoint.get("lr_schedulers", []):
+            state["base_lrs"] = [g["lr"] for g in fresh]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim
+        # Fused kernels wherever torch has them: on CPUs too, where steps ran 1.03-1.14x faster (benchmarks/).
+        # fp16's scaler unscales a fused AdamW's gradients only inside its step: after clipping would.
+        fp16_clipped = str(self.trainer.precision).startswith("16") and bool(self.trainer.gradient_clip_val)
+        fused = o.fused
+        if fused is None:
+            fused = self.device.type in ("cuda", "cpu") and not fp16_clipped
+        elif fused and fp16_clipped:
+            raise UserError(
+                "optim.fused=true with trainer.precision=16-mixed cannot clip gradients (the fused step unscales "
+                "them after clipping); use optim.fused=null, trainer.precision=bf16-mixed or no clipping"
+            )
+        optimizer = build_optimizer(self.model, o, fused)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(o))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,167 @@
+"""Optimizers and learning-rate schedules: AdamW, or Muon for the hidden weight matrices with AdamW for the rest;
+nanoGPT's cosine schedule or warmup-stable-decay. Torch-only: the Lightning module calls `build_optimizer`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.optim._muon import _adjust_lr
+
+from lightning_gpt.models.base import LanguageModel
+from lightning_gpt.schema import OptimConfig
+
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
+
+
+def cosine_lr(step: int, lr: float, min_lr: float, warmup_steps: int, decay_steps: int) -> float:
+    """Linear warmup to lr, cosine decay to min_lr at decay_steps, then min_lr (nanoGPT's schedule)."""
+    if step < warmup_steps:
+        return lr * (step + 1) / (warmup_steps + 1)
+    if step >= decay_steps:
+        return min_lr
+    progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def wsd_lr(step: int, lr: float, min_lr: float, warmup_steps: int, decay_steps: int, cooldown_frac: float) -> float:
+    """Warmup-stable-decay (Hu et al. 2024, modded-nanogpt): linear warmup, lr held, then a linear decay to
+    min_lr over the last cooldown_frac of decay_steps. Most of the loss drop comes in the decay."""
+    if step < warmup_steps:
+        return lr * (step + 1) / (warmup_steps + 1)
+    cooldown_start = decay_steps * (1.0 - cooldown_frac)
+    if step < cooldown_start:
+        return lr
+    progress = min(1.0, (step - cooldown_start) / max(1.0, decay_steps - cooldown_start))
+    return lr + progress * (min_lr - lr)
+
+
+def schedule(o: OptimConfig) -> Callable[[int], float]:
+    """The learning rate at a step as a multiple of the base rate: one curve for every parameter group."""
+    if o.schedule == "wsd":
+        return lambda step: wsd_lr(step, 1.0, o.min_lr / o.lr, o.warmup_steps, o.decay_steps, o.cooldown_frac)
+    return lambda step: cosine_lr(step, 1.0, o.min_lr / o.lr, o.warmup_steps, o.decay_steps)
+
+
+def check_optim(o: OptimConfig) -> None:
+    """Plain ValueErrors naming the field: the apps prefix it with `optim.`."""
+    for key in ("lr", "eps", "muon_lr"):
+        if not getattr(o, key) > 0:
+            raise ValueError(f"{key} must be positive, got {getattr(o, key)}")
+    for key in ("min_lr", "weight_decay", "warmup_steps"):
+        if getattr(o, key) < 0:
+            raise ValueError(f"{key} must not be negative, got {getattr(o, key)}")
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), e.g. [0.9, 0.95]; got {list(o.betas)}")
+    if not 0.0 <= o.muon_momentum < 1.0:
+        raise ValueError(f"muon_momentum must be in [0, 1), e.g. 0.95; got {o.muon_momentum}")
+    if not 0.0 <= o.cooldown_frac <= 1.0:
+        raise ValueError(f"cooldown_frac must be in [0, 1], e.g. 0.4; got {o.cooldown_frac}")
+    if o.name not in OPTIMIZERS:
+        raise ValueError(f"name must be one of {', '.join(OPTIMIZERS)}; got {o.name!r}")
+    if o.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {o.schedule!r}")
+
+
+def param_groups(model: LanguageModel, o: OptimConfig) -> list[dict[str, Any]]:
+    """The family's decay rule (model.optimizer_groups: matrices and embeddings decay, biases and gains do not),
+    each group marked with the optimizer that steps it. With Muon, the weights of the Linear layers inside the
+    blocks go to Muon; the embedding and the head stay with AdamW (Jordan et al. 2024: they train better so)."""
+    decay, no_decay = model.optimizer_groups(o.weight_decay)
+    to_muon = {id(p) for p in model.hidden_matrices()} if o.name == "muon" else set()
+    adamw = dict(muon=False, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    groups = [
+        dict(params=[p for p in decay["params"] if id(p) in to_muon], muon=True, lr=o.muon_lr),
+        dict(params=[p for p in decay["params"] if id(p) not in to_muon], weight_decay=o.weight_decay, **adamw),
+        dict(params=no_decay["params"], weight_decay=0.0, **adamw),
+    ]
+    groups[0].update(momentum=o.muon_momentum, weight_decay=o.weight_decay)
+    return [g for g in groups if g["params"]]
+
+
+def orthogonalize(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float) -> torch.Tensor:
+    """Newton-Schulz iteration towards U V^T of g = U S V^T (Jordan et al. 2024), as torch.optim.Muon's
+    but in float32: a quintic polynomial whose steep slope at zero pushes every singular value towards ~1."""
+    a, b, c = coefficients
+    x = g.float()
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T  # (small, large): the Gram matrix below is the small side squared
+    x = x / x.norm().clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
+    for _ in range(steps):
+        gram = x @ x.T  # (small, small)
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).to(g.dtype)
+
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon, orthogonalizing in float32 on CPUs. Torch's casts to bfloat16, which CPUs without
+    bf16 matrix units emulate: 15x slower than float32 on this project's 2-core test machine."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        if not any(p.device.type == "cpu" for g in self.param_groups for p in g["params"]):
+            return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params: list[torch.Tensor] = []
+            grads: list[torch.Tensor] = []
+            buffers: list[torch.Tensor] = []
+            self._init_group(group, params, grads, buffers)
+            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+            for param, grad, buffer in zip(params, grads, buffers):
+                buffer.lerp_(grad, 1 - momentum)  # the momentum, as torch's
+                update = grad.lerp(buffer, momentum) if group["nesterov"] else buffer
+                update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                param.mul_(1 - lr * decay)
+                param.add_(update, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], param.shape))
+        return loss
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """torch.optim.Muon on the groups marked muon=True and torch.optim.AdamW on the others, as one optimizer:
+    Lightning's automatic optimization, its LR scheduler and its checkpoints take exactly one. Both run on
+    this optimizer's own param_groups and state, so the schedule reaches them and a state_dict holds both."""
+
+    def __init__(self, groups: list[dict[str, Any]], fused: bool | None = None):
+        muon = [g for g in groups if g["muon"]]
+        adamw = [g for g in groups if not g["muon"]]
+        self.muon = Muon(muon) if muon else None  # each fills in its defaults in its groups
+        self.adamw = torch.optim.AdamW(adamw, fused=fused) if adamw else None
+        super().__init__([*muon, *adamw], {})
+        self._share()
+
+    def _share(self) -> None:
+        """Point both at this optimizer's groups and state (load_state_dict replaces them)."""
+        for child, is_muon in ((self.muon, True), (self.adamw, False)):
+            if child is not None:
+                child.param_groups = [g for g in self.param_groups if g["muon"] == is_muon]
+                child.state = self.state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._share()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for child in (self.muon, self.adamw):
+            if child is not None:
+                child.step()
+        return loss
+
+
+def build_optimizer(model: LanguageModel, o: OptimConfig, fused: bool | None) -> torch.optim.Optimizer:
+    groups = param_groups(model, o)
+    if o.name == "muon":
+        return MuonWithAdamW(groups, fused=fused)
+    return torch.optim.AdamW(groups, fused=fused)
