@@ -18,8 +18,8 @@ from benchmarks import Stopwatch, row
 def run(quick: bool) -> list[dict]:
     import torch
 
-    from lightning_gpt.training.checkpoint_io import AtomicCheckpointIO
     from lightning_gpt.models.gpt2.model import GPT, GPTConfig
+    from lightning_gpt.training.checkpoint_io import AtomicCheckpointIO
 
     config = GPTConfig(block_size=1024, vocab_size=50304, n_layer=4 if quick else 12, n_head=12, n_embd=768)
     model = GPT(config)

@@ -34,8 +34,8 @@ def prepare_fresh(name: str, num_proc: int) -> None:
 
 
 def load_cached(name: str, cache: str) -> None:
-    from lightning_gpt.schema import DataConfig, TrainConfig
     from lightning_gpt.data import GPTDataModule
+    from lightning_gpt.schema import DataConfig, TrainConfig
 
     data = {**asdict(DataConfig()), "block_size": 256, "batch_size": 64, "seed": TrainConfig.seed, "cache_dir": cache}
     datamodule = GPTDataModule(tokenizer=name, **data)

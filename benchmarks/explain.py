@@ -64,7 +64,7 @@ class TimedAttentionMaps(AttentionMaps):
 def page_rows() -> list[dict]:
     import torch
 
-    from lightning_gpt.explain import explain, write_page
+    from lightning_gpt.explainer import explain, write_page
     from lightning_gpt.models.gpt2.model import GPT, GPTConfig
     from lightning_gpt.tokenizers import CharTokenizer
 

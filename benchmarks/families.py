@@ -81,11 +81,13 @@ def generation_rows() -> list[dict]:
     from omegaconf import OmegaConf
 
     from lightning_gpt.apps.launch import CONF_DIR
+    from lightning_gpt.generation import generate
     from lightning_gpt.models import build, config_from_dict
 
     rows = []
     for name, model in FAMILIES.items():
         shape = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / f"{model}.yaml"))
+        shape["family"] = shape.pop("defaults")[0]  # the family the preset builds on
         shape.update(vocab_size=65, block_size=max(CONTEXTS) + NEW_TOKENS)
         torch.manual_seed(0)
         net = build(config_from_dict(shape)).eval()
@@ -93,7 +95,7 @@ def generation_rows() -> list[dict]:
         streams, chunks = {}, {context: [] for context in CONTEXTS}
         for context in CONTEXTS:
             prompt = torch.randint(0, 65, (1, context), generator=torch.Generator().manual_seed(0))
-            streams[context] = net.generate(prompt, NEW_TOKENS + 1, generator=torch.Generator().manual_seed(0))
+            streams[context] = generate(net, prompt, NEW_TOKENS + 1, generator=torch.Generator().manual_seed(0))
             next(streams[context])  # the prompt's pass (prefill) yields the first token: not timed
         for _ in range(NEW_TOKENS // CHUNK):
             for context in CONTEXTS:

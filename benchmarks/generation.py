@@ -28,6 +28,7 @@ def nano_char_model():
     from lightning_gpt.models.gpt2.model import GPT, GPTConfig
 
     shape = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / "nano_char.yaml"))
+    shape.pop("defaults")  # the family it builds on: gpt2, this class
     torch.manual_seed(0)
     return GPT(GPTConfig(vocab_size=65, **shape)).eval()
 
@@ -35,12 +36,14 @@ def nano_char_model():
 def tokens_per_second(model, prompt_tokens: int, new_tokens: int, use_cache: bool) -> float:
     import torch
 
+    from lightning_gpt.generation import generate
+
     prompt = torch.randint(0, 65, (1, prompt_tokens), generator=torch.Generator().manual_seed(0))
     generator = torch.Generator().manual_seed(0)
-    for _ in model.generate(prompt, 8, use_cache=use_cache):  # warm-up
+    for _ in generate(model, prompt, 8, use_cache=use_cache):  # warm-up
         pass
     start = time.perf_counter()
-    steps = model.generate(prompt, new_tokens, temperature=0.8, top_k=200, use_cache=use_cache, generator=generator)
+    steps = generate(model, prompt, new_tokens, temperature=0.8, top_k=200, use_cache=use_cache, generator=generator)
     count = sum(1 for _ in steps)
     return count / (time.perf_counter() - start)
 

@@ -29,7 +29,7 @@ def run(quick: bool) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="lgpt-bench-memory-") as tmp:
         env = child_env(LGPT_ROOT=tmp, LGPT_CACHE_DIR=os.environ.get("LGPT_BENCH_CACHE", f"{tmp}/cache"))
-        imports = "import torch, lightning, lightning_gpt.apps.train, lightning_gpt.training.module, lightning_gpt.data.module"
+        imports = "import torch, lightning, lightning_gpt.apps.train, lightning_gpt.training.module"
         rows.append(
             row(
                 "memory",

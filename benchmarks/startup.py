@@ -38,7 +38,10 @@ PACKAGES = (
     "tensorboard",
     "wandb",
 )
-ENTRY_IMPORTS = "import lightning_gpt.apps.train, lightning_gpt.data.module, lightning_gpt.training.module, lightning_gpt.training.callbacks"
+ENTRY_IMPORTS = (
+    "import lightning_gpt.apps.train, lightning_gpt.data.module, lightning_gpt.training.module, "
+    "lightning_gpt.training.callbacks"
+)
 
 
 def first_step_marker():

@@ -34,7 +34,7 @@ def child(seconds: float) -> None:
     """Train nanoGPT's baby model on random tokens for `seconds` after warm-up; print tokens/s."""
     import torch
 
-    from lightning_gpt.apps.launch import fit_threads_to_load
+    from lightning_gpt.apps.console import fit_threads_to_load
     from lightning_gpt.models.gpt2.model import GPT, GPTConfig
 
     if os.environ.get("LGPT_BENCH_RULE"):

@@ -125,9 +125,9 @@ def hand_loop(overrides: list[str], first: int, last: int, chunk: int) -> None:
     """nanoGPT's training loop on the pieces lgpt-train composes, without Lightning."""
     import torch
 
-    from lightning_gpt.training.build import build_datamodule, build_model_config
-    from lightning_gpt.apps.launch import fit_threads_to_load
+    from lightning_gpt.apps.console import fit_threads_to_load
     from lightning_gpt.models.gpt2.model import GPT, GPTConfig
+    from lightning_gpt.training.build import build_datamodule, build_model_config
     from lightning_gpt.training.optim import cosine_lr
 
     fit_threads_to_load()  # the thread count lgpt-train would choose: like against like on a loaded machine

@@ -5,7 +5,7 @@ From Python, a trained checkpoint is one call away:
     import lightning_gpt
     model, tokenizer = lightning_gpt.load("outputs/train/runs/<stamp>")   # a run folder or a .ckpt file
     prompt = torch.tensor([tokenizer.encode("ROMEO:")])
-    for token in model.generate(prompt, max_new_tokens=100, temperature=0.8, top_k=200):
+    for token in lightning_gpt.generate(model, prompt, max_new_tokens=100, temperature=0.8, top_k=200):
         print(tokenizer.decode(token[0].tolist()), end="", flush=True)
     print(lightning_gpt.complete(model, tokenizer, "ROMEO:", max_new_tokens=100)[0])   # or all at once
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from lightning_gpt.models.base import LanguageModel
     from lightning_gpt.tokenizers import Tokenizer
 
-__all__ = ["UserError", "complete", "find_checkpoint", "load", "load_checkpoint", "read_checkpoint"]
+__all__ = ["UserError", "complete", "find_checkpoint", "generate", "load", "load_checkpoint", "read_checkpoint"]
 
 
 def load(ckpt_path: str | Path, device: Any = "cpu") -> tuple[LanguageModel, Tokenizer]:
@@ -40,6 +40,13 @@ def load(ckpt_path: str | Path, device: Any = "cpu") -> tuple[LanguageModel, Tok
         model = build(config)
     model.load_state_dict(state)
     return model.eval(), tokenizer_from_dict(tokenizer)
+
+
+def generate(*args: Any, **kwargs: Any) -> Any:
+    """Yield next tokens one step at a time: see `lightning_gpt.generation.generate`."""
+    from lightning_gpt.generation import generate
+
+    return generate(*args, **kwargs)
 
 
 def complete(*args: Any, **kwargs: Any) -> list[str]:

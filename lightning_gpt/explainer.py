@@ -34,12 +34,12 @@ import numpy as np
 import torch
 
 from lightning_gpt.errors import UserError
-from lightning_gpt.generation import check_sampling
+from lightning_gpt.generation import check_sampling, generate
 from lightning_gpt.inspection import evaluating, logit_lens, pca_2d, token_piece, trace
 from lightning_gpt.models.gpt2.model import GPT
 from lightning_gpt.tokenizers import Tokenizer
 
-PAGE_TEMPLATE = Path(__file__).with_name("explain_page.html")
+PAGE_TEMPLATE = Path(__file__).with_name("explainer_page.html")
 
 
 @dataclass
@@ -214,8 +214,15 @@ def _continue(
     if room < 1:
         return [], []
     generator = torch.Generator(idx.device).manual_seed(seed)
-    steps = model.generate(
-        idx, min(max_new_tokens, room), temperature, top_k, top_p, stop_token=tokenizer.eot_id, generator=generator
+    steps = generate(
+        model,
+        idx,
+        min(max_new_tokens, room),
+        temperature,
+        top_k,
+        top_p,
+        stop_token=tokenizer.eot_id,
+        generator=generator,
     )
     new = [int(t[0, 0]) for t in steps]
     if tokenizer.eot_id in new:

@@ -123,6 +123,29 @@ def run_folder_of(ckpt_path: str) -> Path | None:
     return next((run for run in (path, path.parent, path.parent.parent) if (run / CONFIG).is_file()), None)
 
 
+# Where classes a saved config names by `_target_` live now (run folders of older versions name the old places).
+MOVED = {
+    "lightning_gpt.checkpointing.": "lightning_gpt.training.checkpoint_io.",
+    "lightning_gpt.callbacks.": "lightning_gpt.training.callbacks.",
+    "lightning_gpt.loggers.": "lightning_gpt.training.loggers.",
+    "lightning_gpt.distributed.": "lightning_gpt.training.strategies.",
+    "lightning_gpt.sweeps.": "lightning_gpt.apps.sweeps.",
+}
+
+
+def load_run_config(path: Path) -> DictConfig:
+    """A run folder's saved config, with the `_target_`s of classes that have moved since pointing at them."""
+
+    def moved(value: Any) -> Any:
+        if isinstance(value, str):
+            for old, new in MOVED.items():
+                if value.startswith(old):
+                    return new + value[len(old) :]
+        return value
+
+    return OmegaConf.create(_map_leaves(OmegaConf.to_container(OmegaConf.load(path)), moved))
+
+
 def run_config_file(run: Path) -> Path:
     """The config a run folder's latest launch used: that of its latest resume, else the original."""
     return run / RESUMED_CONFIG if (run / RESUMED_CONFIG).is_file() else run / CONFIG
@@ -176,7 +199,7 @@ def resumed_config(run: Path, composed: DictConfig, overrides: list[str], groups
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    saved = OmegaConf.load(run_config_file(run))
+    saved = load_run_config(run_config_file(run))
     old, new = saved.paths.output_dir, composed.paths.output_dir
     if old != new:  # a new folder (or a moved one): paths under the old run folder now point to this one
         swap = lambda v: new + v[len(old) :] if isinstance(v, str) and v.startswith(old) else v  # noqa: E203

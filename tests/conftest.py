@@ -31,3 +31,19 @@ def cache_dir(tmp_path_factory) -> Path:
 def _fresh_run_stamp(monkeypatch):
     """Each test's launches name their own run folders."""
     monkeypatch.delenv("LGPT_RUN_STAMP", raising=False)
+
+
+@pytest.fixture
+def lgpt_train(tmp_path, cache_dir):
+    """lgpt-train in this process, writing under tmp_path with the session's token cache:
+    lgpt_train(*overrides, run_dir=tmp_path / "run") returns the run folder (exit code 0 asserted), and
+    lgpt_train(..., code=2) a refused launch's exit code."""
+    from lightning_gpt.apps.train import main
+
+    def run(*overrides: str, run_dir: Path | None = None, code: int = 0) -> Path:
+        run_dir = run_dir or tmp_path / "run"
+        paths = [f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}", f"hydra.run.dir={run_dir}"]
+        assert main([*paths, *overrides]) == code
+        return run_dir
+
+    return run

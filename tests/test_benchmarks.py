@@ -13,19 +13,14 @@ from benchmarks import child_env, lgpt_train
 from benchmarks.speedrun import race, reached
 from benchmarks.training import Case, _hand_loop, _lgpt_train, paired_trial
 
-from .conftest import TINY, WARM, warm_socket
-from .warm import ENV
+from .support.config import TINY
 
 
 @pytest.mark.slow
 def test_the_hand_loop_and_lgpt_train_take_turns_and_reach_the_same_loss(tmp_path, cache_dir):
     case = Case("tiny", [*TINY, f"paths.cache_dir={cache_dir}"], first=2, last=6, chunk=2, settings="")
-    warm = [sys.executable, str(WARM)]  # the same modules, warm-started (tests/warm.py)
-    commands = {
-        "loop": [*warm, "benchmarks.training", *_hand_loop(case)[3:]],
-        "lgpt-train": [*warm, "lightning_gpt.apps.train", *_lgpt_train(case)[len(lgpt_train()) :]],
-    }
-    env = child_env(LGPT_ROOT=str(tmp_path), **{ENV: warm_socket()})
+    commands = {"loop": _hand_loop(case), "lgpt-train": _lgpt_train(case)}
+    env = child_env(LGPT_ROOT=str(tmp_path))
     results = paired_trial(commands, chunks=2, env=env, timeout=120)
     for result in results.values():
         assert len(result["chunks"]) == 2 and all(seconds > 0 for seconds in result["chunks"])
@@ -37,7 +32,7 @@ def test_the_hand_loop_and_lgpt_train_take_turns_and_reach_the_same_loss(tmp_pat
 def test_the_speedrun_race_takes_turns_and_times_each_run_to_its_target(tmp_path, cache_dir):
     def command(name: str, *extra: str) -> list[str]:
         return [
-            *(sys.executable, str(WARM), "lightning_gpt.apps.train", *TINY, f"paths.cache_dir={cache_dir}"),
+            *(*lgpt_train(), *TINY, f"paths.cache_dir={cache_dir}"),
             *("trainer.max_steps=30", "trainer.val_check_interval=10", "callbacks=[default,stop_at_loss]"),
             *("+callbacks.race._target_=benchmarks.speedrun.race_timer", f"hydra.run.dir={tmp_path / name}", *extra),
         ]
@@ -46,7 +41,7 @@ def test_the_speedrun_race_takes_turns_and_times_each_run_to_its_target(tmp_path
         "quick": command("quick", "optim.lr=1e-2", "optim.warmup_steps=0", "callbacks.stop_at_loss.target=3.5"),
         "never": command("never", "callbacks.stop_at_loss.target=0.5"),
     }
-    result = race(commands, child_env(LGPT_ROOT=str(tmp_path), **{ENV: warm_socket()}), timeout=120)
+    result = race(commands, child_env(LGPT_ROOT=str(tmp_path)), timeout=120)
     never, quick = result["never"], result["quick"]
     assert [v["step"] for v in never] == [10, 20, 30] and reached(never, 0.5) is None  # the other ran on alone
     assert all(0 < a["seconds"] < b["seconds"] for a, b in zip(never, never[1:]))
@@ -56,9 +51,8 @@ def test_the_speedrun_race_takes_turns_and_times_each_run_to_its_target(tmp_path
 
 @pytest.mark.slow
 def test_the_gpu_check_says_when_there_is_no_gpu():
-    command = [sys.executable, str(WARM), "benchmarks", "--gpu"]
-    env = child_env(**{ENV: warm_socket()})
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1])
+    command = [sys.executable, "-m", "benchmarks", "--gpu"]
+    done = subprocess.run(command, capture_output=True, text=True, env=child_env(), cwd=Path(__file__).parents[1])
     assert done.returncode != 0
     assert "error: no CUDA GPU here; run `python -m benchmarks --gpu` on a GPU machine" in done.stderr
 
@@ -69,9 +63,8 @@ def test_the_gpu_check_trains_resumes_and_samples_a_preset(tmp_path, monkeypatch
     from benchmarks import gpu
 
     monkeypatch.setattr(gpu, "ON_CPU", True)
-    monkeypatch.setattr(gpu, "lgpt_train", lambda: [sys.executable, str(WARM), "lightning_gpt.apps.train"])
     args = gpu.presets(1)["trainer=gpu"]
-    env = child_env(**{ENV: warm_socket()})
+    env = child_env()
     rows = gpu.check_preset("trainer=gpu (CPU)", [*args, f"paths.cache_dir={cache_dir}"], 10, tmp_path, env)
     assert rows[0]["metric"] == "val/loss at the end" and 0 < rows[0]["value"] < 5, rows
     assert rows[0]["note"] == "trained, resumed, sampled"

@@ -4,20 +4,18 @@ and exported so that transformers' AutoTokenizer gives our ids."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 
 from lightning_gpt import read_checkpoint
+from lightning_gpt.apps.sample import write_samples
 from lightning_gpt.data.cache import TokenCache, fingerprint
 from lightning_gpt.data.sources import Source
 from lightning_gpt.errors import UserError
-from lightning_gpt.apps.sample import generate
 from lightning_gpt.tokenizers import BPETokenizer, build_tokenizer, fits_on_corpus, tokenizer_from_dict, tokenizer_spec
 
-from .apps import compose_app
-from .conftest import SHARED, TINY, TINY_SHAKESPEARE
+from .support.config import SHARED, TINY, TINY_SHAKESPEARE, compose
 from .test_readme import readme_commands, train_overrides
 
 TEXTS = ["hello world", "  two spaces, a tab\tand\nnew lines\n\n", "naïve café 日本語 🙂 Ω", "a<|endoftext|>b", ""]
@@ -53,10 +51,10 @@ def test_bad_bpe_settings_are_one_line_errors():
         build_tokenizer({"name": "gpt2", "vocab_size": 4096})
 
 
-def test_the_vocabulary_size_is_part_of_the_cache_fingerprint(compose_train):
+def test_the_vocabulary_size_is_part_of_the_cache_fingerprint():
     source = Source("embedded")
     assert tokenizer_spec({"name": "gpt2", "vocab_size": None}) == "gpt2"  # existing caches keep their fingerprint
-    configs = [compose_train("tokenizer=bpe", f"tokenizer.vocab_size={n}").tokenizer for n in (4096, 32000)]
+    configs = [compose("train", "tokenizer=bpe", f"tokenizer.vocab_size={n}").tokenizer for n in (4096, 32000)]
     specs = [tokenizer_spec(c) for c in configs]
     assert specs == [{"name": "bpe", "vocab_size": 4096}, {"name": "bpe", "vocab_size": 32000}]
     assert len({fingerprint(source, spec, 0.1) for spec in [*specs, "bpe", "gpt2"]}) == 4
@@ -88,23 +86,13 @@ def readme_bpe_overrides() -> list[str]:
 @pytest.fixture(scope="module")
 def bpe_run(tmp_path_factory, cache_dir) -> Path:
     """The README's command with TINY's model, for 10 steps."""
-    from lightning_gpt.apps.train import task
+    from lightning_gpt.apps.train import main
 
     root = tmp_path_factory.mktemp("bpe")
     overrides = readme_bpe_overrides()
     assert "tokenizer.vocab_size=4096" in overrides and f"data.path={TINY_SHAKESPEARE}" in overrides
-    task(
-        compose_app(
-            "train",
-            f"paths.root_dir={root}",
-            f"paths.output_dir={root / 'run'}",
-            f"paths.cache_dir={cache_dir}",
-            *TINY,
-            *overrides,
-            "trainer.max_steps=10",
-            "trainer.val_check_interval=10",
-        )
-    )
+    paths = [f"paths.root_dir={root}", f"hydra.run.dir={root / 'run'}", f"paths.cache_dir={cache_dir}"]
+    assert main([*paths, *TINY, *overrides, "trainer.max_steps=10", "trainer.val_check_interval=10"]) == 0
     return root / "run"
 
 
@@ -129,21 +117,22 @@ def test_the_checkpoint_holds_the_trained_tokenizer_and_sampling_decodes_with_it
             pass
 
     prompt = "ROMEO: naïve 🙂"
-    cfg = compose_app("sample", f"ckpt_path={bpe_run}", "device=cpu", f"prompt='{prompt}'", "seed=1")
-    [text] = generate(cfg, Out())
+    cfg = compose("sample", f"ckpt_path={bpe_run}", "device=cpu", f"prompt='{prompt}'", "seed=1")
+    [text] = write_samples(cfg, Out())
     assert text.startswith(prompt) and len(text) > len(prompt)
     assert tokenizer.decode(tokenizer.encode(text)) == text
 
 
 @pytest.mark.slow
-def test_the_exported_tokenizer_loads_in_transformers_with_our_ids(bpe_run, tmp_path):
+def test_the_exported_tokenizer_loads_in_transformers_with_our_ids(bpe_run, tmp_path, capsys):
     from transformers import AutoTokenizer
 
-    from .conftest import run_cli
+    from lightning_gpt.apps.export import main
 
-    done = run_cli(f"ckpt_path={bpe_run}", f"out_dir={tmp_path}", module="lightning_gpt.apps.export")
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "tokenizer.json" in done.stdout and "no tokenizer files" not in done.stdout
+    tmp_path = tmp_path / "hf"
+    assert main([f"ckpt_path={bpe_run}", f"out_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "tokenizer.json" in out and "no tokenizer files" not in out
     ours = tokenizer_from_dict(read_checkpoint(bpe_run)[1])
     theirs = AutoTokenizer.from_pretrained(str(tmp_path))
     for text in [*TEXTS, TINY_SHAKESPEARE.read_text()[-3000:]]:
@@ -156,17 +145,14 @@ def test_the_exported_tokenizer_loads_in_transformers_with_our_ids(bpe_run, tmp_
 
 
 @pytest.mark.slow
-def test_resuming_with_another_vocabulary_size_is_refused(bpe_run, compose_train):
-    from lightning_gpt.apps.train import task
+def test_resuming_with_another_vocabulary_size_is_refused(bpe_run, tmp_path, cache_dir, capsys):
+    from lightning_gpt.apps.train import main
 
-    cfg = compose_train(
-        *TINY,
-        *[o for o in readme_bpe_overrides() if not o.startswith("tokenizer.vocab_size")],
-        "tokenizer.vocab_size=2000",
-        f"ckpt_path={bpe_run / 'checkpoints' / 'last.ckpt'}",
-    )
-    with pytest.raises(UserError, match=re.escape("its bpe vocabulary, learned from its training data, differs")):
-        task(cfg)
+    overrides = [o for o in readme_bpe_overrides() if not o.startswith("tokenizer.vocab_size")]
+    paths = [f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}"]
+    ckpt = f"ckpt_path={bpe_run / 'checkpoints' / 'last.ckpt'}"
+    assert main([*paths, *TINY, *overrides, "tokenizer.vocab_size=2000", ckpt]) == 2
+    assert "its bpe vocabulary, learned from its training data, differs" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -187,7 +173,7 @@ def test_eval_reads_the_corpus_with_the_saved_tokenizer_and_reproduces_the_valid
 
     data = [o for o in readme_bpe_overrides() if o.startswith("data")]
     result = evaluate(
-        compose_app("eval", *eval_args(bpe_run, tmp_path, cache_dir), *data, "windows=16", "data.batch_size=8")
+        compose("eval", *eval_args(bpe_run, tmp_path, cache_dir), *data, "windows=16", "data.batch_size=8")
     )
     [best] = (bpe_run / "checkpoints").glob("best-*.ckpt")
     assert result["loss"] == pytest.approx(float(best.stem.split("-val")[1]), abs=1e-4)

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_gpt.schema import DataConfig, TrainConfig
 from lightning_gpt.data import GPTDataModule
 from lightning_gpt.data.cache import fingerprint, prepare_tokens
 from lightning_gpt.data.shakespeare import load_plays
 from lightning_gpt.data.sources import Source
 from lightning_gpt.data.windows import FixedWindows, RandomWindows
 from lightning_gpt.errors import UserError
+from lightning_gpt.schema import DataConfig, TrainConfig
 
-from .conftest import TINY_SHAKESPEARE
+from .support.config import TINY_SHAKESPEARE
 
 
 def datamodule(cache_dir, **overrides) -> GPTDataModule:
@@ -52,6 +52,7 @@ def test_second_run_reuses_the_cache_without_tokenizing(cache_dir, caplog):
     source = Source("local", path=str(TINY_SHAKESPEARE))
     folder = prepare_tokens(source, "gpt2", 0.1, str(cache_dir))
     mtime = (folder / "tokens.bin").stat().st_mtime_ns
+    caplog.clear()
     with caplog.at_level("INFO", logger="lightning_gpt.data.cache"):
         assert prepare_tokens(source, "gpt2", 0.1, str(cache_dir)) == folder
     assert "tokenizing" not in caplog.text

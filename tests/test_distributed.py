@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,12 +16,11 @@ import pytest
 import torch
 
 import lightning_gpt
-from lightning_gpt.apps.train import task
 
-from .conftest import TINY, TINY_SHAKESPEARE, WARM, run_cli, warm_socket
-from .warm import ENV
+from .support.config import ROOT, TINY, TINY_SHAKESPEARE
+from .support.processes import kill_group, run_app, start_app, wait_for_step
+from .support.runs import saved_step
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
 GRAD_NORMS = "+callbacks.grad_norms._target_=tests.support.callbacks.RecordGradNorm"
 
@@ -78,25 +78,21 @@ def the_run(root: Path) -> Path:
     ids=lambda p: p[0],
 )
 @pytest.mark.slow
-def test_each_single_process_preset_trains_clips_and_resumes(preset, compose_train, tmp_path):
+def test_each_single_process_preset_trains_clips_and_resumes(preset, lgpt_train, tmp_path):
     tiny = [o for o in TINY if not o.startswith("data.batch_size")] if "data.batch_size=2" in preset else TINY
     args = [*preset, *tiny, *DATA, "trainer.val_check_interval=3", "trainer.gradient_clip_val=0.05", GRAD_NORMS]
-    task(compose_train(*args, "trainer.max_steps=4"))
+    lgpt_train(*args, "trainer.max_steps=4")
     run = tmp_path / "run"
     assert last_step(run) == 4
     assert [s for s, _ in values(run, "val/loss")] == [2, 3]  # every 3 optimizer steps, and at the last (step 4)
     assert max(grad_norms(run)) <= 0.05 + 1e-6  # clipped, whatever the precision and optimizer
-    task(compose_train(*args, "trainer.max_steps=6", f"ckpt_path={run}", output_dir=tmp_path / "resumed"))
+    lgpt_train(*args, "trainer.max_steps=6", f"ckpt_path={run}", run_dir=tmp_path / "resumed")
     assert last_step(tmp_path / "resumed") == 6
 
 
 @pytest.mark.slow
-def test_validation_counts_optimizer_steps_under_accumulation(compose_train, tmp_path):
-    task(
-        compose_train(
-            *TINY, *DATA, "trainer.max_steps=6", "trainer.val_check_interval=2", "trainer.accumulate_grad_batches=3"
-        )
-    )
+def test_validation_counts_optimizer_steps_under_accumulation(lgpt_train, tmp_path):
+    lgpt_train(*TINY, *DATA, "trainer.max_steps=6", "trainer.val_check_interval=2", "trainer.accumulate_grad_batches=3")
     # Lightning logs validation at the step count before the step that triggered it increments.
     assert [s for s, _ in values(tmp_path / "run", "val/loss")] == [1, 3, 5]
 
@@ -107,14 +103,14 @@ def test_validation_counts_optimizer_steps_under_accumulation(compose_train, tmp
 
 def cli(tmp_path: Path, cache_dir: Path, *overrides: str, **kwargs) -> subprocess.CompletedProcess:
     flags = [o for o in overrides if o.startswith("-")]  # Hydra's flags (-m) come before the overrides
-    result = run_cli(
+    result = run_app(
+        "lightning_gpt.apps.train",
         *flags,
         *TINY,
         *DATA,
         f"paths.root_dir={tmp_path}",
         f"paths.cache_dir={cache_dir}",
         *[o for o in overrides if o not in flags],
-        cwd=ROOT,
         **kwargs,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -172,11 +168,9 @@ def test_fsdp_on_two_cpu_processes_shards_clips_checkpoints_and_resumes_exactly(
     # It loads anywhere (lgpt-sample, lgpt-export and lgpt-eval load through lightning_gpt.load too).
     model, tokenizer = lightning_gpt.load(whole / "checkpoints" / "last.ckpt")
     assert model.num_params() > 0 and tokenizer.name == "char"
-    from lightning_gpt import sample
+    from lightning_gpt.apps import sample
 
-    from .apps import compose_app
-
-    sample.task(compose_app("sample", f"ckpt_path={whole}", "max_new_tokens=10", "prompt=KING", "device=cpu"))
+    assert sample.main([f"ckpt_path={whole}", "max_new_tokens=10", "prompt=KING", "device=cpu"]) == 0
     assert capsys.readouterr().out.startswith("KING")
 
 
@@ -187,9 +181,8 @@ def free_port() -> int:
 
 
 def torchrun_two_nodes(tmp_path: Path, cache_dir: Path, rendezvous: list[str], *overrides: str) -> None:
-    """Two torchrun agents on this machine, one process each, as two nodes would run them (warm-started, as
-    the workers they start: tests/warm.py)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", ENV: warm_socket()}
+    """Two torchrun agents on this machine, one process each, as two nodes would run them."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [
         "trainer=multinode",
         "trainer.accelerator=cpu",
@@ -205,7 +198,7 @@ def torchrun_two_nodes(tmp_path: Path, cache_dir: Path, rendezvous: list[str], *
         subprocess.Popen(
             [
                 sys.executable,
-                str(WARM),
+                "-m",
                 "torch.distributed.run",
                 "--nnodes=2",
                 "--nproc-per-node=1",
@@ -281,16 +274,11 @@ def test_a_sweep_of_ddp_jobs_runs_every_job(launcher, tmp_path, cache_dir):
 
 
 def compose_launcher(tmp_path: Path, *overrides: str):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
-    from lightning_gpt.apps.launch import CONF_DIR
+    from .support.config import compose
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", [f"paths.root_dir={tmp_path}", *overrides], return_hydra_config=True)
-    GlobalHydra.instance().clear()
+    cfg = compose("train", f"paths.root_dir={tmp_path}", *overrides, hydra=True)
     return cfg, instantiate(cfg.hydra.launcher)
 
 
@@ -298,7 +286,7 @@ def test_the_submitit_slurm_launcher_makes_one_job_a_multi_gpu_training_that_lig
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     import submitit
 
-    from lightning_gpt.apps.launch import describe
+    from lightning_gpt.apps.messages import describe
 
     overrides = ["hydra/launcher=submitit_slurm", "trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2"]
     cfg, launcher = compose_launcher(tmp_path, *overrides)
@@ -333,7 +321,7 @@ def test_the_submitit_local_launcher_runs_one_process_per_job_that_sees_its_gpus
 def test_two_trainings_in_one_slurm_job_get_two_folders(tmp_path, cache_dir):
     env = {k: v for k, v in os.environ.items() if k not in ("LGPT_RUN_STAMP", "TORCHELASTIC_RUN_ID")}
     env["SLURM_JOB_ID"] = "4242"
-    script = "from lightning_gpt.apps.launch import run_stamp; import sys; print(run_stamp(sys.argv[1:]))"
+    script = "from lightning_gpt.runs import run_stamp; import sys; print(run_stamp(sys.argv[1:]))"
 
     def name(*overrides: str) -> str:
         command = [sys.executable, "-c", script, *overrides]
@@ -355,31 +343,23 @@ def test_two_trainings_in_one_slurm_job_get_two_folders(tmp_path, cache_dir):
         ("data.block_size=64", r"data.block_size=64 is longer than the model's context \(model.block_size=32\)"),
     ],
 )
-def test_bad_trainer_settings_are_one_line_errors(override, message, compose_train):
-    from lightning_gpt.errors import UserError
-
-    with pytest.raises(UserError, match=message):
-        task(compose_train(*TINY, *DATA, "trainer.max_steps=2", override))
+def test_bad_trainer_settings_are_one_line_errors(override, message, lgpt_train, capsys):
+    lgpt_train(*TINY, *DATA, "trainer.max_steps=2", override, code=2)
+    assert re.search(message, capsys.readouterr().err)
 
 
 @pytest.mark.slow
-def test_a_fresh_run_never_writes_into_a_folder_holding_another_run(compose_train, tmp_path):
-    from lightning_gpt.errors import UserError
-
-    task(compose_train(*TINY, *DATA, "trainer.max_steps=2"))
+def test_a_fresh_run_never_writes_into_a_folder_holding_another_run(lgpt_train, tmp_path, capsys):
+    lgpt_train(*TINY, *DATA, "trainer.max_steps=2")
     before = (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes()
-    with pytest.raises(UserError, match="already holds another run's checkpoints; resume it with ckpt_path=auto"):
-        task(compose_train(*TINY, *DATA, "trainer.max_steps=2", "optim.lr=3e-4"))
+    lgpt_train(*TINY, *DATA, "trainer.max_steps=2", "optim.lr=3e-4", code=2)
+    assert "already holds another run's checkpoints; resume it with ckpt_path=auto" in capsys.readouterr().err
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes() == before
 
 
 @pytest.mark.slow
 def test_two_trainings_in_one_slurm_job_each_resume_their_own_after_a_kill(tmp_path, cache_dir):
     """Two `lgpt-train` calls in one SLURM job; the first is killed, and its requeued command resumes it."""
-    from .test_reliability import kill_app, saved_step, start, wait_for_step
-
-    env = {k: v for k, v in os.environ.items() if k not in ("LGPT_RUN_STAMP", "TORCHELASTIC_RUN_ID")}
-    env["SLURM_JOB_ID"] = "4242"
     common = [
         *TINY,
         *DATA,
@@ -392,17 +372,17 @@ def test_two_trainings_in_one_slurm_job_each_resume_their_own_after_a_kill(tmp_p
         "+callbacks.slow.seconds=0.03",  # 30 steps take over a second: the kill lands mid-run
     ]
     first, second = [*common, "optim.lr=1e-3"], [*common, "optim.lr=3e-4"]
-    proc = start(first, warm=True, env=env)
+    proc = start_app("lightning_gpt.apps.train", *first, env={"SLURM_JOB_ID": "4242"})
     runs = tmp_path / "outputs" / "train" / "runs"
     while not list(runs.glob("job4242_*/checkpoints/last.ckpt")):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.05)
     [killed] = [p.parent.parent for p in runs.glob("job4242_*/checkpoints/last.ckpt")]
     wait_for_step(killed / "checkpoints" / "last.ckpt", 2, proc)
-    kill_app(proc)
+    kill_group(proc)
     assert saved_step(killed / "checkpoints" / "last.ckpt") < 30
     for args in (second, first):  # the second training, then the first's requeued command
-        done = run_cli(*args, cwd=ROOT, env={"SLURM_JOB_ID": "4242"})
+        done = run_app("lightning_gpt.apps.train", *args, env={"SLURM_JOB_ID": "4242"})
         assert done.returncode == 0, done.stderr[-3000:]
     folders = sorted(runs.iterdir())
     assert len(folders) == 2 and killed in folders

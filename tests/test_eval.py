@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 import lightning_gpt
-from lightning_gpt.errors import UserError
 from lightning_gpt.apps.evaluate import evaluate
+from lightning_gpt.errors import UserError
 
-from .apps import TINY_SHAKESPEARE_DATA, compose_app, train_tiny
-from .conftest import run_cli
+from .support.config import TINY_SHAKESPEARE_DATA, compose
+from .support.processes import run_app
+from .support.runs import train_tiny
 
 CPU = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
@@ -34,7 +35,7 @@ def eval_args(run: Path, tmp_path: Path, cache_dir: Path) -> list[str]:
 
 
 def run_eval(run: Path, tmp_path: Path, cache_dir: Path, *overrides: str) -> dict:
-    return evaluate(compose_app("eval", *eval_args(run, tmp_path, cache_dir), *overrides))
+    return evaluate(compose("eval", *eval_args(run, tmp_path, cache_dir), *overrides))
 
 
 @pytest.mark.slow
@@ -89,7 +90,8 @@ def test_one_and_two_processes_give_the_same_loss(run, tmp_path, cache_dir):
     """17 windows split over 2 processes are padded, never repeated: the mean is the same to 1e-6."""
     one = run_eval(run, tmp_path, cache_dir, *TINY_SHAKESPEARE_DATA, "windows=17", "data.batch_size=4")
     out = tmp_path / "ddp.json"
-    done = run_cli(
+    done = run_app(
+        "lightning_gpt.apps.evaluate",
         *eval_args(run, tmp_path, cache_dir),
         *TINY_SHAKESPEARE_DATA,
         "windows=17",
@@ -97,7 +99,6 @@ def test_one_and_two_processes_give_the_same_loss(run, tmp_path, cache_dir):
         "trainer=ddp_cpu",
         "trainer.devices=2",
         f"out_file={out}",
-        module="lightning_gpt.apps.evaluate",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())

@@ -17,15 +17,15 @@ import torch
 import torch.nn.functional as F
 
 import lightning_gpt
-from lightning_gpt.errors import UserError
-from lightning_gpt.explain import explain, page, task, write_page
+from lightning_gpt.apps.explain import main
+from lightning_gpt.apps.sample import write_samples
+from lightning_gpt.explainer import explain, page, write_page
 from lightning_gpt.inspection import token_piece
 from lightning_gpt.models.gpt2.model import GPT, GPTConfig
-from lightning_gpt.apps.sample import generate
 from lightning_gpt.tokenizers import CharTokenizer, build_tokenizer
 
-from .apps import compose_app, train_tiny
-from .conftest import TINY_SHAKESPEARE, run_cli
+from .support.config import TINY_SHAKESPEARE, compose
+from .support.runs import train_args, train_tiny
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PANELS = ["tokens", "embeddings", "attention", "lens", "next", "generated"]
@@ -91,7 +91,7 @@ def test_the_pages_numbers_are_the_models(run, tmp_path):
     # The continuation is lgpt-sample's with the same settings, and its probabilities are the model's.
     (tmp_path / "prompt.txt").write_text(prompt)
     overrides = [f"ckpt_path={run}", "device=cpu", f"prompt=@{tmp_path / 'prompt.txt'}", "seed=3", "max_new_tokens=4"]
-    [sampled] = generate(compose_app("sample", *overrides), out=_Null())
+    [sampled] = write_samples(compose("sample", *overrides), out=_Null())
     ids = data["generated"]["ids"]
     assert sampled == prompt + tokenizer.decode(ids) and len(ids) == 4
     probs = model(torch.tensor([idx[0].tolist() + ids[:-1]]))[0][0, T - 1 :].softmax(dim=-1)
@@ -123,10 +123,9 @@ def test_a_10m_model_and_64_tokens_make_a_page_under_5_mb(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_app_writes_the_page_into_the_run_folder(run):
-    done = run_cli(f"ckpt_path={run}", "prompt=ROMEO:", "max_new_tokens=5", module="lightning_gpt.explain")
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == str(run / "explain.html")
+def test_the_app_writes_the_page_into_the_run_folder(run, capsys):
+    assert main([f"ckpt_path={run}", "prompt=ROMEO:", "max_new_tokens=5"]) == 0
+    assert capsys.readouterr().out.strip() == str(run / "explain.html")
     html = (run / "explain.html").read_text(encoding="utf-8")
     assert "https://" not in html and "http://" not in html  # nothing to fetch: it opens from disk offline
     assert page_data(html)["prompt"] == "ROMEO:"
@@ -144,21 +143,13 @@ def test_the_app_writes_the_page_into_the_run_folder(run):
         (["prompt=ROMEO:", "out={tmp}/notes.txt/page.html"], r"cannot write .*page.html .*; choose another out="),
     ],
 )
-def test_bad_input_is_a_clear_error(run, tmp_path, overrides, message):
+def test_bad_input_is_a_clear_error(run, tmp_path, capsys, overrides, message):
     (tmp_path / "notes.txt").write_text("a file, not a folder")
     overrides = [o.format(tmp=tmp_path) for o in overrides]
-    with pytest.raises(UserError, match=message):
-        task(compose_app("explain", f"ckpt_path={run}", f"out={tmp_path / 'page.html'}", *overrides))
+    assert main([f"ckpt_path={run}", f"out={tmp_path / 'page.html'}", *overrides]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and re.search(message, err)
     assert not (tmp_path / "page.html").exists()
-
-
-@pytest.mark.slow
-def test_the_command_line_reports_bad_input_in_one_line(run):
-    done = run_cli(f"ckpt_path={run}", "prompt=", module="lightning_gpt.explain")
-    assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.strip().splitlines() == [
-        'error: the prompt is empty; give one: prompt="ROMEO:" (or prompt=@file.txt)'
-    ]
 
 
 def chromium(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -249,11 +240,12 @@ def test_attention_maps_callback_logs_a_png_at_each_validation(tmp_path, cache_d
     assert len(list((run / "wandb").glob("offline-run-*/files/media/images/attention_*.png"))) == 2
 
 
-def test_attention_maps_callback_refuses_a_prompt_the_tokenizer_cannot_encode(tmp_path, cache_dir):
-    with pytest.raises(UserError, match="callbacks.attention_maps.prompt: characters"):
-        train_tiny(
-            tmp_path, cache_dir, "callbacks=[default,attention_maps]", "callbacks.attention_maps.prompt='\u2603'"
-        )
+def test_attention_maps_callback_refuses_a_prompt_the_tokenizer_cannot_encode(tmp_path, cache_dir, capsys):
+    from lightning_gpt.apps.train import main
+
+    maps = ["callbacks=[default,attention_maps]", "callbacks.attention_maps.prompt='\u2603'"]
+    assert main(train_args(tmp_path, cache_dir, "run", *maps)) == 2
+    assert "callbacks.attention_maps.prompt: characters" in capsys.readouterr().err
 
 
 def test_token_pieces_show_bytes_and_bpe_pieces_as_they_are():

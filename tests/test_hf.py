@@ -10,14 +10,15 @@ import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 import lightning_gpt
+from lightning_gpt.apps.sample import write_samples
 from lightning_gpt.errors import UserError
+from lightning_gpt.generation import generate
 from lightning_gpt.hf import export, import_config, import_model
 from lightning_gpt.models.gpt2.model import GPT, GPTConfig
-from lightning_gpt.apps.sample import generate
 from lightning_gpt.tokenizers import build_tokenizer
 
-from .apps import compose_app, train_tiny
-from .conftest import TINY_SHAKESPEARE, run_cli
+from .support.config import TINY_SHAKESPEARE, compose
+from .support.runs import train_args, train_tiny
 
 
 def random_gpt2(vocab_size: int = 101, activation: str = "gelu_new", **shape) -> GPT2LMHeadModel:
@@ -107,6 +108,7 @@ def finetuned_run(gpt2_folder, tmp_path_factory, cache_dir) -> Path:
     return train_tiny(
         tmp_path_factory.mktemp("finetune"),
         cache_dir,
+        "model=pretrained",
         f"model.init_from={gpt2_folder}",
         "tokenizer=gpt2",
         "trainer.max_steps=1",
@@ -126,8 +128,8 @@ def test_fine_tuning_starts_from_gpt2_weights(gpt2_folder, finetuned_run):
 
 @pytest.mark.slow
 def test_sampling_from_gpt2_weights_works_offline(gpt2_folder, finetuned_run):
-    samples = generate(
-        compose_app(
+    samples = write_samples(
+        compose(
             "sample",
             f"ckpt_path={finetuned_run}",
             "device=cpu",
@@ -137,21 +139,22 @@ def test_sampling_from_gpt2_weights_works_offline(gpt2_folder, finetuned_run):
         )
     )
     assert len(samples) == 2 and all(samples)  # an empty prompt starts from <|endoftext|>
-    [text] = generate(
-        compose_app(
+    [text] = write_samples(
+        compose(
             "sample", f"ckpt_path={gpt2_folder}", "device=cpu", "prompt=ROMEO:", "max_new_tokens=8", "temperature=0"
         )
     )
     model, tokenizer = lightning_gpt.load(gpt2_folder)
     prompt = torch.tensor([tokenizer.encode("ROMEO:")])
-    tokens = torch.cat(list(model.generate(prompt, 8, temperature=0)), dim=1)[0].tolist()
+    tokens = torch.cat(list(generate(model, prompt, 8, temperature=0)), dim=1)[0].tolist()
     assert text == "ROMEO:" + tokenizer.decode(tokens[: tokens.index(50256)] if 50256 in tokens else tokens)
 
 
 @pytest.mark.slow
 def test_lgpt_export_writes_a_folder_transformers_loads(finetuned_run, tmp_path):
-    done = run_cli(f"ckpt_path={finetuned_run}", f"out_dir={tmp_path / 'out'}", module="lightning_gpt.apps.export")
-    assert done.returncode == 0, done.stderr
+    from lightning_gpt.apps.export import main
+
+    assert main([f"ckpt_path={finetuned_run}", f"out_dir={tmp_path / 'out'}"]) == 0
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json"} <= names
     theirs = GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
@@ -159,8 +162,10 @@ def test_lgpt_export_writes_a_folder_transformers_loads(finetuned_run, tmp_path)
     assert max_logit_difference(ours, theirs, 50257) < 1e-4
 
 
-def test_bad_gpt2_sources_are_clear_errors(tmp_path, gpt2_folder, cache_dir, monkeypatch):
+def test_bad_gpt2_sources_are_clear_errors(tmp_path, gpt2_folder, cache_dir, monkeypatch, capsys):
     import huggingface_hub.constants
+
+    from lightning_gpt.apps.train import main
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as with no network, without waiting
     with pytest.raises(UserError, match="could not download 'gpt2-xl' from the Hugging Face hub"):
@@ -173,5 +178,5 @@ def test_bad_gpt2_sources_are_clear_errors(tmp_path, gpt2_folder, cache_dir, mon
         import_config(str(tmp_path / "bert"))
     with pytest.raises(UserError, match="longer than .* 64 positions"):
         import_config(str(gpt2_folder), block_size=128)
-    with pytest.raises(UserError, match="needs GPT-2's tokenizer"):
-        train_tiny(tmp_path, cache_dir, f"model.init_from={gpt2_folder}")  # the char tokenizer
+    assert main([*train_args(tmp_path, cache_dir, "run", "model=pretrained", f"model.init_from={gpt2_folder}")]) == 2
+    assert "needs GPT-2's tokenizer" in capsys.readouterr().err  # the char tokenizer

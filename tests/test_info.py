@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from lightning_gpt.apps.launch import CONF_DIR
-from lightning_gpt.apps.info import task
+from lightning_gpt.apps.info import main, task
 
-from .conftest import run_cli
+from .support.config import compose
 
 EXACT = {
     "gpt2_small": 124_439_808,
@@ -21,9 +18,7 @@ EXACT = {
 
 
 def info(*overrides: str) -> dict:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return task(compose("info", overrides=list(overrides)))
+    return task(compose("info", *overrides))
 
 
 @pytest.mark.parametrize("preset", EXACT)
@@ -39,10 +34,9 @@ def test_memory_and_flops_follow_the_count():
     assert result["train_flops_per_token"] == 6 * n + 12 * 12 * 768 * 1024  # 6N + attention (PaLM appendix B)
 
 
-@pytest.mark.slow
-def test_the_app_prints_the_table_and_refuses_typos_in_one_line(tmp_path):
-    done = run_cli("model=gpt2_xl", module="lightning_gpt.apps.info", cwd=tmp_path)
-    assert done.returncode == 0 and "1,557,611,200 parameters" in done.stdout
+def test_the_app_prints_the_table_and_refuses_typos_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["model=gpt2_xl"]) == 0 and "1,557,611,200 parameters" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []  # writes nothing
-    done = run_cli("model.n_layers=4", module="lightning_gpt.apps.info", cwd=tmp_path)
-    assert done.returncode == 2 and done.stderr.strip().startswith("error: unknown config key 'model.n_layers'")
+    assert main(["model.n_layers=4"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: unknown config key 'model.n_layers'")

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_gpt.apps.train import task
-
-from .conftest import TINY, TINY_SHAKESPEARE
+from .support.config import TINY, TINY_SHAKESPEARE
 
 DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
 
@@ -34,11 +32,11 @@ def wandb_runs(run: Path) -> list:
 
 
 @pytest.mark.slow
-def test_a_wandb_run_is_named_after_its_run_folder_and_a_resume_continues_it(compose_train, tmp_path):
+def test_a_wandb_run_is_named_after_its_run_folder_and_a_resume_continues_it(lgpt_train, tmp_path):
     pytest.importorskip("wandb")
     common = [*TINY, *DATA, "logger=wandb", "logger.wandb.offline=true", "tags=[baseline]"]
-    task(compose_train(*common, "trainer.max_steps=4"))
-    task(compose_train(*common, "trainer.max_steps=6", "ckpt_path=auto"))  # resumed in its own folder
+    lgpt_train(*common, "trainer.max_steps=4")
+    lgpt_train(*common, "trainer.max_steps=6", "ckpt_path=auto")  # resumed in its own folder
     first, resumed = wandb_runs(tmp_path / "run")
     assert (first.display_name, first.run_group, list(first.tags)) == ("run", "", ["baseline"])
     assert resumed.run_id == first.run_id == (tmp_path / "run" / "wandb" / "run_id").read_text()
@@ -47,14 +45,14 @@ def test_a_wandb_run_is_named_after_its_run_folder_and_a_resume_continues_it(com
 
 @pytest.mark.slow
 def test_tensorboard_has_the_config_as_hparams_one_learning_rate_and_tokens_per_second_from_the_first_log(
-    compose_train, tmp_path
+    lgpt_train, tmp_path
 ):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
     steps = ["trainer.max_steps=10", "trainer.log_every_n_steps=2", "trainer.val_check_interval=10"]
     peak = "callbacks.throughput.peak_flops=1e9"  # MFU's denominator where Lightning's table has no figure
-    task(compose_train(*TINY, *DATA, *steps, "logger=tensorboard", "tags=[baseline]", peak))
+    lgpt_train(*TINY, *DATA, *steps, "logger=tensorboard", "tags=[baseline]", peak)
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
     scalars = events.Tags()["scalars"]
     assert "epoch" not in scalars and not [tag for tag in scalars if tag.startswith("lr-")]
@@ -90,11 +88,11 @@ def test_mfu_on_an_h200_is_against_its_dense_peak_which_lightnings_table_misses(
     assert h200_peak_flops("", "bf16-mixed") is None  # no GPU
 
 
-def test_parameter_groups_with_different_learning_rates_get_a_line_each(compose_train, tmp_path):
+def test_parameter_groups_with_different_learning_rates_get_a_line_each(lgpt_train, tmp_path):
     import csv
 
     steps = ["trainer.max_steps=4", "trainer.log_every_n_steps=2", "trainer.val_check_interval=4"]
-    task(compose_train(*TINY, *DATA, *steps, "+callbacks.halve._target_=tests.support.callbacks.HalveSecondGroup"))
+    lgpt_train(*TINY, *DATA, *steps, "+callbacks.halve._target_=tests.support.callbacks.HalveSecondGroup")
     with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert "train/lr" not in rows[0]

@@ -14,16 +14,17 @@ from transformers import MambaConfig as HFMambaConfig
 from transformers import MambaForCausalLM
 
 import lightning_gpt
-from lightning_gpt.training.build import build_model_config, build_module
+from lightning_gpt.apps.train import main
 from lightning_gpt.errors import UserError
+from lightning_gpt.generation import generate
 from lightning_gpt.hf import export, import_model
 from lightning_gpt.models import build
 from lightning_gpt.models.mamba.model import Mamba, MambaConfig, selective_scan
 from lightning_gpt.tokenizers import build_tokenizer
-from lightning_gpt.apps.train import task
+from lightning_gpt.training.build import build_model_config, build_module
 
-from .apps import TINY_SHAKESPEARE_DATA, compose_app
-from .conftest import TINY_SHAKESPEARE, run_cli
+from .support.config import TINY_SHAKESPEARE, TINY_SHAKESPEARE_DATA, compose
+from .support.processes import run_app
 
 TINY = MambaConfig(block_size=32, vocab_size=50, n_layer=2, n_embd=32, d_state=8)
 
@@ -73,7 +74,7 @@ def test_the_scan_stays_finite_however_large_the_steps():
 
 def preset(name: str, tokenizer) -> Mamba:
     with torch.device("meta"):
-        return build(build_model_config(compose_app("train", f"model={name}"), tokenizer))
+        return build(build_model_config(compose("train", f"model={name}"), tokenizer))
 
 
 def test_presets_have_exact_parameter_counts():
@@ -89,9 +90,9 @@ def test_presets_have_exact_parameter_counts():
 
 def test_keys_of_another_family_are_refused():
     with pytest.raises(UserError, match="model.n_head is not a setting of the mamba model family"):
-        build_model_config(compose_app("train", "model=mamba_baby", "+model.n_head=4"), build_tokenizer("byte"))
+        build_model_config(compose("train", "model=mamba_baby", "+model.n_head=4"), build_tokenizer("byte"))
     with pytest.raises(UserError, match="model.dt_min and model.dt_max must satisfy"):
-        build_model_config(compose_app("train", "model=mamba_baby", "model.dt_min=0.5"), build_tokenizer("byte"))
+        build_model_config(compose("train", "model=mamba_baby", "model.dt_min=0.5"), build_tokenizer("byte"))
 
 
 def test_initialisation_and_weight_decay_follow_mamba():
@@ -121,8 +122,8 @@ def test_cached_generation_equals_uncached_and_its_state_never_grows():
     torch.manual_seed(0)
     model = Mamba(TINY).eval()
     prompt = torch.randint(0, 50, (3, 10))
-    cached = torch.cat(list(model.generate(prompt, 25, temperature=0)), dim=1)
-    uncached = torch.cat(list(model.generate(prompt, 25, temperature=0, use_cache=False)), dim=1)
+    cached = torch.cat(list(generate(model, prompt, 25, temperature=0)), dim=1)
+    uncached = torch.cat(list(generate(model, prompt, 25, temperature=0, use_cache=False)), dim=1)
     assert torch.equal(cached, uncached)
 
     cache = model.new_cache(3, prompt.device, torch.float32)
@@ -205,12 +206,12 @@ def test_an_unsupported_transformers_mamba_is_a_clear_error(tmp_path):
 def test_fine_tuning_starts_from_a_local_transformers_mamba(tmp_path):
     theirs = random_hf_mamba(vocab_size=300)
     theirs.save_pretrained(tmp_path)
-    cfg = compose_app("train", "model=mamba_baby", f"model.init_from={tmp_path}", "tokenizer=byte")
+    cfg = compose("train", "model=pretrained", f"model.init_from={tmp_path}", "model.block_size=64", "tokenizer=byte")
     ours = build_module(cfg, build_tokenizer("byte")).model.eval()
     assert (ours.config.n_layer, ours.config.n_embd, ours.config.block_size) == (2, 32, 64)  # its shape, our context
     assert max_logit_difference(ours, theirs, 256) < 1e-4
     with pytest.raises(UserError, match="has 300 tokens, fewer than the gpt2 tokenizer's 50257"):
-        build_module(compose_app("train", f"model.init_from={tmp_path}", "tokenizer=gpt2"), build_tokenizer("gpt2"))
+        build_module(compose("train", "model=pretrained", f"model.init_from={tmp_path}"), build_tokenizer("gpt2"))
 
 
 TRAIN = [
@@ -235,8 +236,8 @@ TRAIN = [
 def train(root: Path, cache_dir: Path, *overrides: str, resume: Path | None = None) -> Path:
     """A tiny mamba_baby trained in-process; with resume, that run continued (its own config) into root."""
     run = root / "run"
-    common = [f"paths.root_dir={root}", f"paths.output_dir={run}", f"paths.cache_dir={cache_dir}"]
-    task(compose_app("train", *common, *([f"ckpt_path={resume}"] if resume else TRAIN), *overrides))
+    common = [f"paths.root_dir={root}", f"hydra.run.dir={run}", f"paths.cache_dir={cache_dir}"]
+    assert main([*common, *([f"ckpt_path={resume}"] if resume else TRAIN), *overrides]) == 0
     return run
 
 
@@ -284,7 +285,7 @@ def test_fsdp_with_activation_checkpointing_shards_each_mamba_block(tmp_path, ca
     fsdp = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
     paths = [f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}", f"hydra.run.dir={tmp_path / 'run'}"]
     args = [*TRAIN, *fsdp, "trainer.strategy.activation_checkpointing=true", "trainer.max_steps=4", grad_norms]
-    done = run_cli(*args, *paths)
+    done = run_app("lightning_gpt.apps.train", *args, *paths)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "DTensor" in (tmp_path / "run" / "grad_norms.txt").read_text()  # sharded parameters
     model, _ = lightning_gpt.load(tmp_path / "run")  # one full checkpoint, loadable anywhere
@@ -292,15 +293,12 @@ def test_fsdp_with_activation_checkpointing_shards_each_mamba_block(tmp_path, ca
 
 
 def test_lgpt_sample_and_lgpt_export_of_a_mamba_run(mamba_run, tmp_path, capsys):
-    """The apps' tasks in this process (their command lines are tested with GPT runs)."""
-    from lightning_gpt import export, sample
+    from lightning_gpt.apps import export, sample
 
-    from .apps import compose_app
-
-    sample.task(compose_app("sample", f"ckpt_path={mamba_run}", "max_new_tokens=30", "prompt=KING", "device=cpu"))
+    assert sample.main([f"ckpt_path={mamba_run}", "max_new_tokens=30", "prompt=KING", "device=cpu"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("KING") and len(out) > 30
-    export.task(compose_app("export", f"ckpt_path={mamba_run}", f"out_dir={tmp_path / 'hf'}"))
+    assert export.main([f"ckpt_path={mamba_run}", f"out_dir={tmp_path / 'hf'}"]) == 0
     theirs = MambaForCausalLM.from_pretrained(tmp_path / "hf").eval()
     ours, tokenizer = lightning_gpt.load(mamba_run)
     assert max_logit_difference(ours, theirs, tokenizer.vocab_size) < 1e-4

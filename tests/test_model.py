@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightning_gpt.generation import sample_next
+from lightning_gpt.generation import generate, sample_next
 from lightning_gpt.models.gpt2.model import GPT, GPTConfig
 
 TINY = GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=32)
@@ -94,8 +94,8 @@ def test_greedy_generation_is_the_same_with_and_without_the_kv_cache():
     torch.manual_seed(0)
     model = GPT(TINY).eval()
     prompt = torch.randint(0, 50, (3, 5))
-    cached = torch.cat(list(model.generate(prompt, 11, temperature=0, use_cache=True)), dim=1)
-    recomputed = torch.cat(list(model.generate(prompt, 11, temperature=0, use_cache=False)), dim=1)
+    cached = torch.cat(list(generate(model, prompt, 11, temperature=0, use_cache=True)), dim=1)
+    recomputed = torch.cat(list(generate(model, prompt, 11, temperature=0, use_cache=False)), dim=1)
     assert cached.shape == (3, 11)
     assert torch.equal(cached, recomputed)
 
@@ -104,10 +104,10 @@ def test_generation_slides_past_block_size():
     torch.manual_seed(0)
     model = GPT(TINY).eval()
     prompt = torch.randint(0, 50, (2, 16))  # already a full window
-    tokens = torch.cat(list(model.generate(prompt, 40, temperature=0, use_cache=True)), dim=1)
+    tokens = torch.cat(list(generate(model, prompt, 40, temperature=0, use_cache=True)), dim=1)
     assert tokens.shape == (2, 40)
     # The first new token sees the same window either way.
-    first = next(model.generate(prompt, 1, temperature=0, use_cache=False))
+    first = next(generate(model, prompt, 1, temperature=0, use_cache=False))
     assert torch.equal(tokens[:, :1], first)
 
 
@@ -116,7 +116,7 @@ def test_generation_stops_at_end_of_text_for_every_sequence():
     with torch.no_grad():
         model.lm_head.weight.zero_()
         model.transformer.wte.weight[7, 0] = 1.0  # a single direction: token 7 always wins
-    tokens = list(model.generate(torch.zeros(2, 1, dtype=torch.long), 10, temperature=0, stop_token=7))
+    tokens = list(generate(model, torch.zeros(2, 1, dtype=torch.long), 10, temperature=0, stop_token=7))
     assert len(tokens) == 1
 
 
@@ -134,4 +134,4 @@ def test_top_k_and_top_p_keep_only_the_likely_tokens():
 def test_bad_sampling_options_are_rejected(kwargs):
     args = dict(max_new_tokens=5, temperature=1.0, top_k=None, top_p=None) | kwargs
     with pytest.raises(ValueError):
-        next(GPT(TINY).generate(torch.zeros(1, 1, dtype=torch.long), **args))
+        next(generate(GPT(TINY), torch.zeros(1, 1, dtype=torch.long), **args))

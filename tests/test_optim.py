@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import copy
-import csv
 
 import pytest
 import torch
 
-from lightning_gpt.schema import OptimConfig
-from lightning_gpt.errors import UserError
 from lightning_gpt.models import build
+from lightning_gpt.schema import OptimConfig
 from lightning_gpt.training.optim import MuonWithAdamW, build_optimizer, cosine_lr, param_groups, schedule, wsd_lr
-from lightning_gpt.apps.train import task
 
-from .conftest import TINY, TINY_SHAKESPEARE
+from .support.config import TINY, TINY_SHAKESPEARE
+from .support.runs import read_metrics
 
 SMALL = dict(family="llama", block_size=16, vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, multiple_of=16)
 
@@ -88,13 +86,8 @@ def test_warmup_stable_decay_holds_then_decays_linearly():
     assert cosine(50) * 2e-3 == pytest.approx(cosine_lr(50, 2e-3, 2e-4, 10, 100))
 
 
-def read_metrics(run):
-    with open(run / "csv" / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
 @pytest.mark.slow
-def test_a_muon_run_learns_and_resumes_exactly(compose_train, tmp_path):
+def test_a_muon_run_learns_and_resumes_exactly(lgpt_train, tmp_path, capsys):
     """optim=muon with the wsd schedule through the real Trainer: 16 steps at once, or 8 and then 8 more."""
     args = [
         *TINY,
@@ -109,20 +102,18 @@ def test_a_muon_run_learns_and_resumes_exactly(compose_train, tmp_path):
         "trainer.val_check_interval=8",
         "trainer.log_every_n_steps=1",
     ]
-    task(compose_train(*args, "trainer.max_steps=16", output_dir=tmp_path / "once"))
-    task(compose_train(*args, "trainer.max_steps=8", output_dir=tmp_path / "twice"))
-    task(compose_train(*args, "trainer.max_steps=16", "ckpt_path=auto", output_dir=tmp_path / "twice"))
+    lgpt_train(*args, "trainer.max_steps=16", run_dir=tmp_path / "once")
+    lgpt_train(*args, "trainer.max_steps=8", run_dir=tmp_path / "twice")
+    lgpt_train(*args, "trainer.max_steps=16", "ckpt_path=auto", run_dir=tmp_path / "twice")
     once, twice = (
         torch.load(tmp_path / r / "checkpoints" / "last.ckpt", weights_only=False) for r in ("once", "twice")
     )
     assert all(torch.equal(once["state_dict"][k], twice["state_dict"][k]) for k in once["state_dict"])
     assert once["optimizer_states"][0]["param_groups"][0]["muon"]
-    with pytest.raises(UserError, match="resume with the optimizer it was trained with"):
-        task(
-            compose_train(
-                f"ckpt_path={tmp_path / 'once'}", "optim.name=adamw", "trainer.max_steps=20", output_dir=tmp_path / "a"
-            )
-        )
+    lgpt_train(
+        f"ckpt_path={tmp_path / 'once'}", "optim.name=adamw", "trainer.max_steps=20", run_dir=tmp_path / "a", code=2
+    )
+    assert "resume with the optimizer it was trained with" in capsys.readouterr().err
     rows = read_metrics(tmp_path / "once")
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert losses[-1] < losses[0] - 0.3
@@ -130,8 +121,8 @@ def test_a_muon_run_learns_and_resumes_exactly(compose_train, tmp_path):
 
 
 @pytest.mark.slow
-def test_stop_at_loss_ends_the_run_at_the_first_validation_at_the_target(compose_train, tmp_path, caplog):
-    cfg = compose_train(
+def test_stop_at_loss_ends_the_run_at_the_first_validation_at_the_target(lgpt_train, tmp_path, capsys):
+    lgpt_train(
         *TINY,
         "data=local",
         f"data.path={TINY_SHAKESPEARE}",
@@ -142,7 +133,6 @@ def test_stop_at_loss_ends_the_run_at_the_first_validation_at_the_target(compose
         "trainer.max_steps=200",
         "trainer.val_check_interval=5",
     )
-    task(cfg)
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     step = ckpt["global_step"]
     assert 5 <= step < 200 and step % 5 == 0
@@ -151,4 +141,5 @@ def test_stop_at_loss_ends_the_run_at_the_first_validation_at_the_target(compose
     assert val[step] <= 3.3 and all(v > 3.3 for s, v in val.items() if s < step) and len(val) > 1
     [reached] = [r for r in rows if r.get("target/tokens")]
     assert int(float(reached["target/tokens"])) == step * 8 * 32 and float(reached["target/seconds"]) > 0
-    assert f"<= 3.3 at step {step}: " in caplog.text and f"{step * 8 * 32:,} tokens" in caplog.text
+    console = capsys.readouterr().out
+    assert f"<= 3.3 at step {step}: " in console and f"{step * 8 * 32:,} tokens" in console

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from lightning_gpt.apps.plot import main, read_curves
+from lightning_gpt.apps.train import main as train_main
 
-from .apps import train_tiny
-from .conftest import TINY, TINY_SHAKESPEARE, run_cli
+from .support.config import TINY, TINY_SHAKESPEARE
+from .support.runs import train_tiny
 
 DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
 
@@ -29,30 +30,23 @@ def test_plots_train_and_val_loss_of_a_run_to_a_png(run, tmp_path, capsys):
     assert len(curves["val/loss"]) == 2
 
     out = tmp_path / "loss.png"
-    main([str(run), str(run / "csv" / "metrics.csv"), "-o", str(out)])  # a run folder and a CSV path
+    assert main([str(run), str(run / "csv" / "metrics.csv"), "-o", str(out)]) == 0  # a run folder and a CSV path
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)  # after the table of the two runs
 
 
 @pytest.mark.slow
-def test_a_sweep_folder_plots_one_line_per_job_labelled_by_its_overrides_and_prints_a_table(tmp_path, cache_dir):
+def test_a_sweep_folder_plots_one_line_per_job_labelled_by_its_overrides_and_prints_a_table(
+    tmp_path, cache_dir, capsys
+):
     steps = ["trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.log_every_n_steps=2"]
-    sweep = run_cli(
-        "-m",
-        "optim.lr=1e-3,3e-3",
-        "model.dropout=0.0,0.1",
-        *steps,
-        *TINY,
-        *DATA,
-        f"paths.cache_dir={cache_dir}",
-        cwd=tmp_path,
-    )
-    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    sweep = ["-m", "optim.lr=1e-3,3e-3", "model.dropout=0.0,0.1", *steps, *TINY, *DATA]
+    assert train_main([*sweep, f"paths.cache_dir={cache_dir}", f"paths.root_dir={tmp_path}"]) == 0
     (folder,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     out = tmp_path / "sweep.png"
-    result = run_cli(str(folder), "-o", str(out), module="lightning_gpt.apps.plot")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
+    capsys.readouterr()
+    assert main([str(folder), "-o", str(out)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == str(out) and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = [line.split() for line in lines[1:-1]]
     assert [row[:3] for row in table] == [
@@ -70,10 +64,9 @@ def test_a_sweep_folder_plots_one_line_per_job_labelled_by_its_overrides_and_pri
 
 
 @pytest.mark.slow
-def test_a_path_without_a_log_is_a_one_line_error(tmp_path):
-    result = run_cli(str(tmp_path), module="lightning_gpt.apps.plot")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+def test_a_path_without_a_log_is_a_one_line_error(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         f"error: no metrics.csv at {tmp_path}: give a run folder (with csv/metrics.csv) or a CSV file"
     ]
 
@@ -81,6 +74,6 @@ def test_a_path_without_a_log_is_a_one_line_error(tmp_path):
 def test_runs_without_a_log_are_skipped_among_others(run, tmp_path, capsys):
     (tmp_path / "failed").mkdir()
     out = tmp_path / "loss.png"
-    main([str(run), str(tmp_path / "failed"), "-o", str(out)])
+    assert main([str(run), str(tmp_path / "failed"), "-o", str(out)]) == 0
     assert out.is_file()
     assert capsys.readouterr().err == f"skipping {tmp_path / 'failed'}: no metrics.csv in it\n"

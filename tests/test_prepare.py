@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_gpt.schema import DataConfig, TrainConfig
 from lightning_gpt.data import GPTDataModule
 from lightning_gpt.data.cache import TokenCache, prepare_tokens
 from lightning_gpt.data.prepare import prepare_folder
@@ -25,9 +24,11 @@ from lightning_gpt.data.shards import HEADER_BYTES, PreparedFolder, read_header
 from lightning_gpt.data.sources import Source, stream, token_boundary
 from lightning_gpt.data.windows import FixedWindows, RandomWindows
 from lightning_gpt.errors import UserError
+from lightning_gpt.schema import DataConfig, TrainConfig
 from lightning_gpt.tokenizers import build_tokenizer
 
-from .conftest import TINY, TINY_SHAKESPEARE, run_cli
+from .support.config import TINY, TINY_SHAKESPEARE
+from .support.processes import run_app
 
 SHAKESPEARE = Source("local", path=str(TINY_SHAKESPEARE))
 
@@ -183,17 +184,11 @@ def test_bad_inputs_are_refused_and_nothing_of_the_users_is_touched(tmp_path, sh
 @pytest.mark.slow
 def test_the_app_gives_one_line_errors(tmp_path):
     # A fresh interpreter: lgpt-prepare imports no torch, so it starts faster than a warm start's server.
-    done = run_cli("data=local", f"data.path={TINY_SHAKESPEARE}", module="lightning_gpt.apps.prepare", fresh=True)
+    done = run_app("lightning_gpt.apps.prepare", "data=local", f"data.path={TINY_SHAKESPEARE}")
     assert (
         done.returncode == 2 and done.stderr == "error: 'out_dir' needs a value: add out_dir=... to the command line\n"
     )
-    done = run_cli(
-        f"out_dir={tmp_path / 'x'}",
-        "data=prepared",
-        f"data.path={tmp_path}",
-        module="lightning_gpt.apps.prepare",
-        fresh=True,
-    )
+    done = run_app("lightning_gpt.apps.prepare", f"out_dir={tmp_path / 'x'}", "data=prepared", f"data.path={tmp_path}")
     assert done.returncode == 2 and "data=prepared is what lgpt-prepare makes" in done.stderr
     assert not (tmp_path / "x").exists()
 
@@ -205,7 +200,7 @@ def test_a_killed_prepare_resumes_after_its_last_complete_shard(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TINY_SHAKESPEARE.read_text() * 8)
     args = ["tokenizer=gpt2", "data=local", f"data.path={corpus}", "shard_tokens=50000", "memory_mb=16"]
-    whole = run_cli(*args, f"out_dir={tmp_path / 'whole'}", module="lightning_gpt.apps.prepare")
+    whole = run_app("lightning_gpt.apps.prepare", *args, f"out_dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr
     out = tmp_path / "out"
     command = [sys.executable, "-m", "lightning_gpt.apps.prepare", *args, f"out_dir={out}"]
@@ -218,7 +213,7 @@ def test_a_killed_prepare_resumes_after_its_last_complete_shard(tmp_path):
     with pytest.raises(UserError, match="holds no manifest.json"):
         PreparedFolder(out)  # a half-prepared folder is never read
     kept = {f"shard_0000{i}.bin": os.stat(out / f"shard_0000{i}.bin").st_mtime_ns for i in range(3)}
-    again = run_cli(*args, f"out_dir={out}", module="lightning_gpt.apps.prepare")
+    again = run_app("lightning_gpt.apps.prepare", *args, f"out_dir={out}")
     assert again.returncode == 0, again.stderr
     assert "; resuming after shard " in again.stdout
     assert all(os.stat(out / name).st_mtime_ns == mtime for name, mtime in kept.items())  # not written again
@@ -288,7 +283,7 @@ def test_ddp_trains_from_a_prepared_folder_and_resumes_exactly(tmp_path, shakesp
         "+callbacks.record._target_=tests.support.callbacks.RecordBatches",
     ]
     for overrides in (["trainer.max_steps=3"], ["trainer.max_steps=6", "ckpt_path=auto"]):
-        done = run_cli(*common, *overrides)
+        done = run_app("lightning_gpt.apps.train", *common, *overrides)
         assert done.returncode == 0, done.stderr[-3000:]
     assert list(losses(run)) == list(range(6))
     split = datamodule(cache_dir, source="prepared", path=str(shakespeare_char)).tokens("train")
@@ -305,18 +300,20 @@ def test_ddp_trains_from_a_prepared_folder_and_resumes_exactly(tmp_path, shakesp
 
 
 @pytest.mark.slow
-def test_the_readmes_prepare_commands_run_as_written(tmp_path, cache_dir):
-    from .conftest import SHARED
-    from .test_readme import readme_commands, shell, tiny
+def test_the_readmes_prepare_commands_run_as_written(tmp_path, cache_dir, capsys, monkeypatch):
+    from .support.config import SHARED
+    from .test_readme import readme_commands, run_command, tiny
 
     (tmp_path / "shared").symlink_to(SHARED)  # ../shared/data/... as beside a checkout
     clone = tmp_path / "clone"
     clone.mkdir()
     commands = [c for c in readme_commands() if "lgpt-prepare " in c or "data=prepared" in c]
     assert [c.split()[0] for c in commands] == ["lgpt-prepare", "lgpt-train"]
+    monkeypatch.chdir(clone)
+    monkeypatch.setenv("LGPT_CACHE_DIR", str(cache_dir))
     for command in (commands[0], tiny(commands[1], 4)):
-        done = shell(command, clone, LGPT_CACHE_DIR=str(cache_dir))
-        assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
+        code, _, err = run_command(command, capsys)
+        assert code == 0, f"{command}\n{err[-3000:]}"
     manifest = json.loads((clone / "prepared" / "shakespeare-gpt2" / "manifest.json").read_text())
     assert manifest["num_tokens"] == 338_026 and manifest["tokenizer"] == {"name": "gpt2"}
     assert len(list((clone / "outputs" / "train" / "runs").glob("*/checkpoints/last.ckpt"))) == 1

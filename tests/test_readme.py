@@ -3,32 +3,15 @@ in a fresh folder (with a tiny model and few steps where the README's would take
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from lightning_gpt.apps.launch import CONF_DIR, register_resolvers
-
-from .conftest import ROOT, SHARED, TINY, WARM, warm_socket
-from .warm import ENV
+from .support.config import ROOT, SHARED, TINY, compose
 
 README = (ROOT / "README.md").read_text()
-APPS = {
-    "lgpt-train": "train",
-    "lgpt-sample": "sample",
-    "lgpt-eval": "evaluate",
-    "lgpt-export": "export",
-    "lgpt-plot": "plot",
-    "lgpt-info": "info",
-    "lgpt-prepare": "prepare",
-}
 NEEDS_A_GPU_OR_NETWORK = re.compile(r"trainer=(gpu|ddp |ddp$|fsdp|multinode)|gpt2_|init_from|tokenizer=gpt2|devices=8")
 
 
@@ -58,33 +41,42 @@ def test_the_readme_has_the_commands_this_test_expects():
 @pytest.mark.parametrize("command", sorted({c for c in readme_commands() if train_overrides(c) is not None}), ids=str)
 @pytest.mark.slow  # ~30 compositions, half a second each: documentation drift, not an everyday edit's concern
 def test_every_training_command_composes(command):
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        overrides = [o.replace("<stamp>", "2026-01-01_12-00-00_ab12") for o in train_overrides(command)]
-        cfg = compose("train", overrides=overrides)
+    overrides = [o.replace("<stamp>", "2026-01-01_12-00-00_ab12") for o in train_overrides(command)]
+    cfg = compose("train", *overrides)
     assert cfg.trainer.max_steps > 0
 
 
-def shell(command: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    """Run a README line in bash, its lgpt-* commands being this checkout's apps (warm-started: tests/warm.py)."""
-    functions = "".join(
-        f'{app}() {{ "{sys.executable}" "{WARM}" lightning_gpt.{module} "$@"; }}\n' for app, module in APPS.items()
-    )
-    return subprocess.run(
-        ["bash", "-c", functions + command],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        # Not LGPT_RUN_STAMP: an in-process test may have named its run folder; each command names its own.
-        env={
-            **{k: v for k, v in os.environ.items() if k != "LGPT_RUN_STAMP"},
-            "PYTHONPATH": str(ROOT),
-            ENV: warm_socket(),
-            **env,
-        },
-    )
+def run_command(command: str, capsys) -> tuple[int, str, str]:
+    """Run one README line in this process, as the shell would: `lgpt-<app> args` (or `lgpt <app> args`) is
+    that app's main(args); `echo "text" | lgpt-sample ...` feeds the text to standard input; `python -c`
+    runs the code. Returns the exit code and what was printed (stdout, stderr)."""
+    import importlib
+    import io
+
+    from lightning_gpt.apps.lgpt import APPS as SUBCOMMANDS
+
+    command = command.rsplit("&& ", 1)[-1]  # the set-up line: what follows the installation
+    stdin = None
+    if command.startswith("echo "):
+        echoed, command = command.split("|", 1)
+        stdin = shlex.split(echoed)[1] + "\n"
+    words = shlex.split(command, comments=True)
+    if words[:2] == ["python", "-c"]:
+        code = 0
+        exec(compile(words[2], "<readme>", "exec"), {"__name__": "__main__"})
+    else:
+        name, *args = words
+        if name == "lgpt":
+            name, *args = [f"lgpt-{args[0]}", *args[1:]]
+        module = SUBCOMMANDS[name.removeprefix("lgpt-")][0]
+        saved = sys.stdin
+        sys.stdin = io.StringIO(stdin) if stdin is not None else sys.stdin
+        try:
+            code = importlib.import_module(f"lightning_gpt.apps.{module}").main(args)
+        finally:
+            sys.stdin = saved
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def tiny(command: str, steps: int) -> str:
@@ -99,23 +91,24 @@ def tiny(command: str, steps: int) -> str:
 
 
 @pytest.mark.slow
-def test_the_cpu_commands_run_as_written_in_a_fresh_folder(tmp_path, cache_dir):
+def test_the_cpu_commands_run_as_written_in_a_fresh_folder(tmp_path, cache_dir, capsys, monkeypatch):
     (tmp_path / "shared").symlink_to(SHARED)  # ../shared/data/... as beside a checkout
     clone = tmp_path / "clone"
     clone.mkdir()
     (clone / "prompt.txt").write_text("First Citizen:\n")
     (clone / "other.txt").write_text("ROMEO: What say you, my lord? We shall go to the king.\n" * 300)
-    env = {"LGPT_CACHE_DIR": str(cache_dir)}
+    monkeypatch.chdir(clone)
+    monkeypatch.setenv("LGPT_CACHE_DIR", str(cache_dir))
     commands = readme_commands()
 
-    def run(command: str) -> subprocess.CompletedProcess:
-        done = shell(command, clone, **env)
-        assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
-        return done
+    def run(command: str) -> tuple[str, str]:
+        code, out, err = run_command(command, capsys)
+        assert code == 0, f"{command}\n{err[-3000:]}"
+        return out, err
 
     # The set-up line's training run (the installation itself is what CI does).
     [setup] = [c for c in commands if c.startswith("(pip install torch")]
-    run(tiny(setup.rsplit("&& ", 1)[1], 10))
+    run(tiny(setup, 10))
     [stamp] = [p.name for p in (clone / "outputs" / "train" / "runs").iterdir()]
     names = {"<stamp>": stamp, "<run>": f"outputs/train/runs/{stamp}", "step002000.ckpt": "step000010.ckpt"}
 
@@ -150,22 +143,20 @@ def test_the_cpu_commands_run_as_written_in_a_fresh_folder(tmp_path, cache_dir):
     sampling = [c for c in commands if re.match(r"(echo .*\| )?lgpt-(sample|eval|export) ", c)]
     assert len(sampling) == 5
     done = [run(as_written(command)) for command in sampling]
-    for command, result in zip(sampling, done):
+    for command, (_, err) in zip(sampling, done):
         if "lgpt-sample" in command:
-            assert f"loaded outputs/train/runs/{stamp}/checkpoints/last.ckpt" in result.stderr
-    assert "ROMEO: Nay, I'll go." in done[2].stdout
+            assert f"loaded outputs/train/runs/{stamp}/checkpoints/last.ckpt" in err
+    assert "ROMEO: Nay, I'll go." in done[2][0]
     assert (clone / "my-gpt2" / "model.safetensors").is_file()
 
     infos = [c for c in commands if c.startswith("lgpt-info ")]
-    assert len(infos) == 2 and "8,030,261,248 parameters" in run(infos[0]).stdout
+    assert len(infos) == 2 and "8,030,261,248 parameters" in run(infos[0])[0]
     run(infos[1])
 
     [plot] = [c for c in commands if c.startswith("lgpt-plot outputs/train/runs/<stamp>")]
     run(as_written(plot))
     assert (clone / "loss.png").is_file()
     generate, explain = re.findall(r"```python\n(.*?)```", README, re.S)
-    python = f"{sys.executable} {WARM} -c"  # `python -c`, warm-started
-    done = run(f"{python} {shlex.quote(as_written(generate))}")
-    assert len(done.stdout) >= 100
-    run(f"{python} {shlex.quote(as_written(explain))}")
+    assert len(run(shlex.join(["python", "-c", as_written(generate)]))[0]) >= 100
+    run(shlex.join(["python", "-c", as_written(explain)]))
     assert (clone / "explain.html").stat().st_size > 10_000

@@ -10,12 +10,12 @@ import torch
 import yaml
 
 import lightning_gpt
+from lightning_gpt.apps.train import main
 from lightning_gpt.checkpoints import latest_run, resolve_ckpt_path
 from lightning_gpt.errors import UserError
 from lightning_gpt.runs import run_lock
-from lightning_gpt.apps.train import task
 
-from .conftest import TINY, TINY_SHAKESPEARE, run_cli
+from .support.config import TINY, TINY_SHAKESPEARE
 
 DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
 
@@ -47,20 +47,20 @@ def check_continued(run: Path, first_steps: int, total: int, warmup: int) -> Non
 
 
 @pytest.mark.slow
-def test_resuming_a_run_folder_continues_it_with_its_own_config(tmp_path, cache_dir):
+def test_resuming_a_run_folder_continues_it_with_its_own_config(tmp_path, cache_dir, capsys, monkeypatch):
     """The README's case, shorter: nanogpt_baby on local data for 30 steps, then `ckpt_path=<folder>
     trainer.max_steps=40` from another folder."""
     args = [*cli_args(tmp_path, cache_dir), "trainer.log_every_n_steps=1", "trainer.val_check_interval=10"]
-    first = run_cli("experiment=nanogpt_baby", *DATA, *args, "trainer.max_steps=30", "optim.warmup_steps=5")
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert main(["experiment=nanogpt_baby", *DATA, *args, "trainer.max_steps=30", "optim.warmup_steps=5"]) == 0
     [run] = (tmp_path / "outputs" / "nanogpt_baby" / "runs").iterdir()
     config = (run / "config.yaml").read_text()
-    resumed = run_cli(f"ckpt_path={run}", "trainer.max_steps=40", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main([f"ckpt_path={run}", "trainer.max_steps=40"]) == 0
     assert [p.name for p in (tmp_path / "outputs" / "nanogpt_baby" / "runs").iterdir()] == [run.name]
     assert not (tmp_path / "outputs" / "train").exists()  # no stray folder under the default task
     check_continued(run, 30, 40, warmup=5)
-    assert "keeps its schedule, decaying to optim.min_lr at step 30" in resumed.stdout
+    assert "keeps its schedule, decaying to optim.min_lr at step 30" in capsys.readouterr().out
     assert (run / "config.yaml").read_text() == config  # the original stays
     assert yaml.safe_load((run / "config-resumed.yaml").read_text())["trainer"]["max_steps"] == 40
     [entry] = yaml.safe_load((run / "resumes.yaml").read_text())
@@ -69,7 +69,7 @@ def test_resuming_a_run_folder_continues_it_with_its_own_config(tmp_path, cache_
 
 
 @pytest.mark.slow
-def test_a_resume_in_place_keeps_the_logs_and_the_schedule(compose_train, tmp_path):
+def test_a_resume_in_place_keeps_the_logs_and_the_schedule(lgpt_train, tmp_path):
     """30 steps, then 40 in the same folder (ckpt_path=auto, as a requeued job), in this process."""
     args = [
         *TINY,
@@ -79,53 +79,44 @@ def test_a_resume_in_place_keeps_the_logs_and_the_schedule(compose_train, tmp_pa
         "optim.warmup_steps=5",
         "ckpt_path=auto",
     ]
-    task(compose_train(*args, "trainer.max_steps=30"))
+    lgpt_train(*args, "trainer.max_steps=30")
     metrics_before = rows(tmp_path / "run")
-    task(compose_train(*args, "trainer.max_steps=40"))
+    lgpt_train(*args, "trainer.max_steps=40")
     assert rows(tmp_path / "run")[: len(metrics_before)] == metrics_before  # appended, nothing rewritten
     check_continued(tmp_path / "run", 30, 40, warmup=5)
 
 
 @pytest.mark.slow
-def test_resuming_a_run_folder_in_process_uses_its_config_in_a_new_folder(compose_train, tmp_path):
-    task(
-        compose_train(
-            *TINY,
-            *DATA,
-            "model.n_layer=1",
-            "trainer.max_steps=10",
-            "trainer.val_check_interval=10",
-            output_dir=tmp_path / "a",
-        )
+def test_resuming_a_run_folder_in_process_uses_its_config_in_a_new_folder(lgpt_train, tmp_path, capsys):
+    lgpt_train(
+        *TINY,
+        *DATA,
+        "model.n_layer=1",
+        "trainer.max_steps=10",
+        "trainer.val_check_interval=10",
+        run_dir=tmp_path / "a",
     )
     # Nothing repeated but the new step count: model, data and tokenizer come from the run's config.
-    task(compose_train("ckpt_path=" + str(tmp_path / "a"), "trainer.max_steps=15", output_dir=tmp_path / "b"))
+    lgpt_train("ckpt_path=" + str(tmp_path / "a"), "trainer.max_steps=15", run_dir=tmp_path / "b")
     saved = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
     assert saved["model"]["n_layer"] == 1 and saved["data"]["path"] == str(TINY_SHAKESPEARE)
     assert saved["callbacks"]["model_checkpoint"]["dirpath"] == str(tmp_path / "b" / "checkpoints")
     assert saved["optim"]["decay_steps"] == 10  # the original horizon
     assert torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 15
-    task(
-        compose_train(
-            f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}",
-            "trainer.max_steps=12",
-            output_dir=tmp_path / "c",
-        )
+    lgpt_train(
+        f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}",
+        "trainer.max_steps=12",
+        run_dir=tmp_path / "c",
     )
     assert yaml.safe_load((tmp_path / "c" / "config.yaml").read_text())["model"]["n_layer"] == 1  # its run's config
-    with pytest.raises(UserError, match="experiment=nanogpt_baby cannot change when resuming"):
-        task(compose_train(f"ckpt_path={tmp_path / 'a'}", "experiment=nanogpt_baby", output_dir=tmp_path / "d"))
+    lgpt_train(f"ckpt_path={tmp_path / 'a'}", "experiment=nanogpt_baby", run_dir=tmp_path / "d", code=2)
+    assert "experiment=nanogpt_baby cannot change when resuming" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_an_explicit_decay_steps_stretches_the_schedule(compose_train, tmp_path):
-    task(
-        compose_train(*TINY, *DATA, "trainer.max_steps=10", "trainer.val_check_interval=10", output_dir=tmp_path / "a")
-    )
-    cfg = compose_train(
-        f"ckpt_path={tmp_path / 'a'}", "trainer.max_steps=12", "optim.decay_steps=50", output_dir=tmp_path / "b"
-    )
-    task(cfg)
+def test_an_explicit_decay_steps_stretches_the_schedule(lgpt_train, tmp_path):
+    lgpt_train(*TINY, *DATA, "trainer.max_steps=10", "trainer.val_check_interval=10", run_dir=tmp_path / "a")
+    lgpt_train(f"ckpt_path={tmp_path / 'a'}", "trainer.max_steps=12", "optim.decay_steps=50", run_dir=tmp_path / "b")
     assert (
         torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["optim"][
             "decay_steps"
@@ -135,18 +126,16 @@ def test_an_explicit_decay_steps_stretches_the_schedule(compose_train, tmp_path)
 
 
 @pytest.mark.slow
-def test_latest_stays_in_its_task_and_skips_runs_still_training(compose_train, tmp_path):
+def test_latest_stays_in_its_task_and_skips_runs_still_training(lgpt_train, tmp_path):
     runs = tmp_path / "outputs"
     for task_name, name in [("train", "old"), ("train", "new"), ("other", "newest")]:
-        task(
-            compose_train(
-                *TINY,
-                *DATA,
-                "trainer.max_steps=5",
-                "trainer.val_check_interval=5",
-                f"task_name={task_name}",
-                output_dir=runs / task_name / "runs" / name,
-            )
+        lgpt_train(
+            *TINY,
+            *DATA,
+            "trainer.max_steps=5",
+            "trainer.val_check_interval=5",
+            f"task_name={task_name}",
+            run_dir=runs / task_name / "runs" / name,
         )
     assert latest_run(str(runs), "train") == runs / "train" / "runs" / "new"
     with run_lock(runs / "train" / "runs" / "new"):  # as a run still training holds it
@@ -155,24 +144,21 @@ def test_latest_stays_in_its_task_and_skips_runs_still_training(compose_train, t
             pass
         with run_lock(runs / "train" / "runs" / "old"), pytest.raises(UserError, match=r"\(2 still training\)"):
             latest_run(str(runs), "train")
-    cfg = compose_train(*TINY, *DATA, "ckpt_path=latest", "trainer.max_steps=8", output_dir=runs / "x")
-    task(cfg)
+    lgpt_train(*TINY, *DATA, "ckpt_path=latest", "trainer.max_steps=8", run_dir=runs / "x")
     resumed_from = yaml.safe_load((runs / "x" / "config.yaml").read_text())["ckpt_path"]
     assert resumed_from == str(runs / "train" / "runs" / "new" / "checkpoints" / "last.ckpt")
 
 
 @pytest.mark.slow
-def test_a_damaged_last_checkpoint_falls_back_to_the_newest_whole_one(compose_train, tmp_path, capsys):
+def test_a_damaged_last_checkpoint_falls_back_to_the_newest_whole_one(lgpt_train, tmp_path, capsys):
     run = tmp_path / "run"
-    task(
-        compose_train(
-            *TINY,
-            *DATA,
-            "trainer.max_steps=10",
-            "trainer.val_check_interval=10",
-            "callbacks.model_checkpoint.every_n_train_steps=4",
-            output_dir=run,
-        )
+    lgpt_train(
+        *TINY,
+        *DATA,
+        "trainer.max_steps=10",
+        "trainer.val_check_interval=10",
+        "callbacks.model_checkpoint.every_n_train_steps=4",
+        run_dir=run,
     )
     last = run / "checkpoints" / "last.ckpt"
     damaged = last.read_bytes()[:5000]  # as if killed during its first write (a new file: the others are links)
@@ -195,18 +181,14 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_newest_whole_one(compose_tr
 
 
 @pytest.mark.slow
-def test_the_progress_bar_of_a_resumed_run_counts_steps_out_of_max_steps(compose_train, tmp_path, capfd):
-    task(
-        compose_train(*TINY, *DATA, "trainer.max_steps=10", "trainer.val_check_interval=10", output_dir=tmp_path / "a")
-    )
+def test_the_progress_bar_of_a_resumed_run_counts_steps_out_of_max_steps(lgpt_train, tmp_path, capfd):
+    lgpt_train(*TINY, *DATA, "trainer.max_steps=10", "trainer.val_check_interval=10", run_dir=tmp_path / "a")
     capfd.readouterr()
-    task(
-        compose_train(
-            f"ckpt_path={tmp_path / 'a'}",
-            "trainer.max_steps=20",
-            "trainer.enable_progress_bar=true",
-            output_dir=tmp_path / "b",
-        )
+    lgpt_train(
+        f"ckpt_path={tmp_path / 'a'}",
+        "trainer.max_steps=20",
+        "trainer.enable_progress_bar=true",
+        run_dir=tmp_path / "b",
     )
     bars = capfd.readouterr().out.replace("\r", "\n")
     assert "10/20 [00:00<" in bars and "20/20 [" in bars  # starts at the resumed step, ends at max_steps

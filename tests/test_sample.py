@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +11,12 @@ import pytest
 import torch
 
 import lightning_gpt
+from lightning_gpt.apps.sample import SEPARATOR, main, write_samples
 from lightning_gpt.errors import UserError
-from lightning_gpt.apps.sample import SEPARATOR, generate
+from lightning_gpt.generation import generate
 
-from .apps import compose_app, train_tiny
-from .conftest import run_cli
+from .support.config import compose
+from .support.runs import train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ class Recorder:
 
 
 def sample(run: Path, *overrides: str, out=None) -> list[str]:
-    return generate(compose_app("sample", f"ckpt_path={run}", "device=cpu", *overrides), out or Recorder())
+    return write_samples(compose("sample", f"ckpt_path={run}", "device=cpu", *overrides), out or Recorder())
 
 
 @pytest.mark.slow
@@ -60,7 +62,7 @@ def test_a_seed_repeats_a_sample_and_greedy_matches_the_python_api(run):
 
     model, tokenizer = lightning_gpt.load(run)
     prompt = torch.tensor([tokenizer.encode("KING:")])
-    tokens = torch.cat(list(model.generate(prompt, 40, temperature=0, use_cache=False)), dim=1)[0].tolist()
+    tokens = torch.cat(list(generate(model, prompt, 40, temperature=0, use_cache=False)), dim=1)[0].tolist()
     assert sample(run, "prompt=KING:", "temperature=0", "max_new_tokens=40") == ["KING:" + tokenizer.decode(tokens)]
 
 
@@ -84,15 +86,14 @@ def test_a_run_folder_means_its_last_checkpoint(run):
 
 
 @pytest.mark.slow
-def test_a_prompt_that_needs_quoting_reads_from_stdin_or_gets_the_quoted_form(run):
+def test_a_prompt_that_needs_quoting_reads_from_stdin_or_gets_the_quoted_form(run, capsys, monkeypatch):
     text = "Ω café, I'll go"
-    args = [f"ckpt_path={run}", "prompt=-", "max_new_tokens=5", "device=cpu"]
-    done = run_cli(*args, module="lightning_gpt.apps.sample", input="ROMEO, I'll go")
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.startswith("ROMEO, I'll go") and len(done.stdout.split("\n")[0]) == len("ROMEO, I'll go") + 5
-    done = run_cli(f"ckpt_path={run}", f"prompt={text}", module="lightning_gpt.apps.sample")
-    assert done.returncode == 2
-    [line] = done.stderr.strip().splitlines()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("ROMEO, I'll go"))
+    assert main([f"ckpt_path={run}", "prompt=-", "max_new_tokens=5", "device=cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ROMEO, I'll go") and len(out.split("\n")[0]) == len("ROMEO, I'll go") + 5
+    assert main([f"ckpt_path={run}", f"prompt={text}"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
     quoted = """'prompt="Ω café, I'"'"'ll go"'"""
     assert line.endswith(f"type it as {quoted}; or, for a prompt, prompt=- reads it from standard input")
     as_typed = subprocess.run(
@@ -102,10 +103,11 @@ def test_a_prompt_that_needs_quoting_reads_from_stdin_or_gets_the_quoted_form(ru
 
 
 @pytest.mark.slow
-def test_help_lists_only_the_apps_own_options():
-    done = run_cli("--help", module="lightning_gpt.apps.sample")
-    assert done.stdout.startswith("lgpt-sample: generate text") and "temperature: 0.8" in done.stdout
-    assert "experiment:" not in done.stdout and "Configuration groups" not in done.stdout  # lgpt-train's: test_train
+def test_help_lists_only_the_apps_own_options(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("lgpt-sample: generate text") and "temperature: 0.8" in out
+    assert "experiment:" not in out and "Configuration groups" not in out  # lgpt-train's: test_train
 
 
 def test_load_strips_torch_compile_prefixes(run, tmp_path):
@@ -143,17 +145,17 @@ def test_bad_input_is_a_clear_error(run, tmp_path, overrides, message):
 
 
 def test_text_goes_to_stdout_and_messages_to_stderr(run, capsys):
-    [text] = generate(compose_app("sample", f"ckpt_path={run}", "device=cpu", "prompt=ROMEO:", "max_new_tokens=20"))
+    [text] = write_samples(compose("sample", f"ckpt_path={run}", "device=cpu", "prompt=ROMEO:", "max_new_tokens=20"))
     out, err = capsys.readouterr()
     assert out == f"{text}\n{SEPARATOR}\n"
     assert f"loaded {run / 'checkpoints' / 'last.ckpt'}: " in err and "parameters, char tokenizer, on cpu" in err
 
 
 @pytest.mark.slow
-def test_the_command_line_reports_bad_input_in_one_line(run):
-    done = run_cli(f"ckpt_path={run}", "top_p=2", module="lightning_gpt.apps.sample")
-    assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.strip().splitlines()[-1] == "error: top_p must be in (0, 1], got 2.0"
+def test_the_command_line_reports_bad_input_in_one_line(run, capsys):
+    assert main([f"ckpt_path={run}", "top_p=2"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip().splitlines() == ["error: top_p must be in (0, 1], got 2.0"]
 
 
 def test_importing_the_package_does_not_import_torch():

@@ -9,31 +9,23 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from lightning_gpt.apps.launch import CONF_DIR, register_resolvers
+from lightning_gpt.apps.train import main
 
-from .conftest import ROOT, TINY, TINY_SHAKESPEARE, run_cli
+from .support.config import ROOT, TINY, TINY_SHAKESPEARE, compose
 
 DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
 
 
 def test_optuna_preset_composes_with_its_trial_count_and_storage_in_the_sweep_folder(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            "train",
-            ["hparams_search=optuna", "hparams_search.n_trials=3", f"paths.root_dir={tmp_path}"],
-            return_hydra_config=True,
-        )
-    GlobalHydra.instance().clear()
-    sweeper = cfg.hydra.sweeper
+    hydra = compose(
+        "train", "hparams_search=optuna", "hparams_search.n_trials=3", f"paths.root_dir={tmp_path}", hydra=True
+    ).hydra
+    sweeper = hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.n_trials == 3 and sweeper.direction == "minimize"
-    assert sweeper.storage == f"sqlite:///{cfg.hydra.sweep.dir}/optuna.db" and sweeper.sampler.seed == 1234
+    assert sweeper.storage == f"sqlite:///{hydra.sweep.dir}/optuna.db" and sweeper.sampler.seed == 1234
     assert set(sweeper.params) == {
         "optim.lr",
         "optim.weight_decay",
@@ -44,13 +36,16 @@ def test_optuna_preset_composes_with_its_trial_count_and_storage_in_the_sweep_fo
 
 
 @pytest.mark.slow
-def test_optuna_preset_runs_its_trials_prints_the_best_and_resumes_from_its_storage(tmp_path, cache_dir):
+def test_optuna_preset_runs_its_trials_prints_the_best_and_resumes_from_its_storage(
+    tmp_path, cache_dir, capsys, monkeypatch
+):
     optuna = pytest.importorskip("optuna")
     tiny = [o for o in TINY if not o.startswith("data.batch_size")]  # a command-line value would fix it
     args = ["-m", "hparams_search=optuna", "trainer.max_steps=10", *tiny, *DATA, f"paths.cache_dir={cache_dir}"]
     # trainer.max_steps=10 < val_check_interval=250: only the last-step validation gives each trial its objective
-    done = run_cli(*args, "hparams_search.n_trials=3", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "hparams_search.n_trials=3"]) == 0
+    out = capsys.readouterr().out
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2"]
     study = optuna.load_study(study_name="lgpt", storage=f"sqlite:///{sweep}/optuna.db")
@@ -66,33 +61,25 @@ def test_optuna_preset_runs_its_trials_prints_the_best_and_resumes_from_its_stor
     assert best.best_value == study.best_value
     assert Path(best.job_dir).name == str(study.best_trial.number)
     assert f"optim.lr={study.best_params['optim.lr']}" in best.overrides
-    assert f"best trial: val/loss {study.best_value:.4f}" in done.stdout
-    assert "reproduce it with: lgpt-train optim.lr=" in done.stdout
+    assert f"best trial: val/loss {study.best_value:.4f}" in out
+    assert "reproduce it with: lgpt-train optim.lr=" in out
 
     # An interrupted study resumes from its storage: one more trial, in a new sweep folder, the same study.
-    more = run_cli(
-        *args, "hparams_search.n_trials=1", f"hydra.sweeper.storage=sqlite:///{sweep}/optuna.db", cwd=tmp_path
-    )
-    assert more.returncode == 0, more.stderr[-3000:]
+    assert main([*args, "hparams_search.n_trials=1", f"hydra.sweeper.storage=sqlite:///{sweep}/optuna.db"]) == 0
     assert len(optuna.load_study(study_name="lgpt", storage=f"sqlite:///{sweep}/optuna.db").trials) == 4
     assert len(list((tmp_path / "outputs" / "train" / "multiruns").iterdir())) == 2
 
 
 @pytest.mark.slow
 def test_mlflow_logger_writes_metrics_params_and_sample_artifacts_that_mlflow_reads_back(
-    compose_train, tmp_path, monkeypatch
+    lgpt_train, tmp_path, monkeypatch
 ):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    from lightning_gpt.apps.train import task
-
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     steps = ["trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.log_every_n_steps=2"]
-    cfg = compose_train(
-        "logger=[csv,mlflow]", "callbacks=[default,attention_maps]", "tags=[baseline]", *TINY, *DATA, *steps
-    )
-    val_loss = task(cfg)
+    lgpt_train("logger=[csv,mlflow]", "callbacks=[default,attention_maps]", "tags=[baseline]", *TINY, *DATA, *steps)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")  # the default store
     (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
     assert run.info.run_name == "run"  # the run folder's name
@@ -103,7 +90,7 @@ def test_mlflow_logger_writes_metrics_params_and_sample_artifacts_that_mlflow_re
         logged = [(m.step, pytest.approx(m.value)) for m in client.get_metric_history(run.info.run_id, key)]
         assert logged == [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
     assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 2
-    assert run.data.metrics["val/loss"] == pytest.approx(val_loss)
+    assert run.data.metrics["val/loss"] == pytest.approx(float([r for r in rows if r.get("val/loss")][-1]["val/loss"]))
     assert run.data.params["config/optim/lr"] == "0.001" and run.data.params["config/model/n_layer"] == "2"
     samples = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
     assert samples == ["samples/step000003.txt", "samples/step000006.txt"]
@@ -118,7 +105,7 @@ import sys
 sys.modules["hydra_plugins.hydra_optuna_sweeper"] = None
 sys.modules["hydra_plugins.hydra_submitit_launcher"] = None
 from lightning_gpt.apps.train import main
-main()
+raise SystemExit(main())
 """
 
 

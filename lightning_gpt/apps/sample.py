@@ -26,7 +26,7 @@ from lightning_gpt.errors import UserError
 SEPARATOR = "-" * 15
 
 
-def generate(cfg: DictConfig, out: TextIO | None = None) -> list[str]:
+def write_samples(cfg: DictConfig, out: TextIO | None = None) -> list[str]:
     """Write the samples to out, stdout by default (the first as it is generated), and return them."""
 
     from lightning_gpt import find_checkpoint, load
@@ -78,7 +78,7 @@ def generate(cfg: DictConfig, out: TextIO | None = None) -> list[str]:
 
 
 def task(cfg: DictConfig) -> None:
-    generate(cfg)
+    write_samples(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from lightning_gpt.errors import UserError
 from lightning_gpt.runs import (
     CONFIG,
     launch_config,
+    load_run_config,
     remove_if_unused,
     resume_in_place,
     run_config_file,
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     run_dir = os.environ.get("LGPT_RUN_DIR")
     if run_dir and "LOCAL_RANK" in os.environ:  # a DDP rank launched by Lightning: same config as rank 0
-        return run(lambda: train(OmegaConf.load(run_config_file(Path(run_dir)))), ["lgpt-train"])
+        return run(lambda: train(load_run_config(run_config_file(Path(run_dir)))), ["lgpt-train"])
     try:
         return launch(task, "train", resume_in_place(argv), "lgpt-train")
     finally:  # the next launch in this Python process (a notebook, a test) gets its own run folder

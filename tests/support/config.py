@@ -33,9 +33,9 @@ TINY = [
 ]
 
 
-def compose(app: str, *overrides: str) -> DictConfig:
+def compose(app: str, *overrides: str, hydra: bool = False) -> DictConfig:
     """An app's config (conf/<app>.yaml) as its command line would compose it: the job config, without the
-    hydra node, which HydraConfig holds as under @hydra.main."""
+    hydra node, which HydraConfig holds as under @hydra.main (with hydra=True, the hydra node kept too)."""
     register_resolvers()
     GlobalHydra.instance().clear()
     try:
@@ -44,6 +44,7 @@ def compose(app: str, *overrides: str) -> DictConfig:
     finally:
         GlobalHydra.instance().clear()
     HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
+    if not hydra:
+        with open_dict(cfg):
+            del cfg["hydra"]
     return cfg
