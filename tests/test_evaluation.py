@@ -3,12 +3,11 @@ and the lm-evaluation-harness adapter (the same numbers as the harness's own Hug
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
 import torch
-from lm_eval.api.instance import Instance
-from lm_eval.api.model import TemplateLM
 
 from lightning_gpt.errors import UserError
 from lightning_gpt.evaluation import (
@@ -26,8 +25,14 @@ from lightning_gpt.models import build
 from lightning_gpt.tokenizers import build_tokenizer
 
 from .conftest import TINY_SHAKESPEARE
-from .eval_tasks import HELLASWAG_TASK, LAMBADA_TASK, hellaswag_rows, questions, write_tasks
+from .eval_tasks import HELLASWAG_TASK, LAMBADA_TASK, hellaswag_rows, lambada_rows, questions, write_tasks
 
+# The harness is an optional dependency (pip install lm_eval); its HF model needs accelerate.
+needs_harness = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="lm_eval is not installed")
+needs_hflm = pytest.mark.skipif(
+    importlib.util.find_spec("lm_eval") is None or importlib.util.find_spec("accelerate") is None,
+    reason="lm_eval's HFLM needs lm_eval and accelerate",
+)
 MULTIBYTE = "Ω café 東京"
 TINY = {"n_layer": 2, "n_embd": 32, "block_size": 32}
 FAMILY_SHAPES = {"gpt2": {"n_head": 2}, "llama": {"n_head": 2, "multiple_of": 32}, "mamba": {"d_state": 4}}
@@ -128,34 +133,37 @@ def test_bits_per_byte_refuses_no_bytes():
 # --- multiple choice -------------------------------------------------------------------------------------------
 
 
-class Encodings(TemplateLM):
-    """The harness's own tokenization rules (TemplateLM.loglikelihood) over our tokenizer, recording the ids."""
+def harness_encodings(tokenizer):
+    """The harness's own tokenization rules (TemplateLM.loglikelihood) over our tokenizer, returning the ids."""
+    from lm_eval.api.model import TemplateLM
 
-    def __init__(self, tokenizer):
-        super().__init__()
-        self.ours = tokenizer
+    class Encodings(TemplateLM):
+        @property
+        def eot_token_id(self):
+            return tokenizer.eot_id
 
-    @property
-    def eot_token_id(self):
-        return self.ours.eot_id
+        def tok_encode(self, string, add_special_tokens=None, **kwargs):
+            return tokenizer.encode(string)
 
-    def tok_encode(self, string, add_special_tokens=None, **kwargs):
-        return self.ours.encode(string)
+        def _loglikelihood_tokens(self, requests, **kwargs):
+            return [(ctx, cont) for _, ctx, cont in requests]
 
-    def _loglikelihood_tokens(self, requests, **kwargs):
-        return [(ctx, cont) for _, ctx, cont in requests]
+        def loglikelihood_rolling(self, requests, disable_tqdm=False):
+            raise NotImplementedError
 
-    def loglikelihood_rolling(self, requests, disable_tqdm=False):
-        raise NotImplementedError
+        def generate_until(self, requests, disable_tqdm=False):
+            raise NotImplementedError
 
-    def generate_until(self, requests, disable_tqdm=False):
-        raise NotImplementedError
+    return Encodings()
 
 
-def instances(request_type: str, args: list[tuple]) -> list[Instance]:
+def instances(request_type: str, args: list[tuple]) -> list:
+    from lm_eval.api.instance import Instance
+
     return [Instance(request_type=request_type, doc={}, arguments=a, idx=i) for i, a in enumerate(args)]
 
 
+@needs_harness
 @pytest.mark.parametrize("name", ["gpt2", "bpe", "byte"])
 def test_text_becomes_ids_as_in_the_harness(tokenizers, name):
     pairs = [
@@ -165,7 +173,7 @@ def test_text_becomes_ids_as_in_the_harness(tokenizers, name):
         ("", "An empty context stands on end-of-text"),
         ("Ω café", " 東京!"),
     ]
-    harness = Encodings(tokenizers[name]).loglikelihood(instances("loglikelihood", pairs), disable_tqdm=True)
+    harness = harness_encodings(tokenizers[name]).loglikelihood(instances("loglikelihood", pairs), disable_tqdm=True)
     assert [encode_pair(tokenizers[name], *pair) for pair in pairs] == harness
 
 
@@ -257,6 +265,7 @@ def test_bad_questions_are_one_clear_error(tokenizers):
 # --- the harness adapter ---------------------------------------------------------------------------------------
 
 
+@needs_harness
 def test_rolling_loglikelihood_predicts_every_token_once(tokenizers, shakespeare):
     from lightning_gpt.evaluation.harness import LightningGPTLM
 
@@ -274,6 +283,7 @@ def test_rolling_loglikelihood_predicts_every_token_once(tokenizers, shakespeare
     assert rolling == pytest.approx(ll, abs=1e-5)
 
 
+@needs_harness
 def test_generate_until_is_greedy_and_stops_at_the_stop_string(tokenizers):
     from lightning_gpt.evaluation.harness import LightningGPTLM
     from lightning_gpt.generation import generate
@@ -293,6 +303,7 @@ def test_generate_until_is_greedy_and_stops_at_the_stop_string(tokenizers):
     assert cut == greedy[0].split(stop)[0]
 
 
+@needs_harness
 def test_harness_input_errors_are_one_line(tmp_path, tokenizers):
     from lightning_gpt.evaluation.harness import run_tasks
 
@@ -310,10 +321,11 @@ def test_harness_input_errors_are_one_line(tmp_path, tokenizers):
             run_tasks(model, tokenizer, [HELLASWAG_TASK], **{"tasks_path": folder, **kwargs})
         assert "\n" not in str(error.value)
     (tmp_path / "tasks" / "hellaswag.jsonl").unlink()  # a task YAML whose data file is gone
-    with pytest.raises(UserError, match=f"task '{HELLASWAG_TASK}' reads local data"):
+    with pytest.raises(UserError, match=f"task '{HELLASWAG_TASK}' reads data that could not be read"):
         run_tasks(model, tokenizer, [HELLASWAG_TASK], tasks_path=folder)
 
 
+@needs_harness
 def test_local_tasks_run_through_the_harness(tmp_path, tokenizers):
     from lightning_gpt.evaluation.harness import format_results, run_tasks
 
@@ -375,6 +387,7 @@ def responses(results: dict, task: str) -> list[tuple[float, bool]]:
 
 
 @pytest.mark.slow
+@needs_hflm
 @pytest.mark.parametrize("family", ["gpt2", "llama", "mamba"])
 def test_the_harness_scores_our_model_as_it_scores_the_exported_transformers_model(tmp_path, shakespeare, family):
     """The headline check: our adapter and lm_eval's HFLM on the exported folder give the same per-request
@@ -390,7 +403,7 @@ def test_the_harness_scores_our_model_as_it_scores_the_exported_transformers_mod
     export(model, tokenizer, tmp_path / "hf")
     rows = hellaswag_rows(24) + long_context_rows(shakespeare)
     assert all(len(tokenizer.encode(row["ctx"])) > 64 for row in rows[24:])  # these windows are cut on the left
-    folder = write_tasks(tmp_path / "tasks", rows, lambada_rows_for_parity())
+    folder = write_tasks(tmp_path / "tasks", rows, lambada_rows(12))
     tasks = [HELLASWAG_TASK, LAMBADA_TASK]
     ours = run_tasks(model, tokenizer, tasks, tasks_path=folder, batch_size=8, log_samples=True, bootstrap_iters=0)
     hflm = HFLM(pretrained=str(tmp_path / "hf"), batch_size=8, device="cpu")
@@ -416,13 +429,8 @@ def test_the_harness_scores_our_model_as_it_scores_the_exported_transformers_mod
     assert rolling_ours == pytest.approx(rolling_theirs, abs=1e-3)
 
 
-def lambada_rows_for_parity() -> list[dict]:
-    from .eval_tasks import lambada_rows
-
-    return lambada_rows(12)
-
-
 @pytest.mark.slow
+@needs_harness
 @pytest.mark.parametrize(("family", "tokenizer_name"), [("mamba", "char"), ("llama", "bpe")])
 def test_local_tasks_on_other_families_and_tokenizers(tmp_path, tokenizers, shakespeare, family, tokenizer_name):
     from lightning_gpt.evaluation.harness import run_tasks
@@ -438,6 +446,7 @@ def test_local_tasks_on_other_families_and_tokenizers(tmp_path, tokenizers, shak
 
 
 @pytest.mark.slow
+@needs_harness
 def test_unknown_tasks_and_unreachable_datasets_are_one_line(tmp_path, tokenizers):
     from lightning_gpt.evaluation.harness import run_tasks
 

@@ -15,18 +15,24 @@ from __future__ import annotations
 
 import difflib
 import json
-import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import lm_eval
 import torch
-from lm_eval.api.model import LM
-from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from lightning_gpt.errors import UserError
+
+try:
+    import lm_eval
+    from lm_eval.api.model import LM
+    from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+except ImportError as e:
+    raise UserError(
+        f"the lm-evaluation-harness is not installed ({e}); pip install 'lm_eval>=0.4.13' to run its tasks"
+    ) from e
 from lightning_gpt.evaluation.multiple_choice import (
     check_batch_size,
     check_encodable,
@@ -42,8 +48,6 @@ if TYPE_CHECKING:
 
     from lightning_gpt.models.base import LanguageModel
     from lightning_gpt.tokenizers import Tokenizer
-
-log = logging.getLogger(__name__)
 
 
 class LightningGPTLM(LM):
@@ -139,7 +143,7 @@ class LightningGPTLM(LM):
         until = handle_stop_sequences(kwargs.pop("until", None), eos=None)
         sample = bool(kwargs.get("do_sample"))
         temperature = float(kwargs.get("temperature") or 0.0) if sample else 0.0
-        top_k, top_p = (kwargs.get("top_k"), kwargs.get("top_p")) if sample else (None, None)
+        top_k, top_p = (kwargs.get("top_k") or None, kwargs.get("top_p")) if sample else (None, None)  # 0: no top-k
         idx = torch.tensor(prompts, device=self._device)  # (B, T): one prompt length per batch
         eot = self.tokenizer.eot_id
         rows: list[list[int]] = [[] for _ in prompts]
@@ -243,26 +247,27 @@ def run_tasks(
 def _dataset_error(tasks: Sequence[str], manager: TaskManager, error: Exception) -> str:
     """Which task's dataset could not be read, how to fetch it, and how to point a task at a local copy."""
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
-    datasets = {}
+    cause = f"({type(error).__name__}: {message})"
+    datasets = {}  # requested task -> its dataset_path
     for name in tasks:
         entry = manager.task_index.get(name)
-        config = entry.cfg if entry is not None and entry.cfg else {}
-        if config.get("dataset_path"):
-            datasets[name] = config["dataset_path"]
-    named = {name: path for name, path in datasets.items() if path in message} or datasets
-    if not named:
-        return f"a task's dataset could not be read ({type(error).__name__}: {message}); check the task's dataset_path"
-    name, path = next(iter(named.items()))
-    if path == "json" or Path(path).exists():
-        return (
-            f"task {name!r} reads local data that could not be read ({type(error).__name__}: {message}); "
-            "check the paths under dataset_kwargs.data_files in its YAML"
-        )
+        if entry is not None and (entry.cfg or {}).get("dataset_path"):
+            datasets[name] = entry.cfg["dataset_path"]
+    # The task whose hub dataset the error names, else one reading local files, else the hub id in the message.
+    named = [name for name, path in datasets.items() if path in message and path != "json"]
+    named = named or [name for name, path in datasets.items() if path == "json" or Path(path).exists()]
+    if named:
+        who, path = f"task {named[0]!r}", datasets[named[0]]
+    else:
+        hub_id = re.search(r"'([\w.-]+/[\w.-]+)'", message)
+        who, path = f"a task of {', '.join(tasks)}", hub_id.group(1) if hub_id else None
+    if path is None or path == "json" or Path(path).exists():
+        return f"{who} reads data that could not be read {cause}; check dataset_path and dataset_kwargs in its YAML"
     return (
-        f"task {name!r} needs the dataset {path!r}, which could not be read here ({type(error).__name__}: "
-        f"{message}); download it where there is a network (`hf download {path} --repo-type dataset`, then copy "
-        "Hugging Face's cache here), or save its split as JSONL and point a task YAML in tasks_path at it "
-        "(dataset_path: json, dataset_kwargs: {data_files: {validation: /abs/path.jsonl}})"
+        f"{who} needs the dataset {path!r}, which could not be read here {cause}; download it where there is a "
+        f"network (`hf download {path} --repo-type dataset`, then copy Hugging Face's cache here), or save its "
+        "split as JSONL and point a task YAML in tasks_path at it (dataset_path: json, dataset_kwargs: "
+        "{data_files: {validation: /abs/path.jsonl}})"
     )
 
 
