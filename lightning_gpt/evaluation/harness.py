@@ -165,8 +165,9 @@ class LightningGPTLM(LM):
 
 
 def task_manager(tasks: Sequence[str], tasks_path: str | Path | None = None) -> TaskManager:
-    """The harness's task index: the folder's tasks alone when it holds every requested one (indexing the
-    harness's 14,000 built-in tasks takes seconds), else the built-in tasks with the folder's on top."""
+    """The harness's task index: the folder's tasks alone when it holds every requested one as a task (indexing
+    the harness's 14,000 built-in tasks takes seconds), else the built-in tasks with the folder's on top (a
+    group in the folder may name built-in tasks)."""
     from lm_eval.tasks import TaskManager
 
     if tasks_path is not None:
@@ -176,7 +177,7 @@ def task_manager(tasks: Sequence[str], tasks_path: str | Path | None = None) -> 
                 f"tasks_path {str(tasks_path)!r} is not a folder; give the folder that holds the task YAMLs"
             )
         local = TaskManager(include_path=str(path), include_defaults=False)
-        if all(name in local.all_tasks for name in tasks):
+        if all(name in local.all_subtasks for name in tasks):
             return local
         return TaskManager(include_path=str(path))
     return TaskManager()

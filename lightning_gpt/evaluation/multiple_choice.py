@@ -72,6 +72,10 @@ def check_encodable(tokenizer: Tokenizer, texts: Iterable[str]) -> None:
         )
 
 
+def _excerpt(text: str, n: int = 60) -> str:
+    return repr(text) if len(text) <= n else repr(text[:n]) + "..."
+
+
 def check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
         raise UserError(f"batch_size must be at least 1, got {batch_size}")
@@ -125,7 +129,7 @@ def loglikelihoods(
     for (_, continuation), (_, cont) in zip(requests, pairs):
         if len(cont) > block:
             raise UserError(
-                f"the continuation {continuation[:60]!r}... is {len(cont)} tokens, longer than the model's context "
+                f"the continuation {_excerpt(continuation)} is {len(cont)} tokens, longer than the model's context "
                 f"(block_size {block}): it cannot be scored in one window; shorten it"
             )
     return score_pairs(model, pairs, batch_size, min_batches)
