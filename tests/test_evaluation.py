@@ -123,6 +123,10 @@ def test_a_uniform_models_bpb_is_log2_vocab_times_tokens_per_byte(tokenizers, sh
         assert result["bpb"] == pytest.approx(math.log2(tokenizer.vocab_size) * tokens / len(text.encode()), rel=1e-5)
         results[name] = result["bpb"]
     assert results["gpt2"] < results["byte"]  # 15.6 bits per ~4 bytes beats 8 bits per byte
+    char = tokenizers["char"]  # no end-of-text: the first character is context, never predicted
+    result = evaluate_bpb(uniform(tiny_model("gpt2", char.vocab_size)), char, text, batch_size=4)
+    assert result["tokens"] == len(text) - 1 and result["bytes"] == len(text[1:].encode())
+    assert result["bpb"] == pytest.approx(math.log2(char.vocab_size) * (len(text) - 1) / result["bytes"], rel=1e-5)
 
 
 def test_bits_per_byte_refuses_no_bytes():
@@ -209,7 +213,14 @@ def test_multiple_choice_on_two_processes_sums_to_one_process(tokenizers):
     model = tiny_model("llama", tokenizer.vocab_size, block_size=96)  # a line is up to ~70 characters
     qs = questions(hellaswag_rows(9))
     whole = multiple_choice_counts(model, tokenizer, qs, batch_size=8)
-    shards = [multiple_choice_counts(model, tokenizer, qs, 8, rank=r, world_size=2) for r in range(2)]
+    forwards = []
+    hook = model.register_forward_hook(lambda *args: forwards.append(1))
+    shards = []
+    for rank in range(2):
+        forwards.clear()
+        shards.append(multiple_choice_counts(model, tokenizer, qs, 8, rank=rank, world_size=2))
+        assert len(forwards) == 3  # 20 and 16 choices in batches of 8: the second process idles once, as FSDP needs
+    hook.remove()
     assert shards[0][2] == 5 and shards[1][2] == 4
     assert torch.equal(shards[0] + shards[1], whole)
     result = evaluate_multiple_choice(model, tokenizer, qs, batch_size=8)
