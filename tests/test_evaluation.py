@@ -24,8 +24,8 @@ from lightning_gpt.evaluation.multiple_choice import encode_pair
 from lightning_gpt.models import build
 from lightning_gpt.tokenizers import build_tokenizer
 
-from .conftest import TINY_SHAKESPEARE
-from .eval_tasks import HELLASWAG_TASK, LAMBADA_TASK, hellaswag_rows, lambada_rows, questions, write_tasks
+from .support.config import TINY_SHAKESPEARE
+from .support.eval_tasks import HELLASWAG_TASK, LAMBADA_TASK, hellaswag_rows, lambada_rows, questions, write_tasks
 
 # The harness is an optional dependency (pip install lm_eval); its HF model needs accelerate.
 needs_harness = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="lm_eval is not installed")

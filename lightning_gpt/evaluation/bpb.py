@@ -64,9 +64,9 @@ def _tiktoken_lengths(tokenizer: TiktokenTokenizer) -> list[int]:
 
 def _bpe_lengths(tokenizer: BPETokenizer) -> list[int]:
     """A byte-level BPE spells each byte as a printable stand-in character (GPT-2's alphabet): undo it."""
-    from lightning_gpt.hf.tokenizer import _bytes_to_unicode
+    from lightning_gpt.hf.tokenizer import bytes_to_unicode
 
-    byte_of = {char: byte for byte, char in _bytes_to_unicode().items()}
+    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
     added = tokenizer.tokenizer.get_added_tokens_decoder()  # id -> AddedToken (<|endoftext|>)
     lengths = [0] * tokenizer.vocab_size
     for token, i in tokenizer.tokenizer.get_vocab(with_added_tokens=True).items():

@@ -44,7 +44,7 @@ def write_gpt2_tokenizer(out: Path, model_max_length: int = 1024) -> list[Path]:
 
     encoding = TiktokenTokenizer("gpt2").encoding
     ranks = {token: encoding.encode_single_token(token) for token in encoding.token_byte_values()}
-    spell = _bytes_to_unicode()
+    spell = bytes_to_unicode()
 
     def text(token: bytes) -> str:
         return "".join(spell[b] for b in token)
@@ -70,7 +70,7 @@ def write_gpt2_tokenizer(out: Path, model_max_length: int = 1024) -> list[Path]:
     return [out / name for name in files]
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's printable stand-in character for each byte, the alphabet of vocab.json and merges.txt."""
     printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
     stand_ins = iter(range(256, 512))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lightning_gpt.evaluation import Question
 
-from .conftest import TINY_SHAKESPEARE
+from .config import TINY_SHAKESPEARE
 
 HELLASWAG_TASK = "lgpt_tiny_hellaswag"
 LAMBADA_TASK = "lgpt_tiny_lambada"
