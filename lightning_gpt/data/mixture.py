@@ -16,6 +16,7 @@ source brings its own, which every other source then uses), and kept in the cach
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -87,12 +88,22 @@ def _kind(spec: Mapping[str, Any]) -> str:
     return "local"
 
 
+@contextlib.contextmanager
+def naming(part: Part) -> Iterator[None]:
+    """Errors about one source of a mixture say which one."""
+    try:
+        yield
+    except UserError as e:
+        raise UserError(f"data.sources.{part.name}: {e}") from e
+
+
 def _texts(parts: list[Part]) -> Iterator[str]:
     for part in parts:
         splits = ["train", "val"] if has_val_source(part.source) else ["train"]
-        for split in splits:
-            for text, _ in stream(part.source, split, 1 << 20, hub_streaming=False):
-                yield text
+        with naming(part):
+            for split in splits:
+                for text, _ in stream(part.source, split, 1 << 20, hub_streaming=False):
+                    yield text
 
 
 def shared_tokenizer(
@@ -111,7 +122,11 @@ def shared_tokenizer(
                 "mixture needs one tokenizer: prepare them with one, or use a fixed encoding (tokenizer=gpt2)"
             )
         return saved[0]
-    key = json.dumps([fingerprint(p.source, spec, 0.5) for p in parts] + [spec], sort_keys=True, default=str)
+    prints = []
+    for part in parts:
+        with naming(part):
+            prints.append(fingerprint(part.source, spec, 0.5))
+    key = json.dumps([*prints, spec], sort_keys=True, default=str)
     root = Path(cache_dir).expanduser()
     path = root / f"tokenizer-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if path.is_file():

@@ -4,6 +4,7 @@ time (data.streaming=true), served as window loaders."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_gpt.data.cache import prepare_tokens
-from lightning_gpt.data.mixture import Part, describe, parse_sources, shared_tokenizer
+from lightning_gpt.data.mixture import Part, describe, naming, parse_sources, shared_tokenizer
 from lightning_gpt.data.shards import PreparedFolder
 from lightning_gpt.data.sources import Source, check_skipped, describe_source, source_from_config
 from lightning_gpt.data.windows import (
@@ -140,43 +141,47 @@ class GPTDataModule(L.LightningDataModule):
         opened: dict[str, PreparedFolder] = {}
         for part in self.parts:
             if part.prepared:  # lgpt-prepare's folder, read where it is
-                folder = PreparedFolder(part.source.path)
-                folder.check_tokenizer(spec)
-                opened[part.name] = folder
+                with self._naming(part):
+                    opened[part.name] = PreparedFolder(part.source.path)
+                    opened[part.name].check_tokenizer(spec)
         if self.mixture and fits_on_corpus(spec):
             prepared = {name: folder.meta["tokenizer"] for name, folder in opened.items()}
             spec = shared_tokenizer(self.parts, spec, self.cache_dir, prepared)
         folders = []
         for part in self.parts:
-            if part.name in opened:
-                folder = opened[part.name]
-                if self.mixture:
-                    folder.check_tokenizer(spec)
-            else:
-                path = prepare_tokens(
-                    part.source,
-                    spec,
-                    self.val_fraction,
-                    self.cache_dir,
-                    self.num_proc,
-                    max_skipped_fraction=self.max_skipped_fraction,
-                )
-                folder = PreparedFolder(path, checksums=False, what="token cache")
-            self._check(part, folder)
+            with self._naming(part):
+                if part.name in opened:
+                    folder = opened[part.name]
+                    if self.mixture:
+                        folder.check_tokenizer(spec)
+                else:
+                    path = prepare_tokens(
+                        part.source,
+                        spec,
+                        self.val_fraction,
+                        self.cache_dir,
+                        self.num_proc,
+                        max_skipped_fraction=self.max_skipped_fraction,
+                    )
+                    folder = PreparedFolder(path, checksums=False, what="token cache")
+                self._check(part, folder)
             folders.append(folder)
         self.folders = folders
         self._tokenizer = folders[0].tokenizer
         return folders[0]
 
+    def _naming(self, part: Part):
+        """A mixture's errors say which source they are about."""
+        return naming(part) if self.mixture else contextlib.nullcontext()
+
     def _check(self, part: Part, folder: PreparedFolder) -> None:
         """The settings of this run that a folder must meet: enough tokens in each split, rows skipped within
         data.max_skipped_fraction, documents indexed when packing or masking needs them."""
-        of = f" of data.sources.{part.name}" if self.mixture else ""
         for split, rows in folder.meta.get("rows", {}).items():
             key = "data.path" if split == "train" else "data.val_path"
             what = f"{key} {describe_source(part.source)!r}" if part.source.kind == "local" else f"the {split} split"
             line = check_skipped(
-                rows, self.max_skipped_fraction, what + of, part.source.text_column, rows.get("first_skipped")
+                rows, self.max_skipped_fraction, what, part.source.text_column, rows.get("first_skipped")
             )
             if line and line not in self._warned:
                 self._warned.add(line)
@@ -196,8 +201,7 @@ class GPTDataModule(L.LightningDataModule):
                     fix = f"use more validation text ({'data.val_path' if part.source.val_path else 'data.val_split'})"
                     fix += " or a smaller model.block_size"
             raise UserError(
-                f"the {split} split{of} has {end - start} tokens, fewer than block_size + 1 = {self.block_size + 1}; "
-                f"{fix}"
+                f"the {split} split has {end - start} tokens, fewer than block_size + 1 = {self.block_size + 1}; {fix}"
             )
         if (self.packing == "bos_aligned" or self.doc_masking) and folder.version < 2:
             raise UserError(

@@ -298,8 +298,13 @@ def _hub_rows(source: Source, split: str, streaming: bool) -> Iterator[tuple[str
         ds = datasets.load_dataset(source.name, source.config_name, split=split, streaming=streaming, **kwargs)
         if not streaming and source.text_column in ds.column_names:
             ds = ds.select_columns([source.text_column])
-        for i, row in enumerate(ds):
-            yield f"{what} row {i + 1:,}", row
+        # ds.iter, not iter(ds): inside a DataLoader worker, iter(ds) would read only that worker's files
+        row = 0
+        for batch in ds.iter(batch_size=256):
+            columns = list(batch)
+            for i in range(len(batch[columns[0]]) if columns else 0):
+                row += 1
+                yield f"{what} row {row:,}", {c: batch[c][i] for c in columns}
     except UserError:
         raise
     except Exception as e:
