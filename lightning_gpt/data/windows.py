@@ -22,6 +22,7 @@ one set per source, each batch tagged with its source (`ValidationWindows`).
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -86,9 +87,9 @@ class SplitTokens:
 
     @property
     def parts(self) -> list[np.ndarray]:
-        if self._parts is None:
+        if self._parts is None:  # plain arrays over the maps: np.memmap's own indexing costs microseconds
             self._parts = [
-                np.memmap(path, dtype=self.dtype, mode="r", offset=offset, shape=(count,))
+                np.memmap(path, dtype=self.dtype, mode="r", offset=offset, shape=(count,)).view(np.ndarray)
                 for path, offset, count in self.shards
             ]
         return self._parts
@@ -194,6 +195,11 @@ class PackedSampler:
             starts = first + index * row
             lengths = np.minimum(row, np.repeat(ends, pieces) - starts)
             self._units = (starts, lengths, np.cumsum(lengths))
+            self._total = int(self._units[2][-1])
+            # Candidates per row: enough that best-fit usually fills a row with whole segments (fewer crops),
+            # few enough to stay as fast as random windows: 2 when segments are as long as rows, at most 16
+            # (short documents: about 5% of the drawn tokens cropped, against 18% with 4).
+            self._per_row = min(16, max(2, math.ceil(8 * row * len(lengths) / self._total)))
         return self._units
 
     def __getstate__(self) -> dict:
@@ -202,39 +208,52 @@ class PackedSampler:
     def draw(self, rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray | None]:
         starts, lengths, cumulative = self.units
         row = self.block_size + 1
-        mean = cumulative[-1] / len(lengths)
-        size = count * min(64, max(2, int(2 * row / mean) + 1))
+        size = count * self._per_row
 
         def candidates() -> tuple[list[int], list[int]]:
-            units = np.searchsorted(cumulative, rng.integers(0, cumulative[-1], size=size), side="right")
-            order = np.argsort(lengths[units], kind="stable")
-            return lengths[units][order].tolist(), starts[units][order].tolist()
+            tokens = np.sort(rng.integers(0, self._total, size=size))  # sorted: searchsorted is faster
+            units = np.searchsorted(cumulative, tokens, side="right")
+            drawn = lengths[units]
+            order = np.argsort(drawn, kind="stable")
+            return drawn[order].tolist(), starts[units][order].tolist()
 
         pool_lengths, pool_starts = candidates()
-        taken_starts, taken_lengths, ids = [], [], []
         self.cropped = 0
+        if len(pool_lengths) >= count and pool_lengths[-count] == row:  # every row is one whole segment
+            chosen = np.array(pool_starts[: -count - 1 : -1] if count < len(pool_starts) else pool_starts[::-1])
+            rows = self.split.gather(chosen[:, None] + np.arange(row))
+            return rows, np.zeros((count, self.block_size), dtype=np.int64) if self.doc_masking else None
+        taken_starts: list[int] = []
+        taken_lengths: list[int] = []
+        pieces: list[int] = []  # segments in each row
+        take_start, take_length, cropped = taken_starts.append, taken_lengths.append, 0
         for _ in range(count):
-            room, segment = row, 0
+            room, n = row, 0
             while room:
                 if not pool_lengths:
                     pool_lengths, pool_starts = candidates()
                 j = bisect_right(pool_lengths, room) - 1
                 if j < 0:  # nothing fits: crop the shortest to the room left
                     j, take = 0, room
-                    self.cropped += pool_lengths[0] - room
+                    cropped += pool_lengths[0] - room
                 else:
                     take = pool_lengths[j]
-                taken_starts.append(pool_starts.pop(j))
-                pool_lengths.pop(j)
-                taken_lengths.append(take)
-                ids.append(segment)
-                segment += 1
+                take_start(pool_starts.pop(j))
+                del pool_lengths[j]
+                take_length(take)
                 room -= take
+                n += 1
+            pieces.append(n)
+        self.cropped = cropped
         takes = np.array(taken_lengths)
         offsets = np.cumsum(takes) - takes  # where each piece goes in the flat output
         positions = np.repeat(np.array(taken_starts) - offsets, takes) + np.arange(count * row)
         rows = self.split.gather(positions).reshape(count, row)
-        doc_ids = np.repeat(np.array(ids), takes).reshape(count, row)[:, :-1] if self.doc_masking else None
+        doc_ids = None
+        if self.doc_masking:
+            per_row = np.array(pieces)
+            segment = np.arange(len(takes)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+            doc_ids = np.repeat(segment, takes).reshape(count, row)[:, :-1]
         return rows, doc_ids
 
 
