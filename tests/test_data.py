@@ -367,3 +367,97 @@ def test_row_counts_are_kept_per_split(tmp_path):
     counts = RowCounts()
     assert [p for p, _ in stream(Source("local", path=str(tmp_path / "a.jsonl")), "train", 100, counts)] == ["a"]
     assert counts.to_dict() == {"documents": 4, "skipped": 1, "empty": 2}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The cache's faults (test_reliability.py's cases, for the token shards)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _randomize(path: Path) -> None:
+    path.write_bytes(os.urandom(path.stat().st_size))
+
+
+def _zero(path: Path) -> None:
+    path.write_bytes(bytes(path.stat().st_size))
+
+
+def _flip_a_token(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[1000] ^= 0xFF  # past the header: only the checksum sees it
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("file", "damage"),
+    [
+        ("shard_00000.bin", _truncate),
+        ("shard_00000.bin", _randomize),
+        ("shard_00000.bin", _zero),
+        ("shard_00000.bin", _flip_a_token),
+        ("docs_00000.idx", _zero),
+        ("manifest.json", _truncate),
+    ],
+)
+def test_a_damaged_token_cache_is_detected_and_rebuilt(tmp_path, caplog, file, damage):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TINY_SHAKESPEARE.read_text()[:20_000])
+    folder = prepare_tokens(Source("local", path=str(corpus)), "char", 0.1, str(tmp_path / "cache"))
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    damage(folder / file)
+    with caplog.at_level("WARNING", logger="lightning_gpt.data"):
+        assert prepare_tokens(Source("local", path=str(corpus)), "char", 0.1, str(tmp_path / "cache")) == folder
+    assert f"the token cache {folder} is damaged" in caplog.text and "rebuilding it" in caplog.text
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == files
+
+
+@pytest.mark.slow
+def test_tokenizing_writes_nothing_outside_the_cache_folder(tmp_path):
+    """Local files are read by lightning_gpt itself: no Arrow copy in Hugging Face's cache, nothing beside."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"line {i} of the corpus"}) + "\n" for i in range(500)))
+    hf = tmp_path / "hf"
+    code = (
+        "from lightning_gpt.data.cache import prepare_tokens; from lightning_gpt.data.sources import Source;"
+        f"prepare_tokens(Source('local', path={str(corpus)!r}), 'gpt2', 0.1, {str(tmp_path / 'cache')!r})"
+    )
+    env = {**os.environ, "HF_HOME": str(hf), "HF_DATASETS_CACHE": str(hf / "datasets")}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p for p in hf.rglob("*") if p.is_file()] == []
+    [folder] = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "docs_00000.idx",
+        "manifest.json",
+        "shard_00000.bin",
+        "tokenizer.json",
+    ]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted([folder.name, folder.name + ".lock"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "corpus.jsonl"]
+
+
+def test_the_char_vocabulary_holds_the_document_separator(tmp_path):
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": f"row {i} has no newline"}) + "\n" for i in range(50)))
+    folder = prepare_tokens(Source("local", path=str(jsonl)), "char", 0.1, str(tmp_path / "cache"))
+    assert "\n" in PreparedFolder(folder).tokenizer.chars
+    one_line = tmp_path / "one_line.txt"
+    one_line.write_text("a single line of text without an end " * 20)
+    for sample_by in ("document", "paragraph", "line"):
+        prepare_tokens(Source("local", path=str(one_line), sample_by=sample_by), "char", 0.1, str(tmp_path / "c2"))
+
+
+def test_null_texts_are_empty_documents_and_non_text_columns_are_one_line(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": None if i % 3 else f"text {i}\n"}) + "\n" for i in range(300)))
+    folder = PreparedFolder(prepare_tokens(Source("local", path=str(rows)), "char", 0.1, str(tmp_path / "cache")))
+    assert folder.num_tokens == sum(len(f"text {i}\n") for i in range(0, 300, 3))
+    assert folder.meta["rows"]["train"] == {"documents": 300, "skipped": 0, "empty": 200}  # null is no missing column
+    numbers = tmp_path / "numbers.jsonl"
+    numbers.write_text("".join(json.dumps({"text": i}) + "\n" for i in range(300)))
+    message = r"the column 'text' holds int64 values, not text \(.*numbers.jsonl' line 1\); set data.text_column"
+    with pytest.raises(UserError, match=message):
+        prepare_tokens(Source("local", path=str(numbers)), "char", 0.1, str(tmp_path / "cache"))

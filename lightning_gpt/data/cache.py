@@ -85,6 +85,7 @@ def prepare_tokens(
             lock=root / f"{folder.name}.lock",
             keep_on_error=False,
             what="token cache",
+            owned=True,
         )
     except UserError as e:
         if is_disk_full(e):

@@ -175,9 +175,10 @@ def cores() -> int:
 # A prepared folder
 
 
-def _state(out: Path, wanted: str, what: str, checksums: bool | None) -> str:
+def _state(out: Path, wanted: str, what: str, checksums: bool | None, owned: bool = False, warn: bool = True) -> str:
     """'new' (absent or empty), 'done' (prepared with these settings, intact), 'ours' (interrupted, or
-    damaged: ours to clean up); a user's folder or one prepared with other settings is refused."""
+    damaged: ours to clean up); a user's folder or one prepared with other settings is refused. An `owned`
+    folder (a token cache's, named by its fingerprint) is ours whatever it holds."""
     if out.is_symlink() and not out.exists():
         raise UserError(f"{what} {out} is a broken link; give a folder (new, empty, or one lgpt-prepare wrote)")
     if out.exists() and not out.is_dir():
@@ -190,7 +191,9 @@ def _state(out: Path, wanted: str, what: str, checksums: bool | None) -> str:
             if manifest.get("format") != FORMAT:
                 raise ValueError
         except ValueError:
-            if (out / MARKER).is_file():  # ours, its manifest damaged
+            if owned or (out / MARKER).is_file():  # ours, its manifest damaged
+                if warn:
+                    log.warning(f"the {what} {out} is damaged (its manifest.json is unreadable); rebuilding it")
                 return "ours"
             raise UserError(
                 f"{what} {out} holds a manifest.json that lgpt-prepare did not write; choose another {what}"
@@ -214,9 +217,10 @@ def _state(out: Path, wanted: str, what: str, checksums: bool | None) -> str:
         problem = damage(out, manifest, checksums)
         if problem is None:
             return "done"
-        log.warning(f"the {what} {out} is damaged ({problem}); rebuilding it")
+        if warn:
+            log.warning(f"the {what} {out} is damaged ({problem}); rebuilding it")
         return "ours"
-    if (out / MARKER).is_file():
+    if owned or (out / MARKER).is_file():
         return "ours"
     raise UserError(
         f"{what} {out} is not empty and is not a prepared folder; choose a new or empty folder "
@@ -238,6 +242,7 @@ def prepare_folder(
     keep_on_error: bool = True,
     what: str = "out_dir",
     checksums: bool | None = None,
+    owned: bool = False,
 ) -> tuple[Path, bool]:
     """Tokenize the source into out_dir; return (the folder, whether it was prepared now).
 
@@ -246,7 +251,8 @@ def prepare_folder(
     One process prepares while the others wait on `lock` (default: out_dir/.lock), then find it done.
     `keep_on_error`: an error keeps the shards this launch completed (lgpt-prepare: the same command
     resumes), else removes every file this launch made (the token cache: nothing half-made stays).
-    `checksums`: whether finding a folder done checks its CRC-32s (None: for folders up to 1 GiB)."""
+    `checksums`: whether finding a folder done checks its CRC-32s (None: for folders up to 1 GiB).
+    `owned`: the folder is ours whatever it holds (a token cache's), so a damaged one is rebuilt."""
     if shard_tokens < 1 or memory_mb < 16:
         raise UserError(f"shard_tokens must be >= 1 and memory_mb >= 16, got {shard_tokens} and {memory_mb}")
     if not has_val_source(source) and not 0.0 < val_fraction < 1.0:
@@ -255,7 +261,7 @@ def prepare_folder(
         raise UserError(f"data.max_skipped_fraction must be in [0, 1], got {max_skipped_fraction}")
     out = Path(out_dir).expanduser().absolute()
     wanted = fingerprint(source, tokenizer_name, val_fraction, shard_tokens)
-    if _state(out, wanted, what, checksums) == "done":
+    if _state(out, wanted, what, checksums, owned, warn=False) == "done":
         return out, False
     made_folder = not out.exists()
     created: list[Path] = []  # every file this launch makes
@@ -269,7 +275,7 @@ def prepare_folder(
     try:
         with folder_lock(lock):  # two launches into one folder: the second finds the first's result
             try:
-                if _state(out, wanted, what, checksums) == "done":
+                if _state(out, wanted, what, checksums, owned) == "done":
                     return out, False
                 progress = _progress(out, wanted)  # an interrupted run with these settings: resume it
                 keep = {lock.name, MARKER} | ({PROGRESS, *_files_of(progress["shards"])} if progress else set())
