@@ -461,3 +461,23 @@ def test_null_texts_are_empty_documents_and_non_text_columns_are_one_line(tmp_pa
     message = r"the column 'text' holds int64 values, not text \(.*numbers.jsonl' line 1\); set data.text_column"
     with pytest.raises(UserError, match=message):
         prepare_tokens(Source("local", path=str(numbers)), "char", 0.1, str(tmp_path / "cache"))
+
+
+@pytest.mark.slow
+def test_a_hub_dataset_is_read_from_hugging_faces_cache_by_the_token_cache(tmp_path):
+    """data=hub (not streaming) downloads into Hugging Face's cache, which other runs reuse, as before; here a
+    local JSON file through the same path (data.name=json data.data_files=...)."""
+    texts = [f"row {i} " * (i % 5 + 1) for i in range(100)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    code = (
+        "import sys; from lightning_gpt.data.cache import prepare_tokens; from lightning_gpt.data.shards import "
+        "PreparedFolder; from lightning_gpt.data.sources import Source;"
+        "print(PreparedFolder(prepare_tokens(Source('hub', name='json', data_files=sys.argv[1]), 'byte', 0.1, "
+        "sys.argv[2])).tokens().tolist())"
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_CACHE": str(tmp_path / "hf" / "datasets")}
+    args = [sys.executable, "-c", code, str(tmp_path / "rows.jsonl"), str(tmp_path / "cache")]
+    result = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [b for t in texts for b in [*t.encode(), 256]]
+    assert any(p.suffix == ".arrow" for p in (tmp_path / "hf").rglob("*"))  # the download, for other runs

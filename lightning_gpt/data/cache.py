@@ -86,6 +86,7 @@ def prepare_tokens(
             keep_on_error=False,
             what="token cache",
             owned=True,
+            hub_streaming=False,
         )
     except UserError as e:
         if is_disk_full(e):

@@ -243,6 +243,7 @@ def prepare_folder(
     what: str = "out_dir",
     checksums: bool | None = None,
     owned: bool = False,
+    hub_streaming: bool = True,
 ) -> tuple[Path, bool]:
     """Tokenize the source into out_dir; return (the folder, whether it was prepared now).
 
@@ -252,7 +253,9 @@ def prepare_folder(
     `keep_on_error`: an error keeps the shards this launch completed (lgpt-prepare: the same command
     resumes), else removes every file this launch made (the token cache: nothing half-made stays).
     `checksums`: whether finding a folder done checks its CRC-32s (None: for folders up to 1 GiB).
-    `owned`: the folder is ours whatever it holds (a token cache's), so a damaged one is rebuilt."""
+    `owned`: the folder is ours whatever it holds (a token cache's), so a damaged one is rebuilt.
+    `hub_streaming`: read a hub dataset as a stream (lgpt-prepare: no full download), else download it into
+    Hugging Face's cache first (the token cache, as before: another tokenizer reuses the download)."""
     if shard_tokens < 1 or memory_mb < 16:
         raise UserError(f"shard_tokens must be >= 1 and memory_mb >= 16, got {shard_tokens} and {memory_mb}")
     if not has_val_source(source) and not 0.0 < val_fraction < 1.0:
@@ -283,7 +286,9 @@ def prepare_folder(
                 if not (out / MARKER).exists():
                     created.append(out / MARKER)
                 atomic_write(out / MARKER, wanted)
-                builder = _Build(source, tokenizer_name, val_fraction, out, shard_tokens, num_proc, memory_mb, created)
+                builder = _Build(
+                    source, tokenizer_name, val_fraction, out, shard_tokens, num_proc, memory_mb, created, hub_streaming
+                )
                 manifest = builder.run(progress, max_skipped_fraction)
                 atomic_write(out / MANIFEST, json.dumps({**manifest, "settings": wanted}, indent=1))
                 (out / MARKER).unlink()
@@ -369,12 +374,14 @@ class _Build:
         num_proc: int | None,
         memory_mb: int,
         created: list[Path],
+        hub_streaming: bool = True,
     ):
         self.source, self.tokenizer_name, self.val_fraction, self.out = source, tokenizer_name, val_fraction, out
         self.shard_tokens, self.memory_mb = shard_tokens, memory_mb
         self.num_proc = num_proc or cores()
         self.writer: ShardWriter | None = None
         self.created = created
+        self.hub_streaming = hub_streaming
 
     def run(self, progress: dict[str, Any] | None, max_skipped_fraction: float) -> dict[str, Any]:
         from lightning_gpt.data.shakespeare import plays_held
@@ -392,7 +399,7 @@ class _Build:
             tokenizer = tokenizer_from_dict(progress["tokenizer"])
         else:  # a name, settings, or a saved tokenizer (a checkpoint's: encode as it was trained)
             learned = fits_on_corpus(self.tokenizer_name)
-            texts = corpus_texts(source, splits, batch_chars)() if learned else None
+            texts = corpus_texts(source, splits, batch_chars, self.hub_streaming)() if learned else None
             tokenizer = build_tokenizer(self.tokenizer_name, texts)
         dtype = token_dtype(tokenizer.vocab_size)
         spec = tokenizer.to_dict()
@@ -450,7 +457,8 @@ class _Build:
             if not resuming:
                 tokens[split], documents[split] = 0, 0
             counts = RowCounts()
-            batches = _batches(counted(stream(source, split, batch_chars, counts)), batch_chars)
+            pieces = stream(source, split, batch_chars, counts, hub_streaming=self.hub_streaming)
+            batches = _batches(counted(pieces), batch_chars)
             todo = (batch for i, batch in enumerate(batches) if i >= first)  # done ones are read, not encoded
             for i, (ids, ends) in enumerate(encode_stream(todo, tokenizer, dtype, self.num_proc), start=first):
                 starts = np.concatenate([[0] if at_start else [], ends[ends < len(ids)]]).astype(np.int64)

@@ -375,7 +375,9 @@ def stream(
 ) -> Iterator[Piece]:
     """The documents of split "train" or "val" (data.val_path / data.val_split) as pieces (text, ends a
     document), none much longer than chunk_chars, cut where no token spans the cut: a 200 MB line costs
-    the memory of one piece. Blank documents are left out (and counted in `counts`)."""
+    the memory of one piece. Blank documents are left out (and counted in `counts`). A hub dataset is
+    streamed (`hub_streaming`: lgpt-prepare, data.streaming) or downloaded once into Hugging Face's cache
+    and read from there (the token cache: other runs reuse the download)."""
     counts = counts if counts is not None else RowCounts()
     if source.kind == "embedded":
         from lightning_gpt.data.shakespeare import load_plays
@@ -500,12 +502,14 @@ def token_boundary(text: str, size: int) -> int:
     return size
 
 
-def corpus_texts(source: Source, splits: list[str], chunk_chars: int) -> Callable[[], Iterator[str]]:
+def corpus_texts(
+    source: Source, splits: list[str], chunk_chars: int, hub_streaming: bool = True
+) -> Callable[[], Iterator[str]]:
     """The texts a tokenizer learns from (char, bpe): every piece of every split, read again on each call."""
 
     def texts() -> Iterator[str]:
         for split in splits:
-            for text, _ in stream(source, split, chunk_chars):
+            for text, _ in stream(source, split, chunk_chars, hub_streaming=hub_streaming):
                 yield text
 
     return texts
