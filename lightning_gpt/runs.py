@@ -40,7 +40,7 @@ from lightning_gpt.checkpoints import (
     newest_whole_checkpoint,
 )
 from lightning_gpt.errors import UserError
-from lightning_gpt.io import NO_FOLLOW, append_text, write_atomically
+from lightning_gpt.io import NO_FOLLOW, append_text, atomic_write
 
 log = logging.getLogger(__name__)
 CONFIG, RESUMED_CONFIG, RESUMES, TRAIN_LOG = "config.yaml", "config-resumed.yaml", "resumes.yaml", "train.log"
@@ -154,7 +154,23 @@ def load_run_config(path: Path) -> DictConfig:
                     return new + value[len(old) :]
         return value
 
-    return OmegaConf.create(_map_leaves(OmegaConf.to_container(saved), moved))
+    saved = OmegaConf.create(_map_leaves(OmegaConf.to_container(saved), moved))
+    return _with_new_settings(saved)
+
+
+def _with_new_settings(saved: DictConfig) -> DictConfig:
+    """A config saved by an older version, given the settings added since, at the schema's defaults."""
+    import dataclasses
+
+    from lightning_gpt import schema
+
+    for f in dataclasses.fields(schema.TrainConfig):
+        node_type = getattr(schema, str(f.type).removesuffix(" | None"), None)
+        if isinstance(saved.get(f.name), DictConfig) and dataclasses.is_dataclass(node_type):
+            for setting in dataclasses.fields(node_type):
+                if setting.name not in saved[f.name] and setting.default is not dataclasses.MISSING:
+                    saved[f.name][setting.name] = setting.default
+    return saved
 
 
 def _map_leaves(node: Any, fn: Any) -> Any:
@@ -465,14 +481,14 @@ def write_records(
     first = not (run / CONFIG).is_file()
     record = run / ".hydra" if first else run / ".hydra" / f"resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
     record.mkdir(parents=True, exist_ok=not first)
-    write_atomically(record / "config.yaml", OmegaConf.to_yaml(composed))
-    write_atomically(record / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
-    write_atomically(record / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    atomic_write(record / "config.yaml", OmegaConf.to_yaml(composed))
+    atomic_write(record / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
+    atomic_write(record / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
     text = OmegaConf.to_yaml(cfg)
     if first:
-        write_atomically(run / CONFIG, text)
+        atomic_write(run / CONFIG, text)
         return
-    write_atomically(run / RESUMED_CONFIG, text)
+    atomic_write(run / RESUMED_CONFIG, text)
     entry = {
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
         "step": resume.step if resume is not None else None,

@@ -60,10 +60,10 @@ def test_other_text_is_read_in_the_checkpoints_own_tokens(run, tmp_path, cache_d
     (tmp_path / "other.txt").write_text(text)
     result = run_eval(run, tmp_path, cache_dir, "data=local", f"data.path={tmp_path / 'other.txt'}", "split=train")
     _, tokenizer, _ = lightning_gpt.read_checkpoint(run)
-    caches = [json.loads(p.read_text()) for p in cache_dir.glob("*/meta.json")]
+    caches = [json.loads(p.read_text()) for p in cache_dir.glob("*/manifest.json")]
     mine = [m for m in caches if m["source"]["path"] == str(tmp_path / "other.txt")]
     assert len(mine) == 1 and mine[0]["tokenizer"] == tokenizer  # not a vocabulary built from this text
-    assert result["windows"] == (mine[0]["train_tokens"] - 1) // 32  # every non-overlapping window
+    assert result["windows"] == (mine[0]["splits"]["train"][1] - 1) // 32  # every non-overlapping window
     assert 0 < result["loss"] < math.log(len(tokenizer["chars"])) + 0.5
 
 
