@@ -41,8 +41,12 @@ class LanguageModel(nn.Module):
         """The repeated layers: the units FSDP shards and activation checkpointing recomputes."""
         raise NotImplementedError
 
-    def hidden_states(self, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        """Final-norm activations (B, T, n_embd); with a cache, idx holds only the new positions."""
+    def hidden_states(
+        self, idx: torch.Tensor, cache: Cache | None = None, *, doc_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Final-norm activations (B, T, n_embd); with a cache, idx holds only the new positions. doc_ids (B, T)
+        say which document of a packed row each token is in: a family that can keeps them apart (the attention
+        families), others refuse them (see document_mask.check_doc_masking)."""
         raise NotImplementedError
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,10 +68,11 @@ class LanguageModel(nn.Module):
         raise NotImplementedError
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, doc_ids: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, vocab_size); with targets (-1 where ignored), also the mean cross-entropy."""
-        logits = self.head(self.hidden_states(idx))
+        """Logits (B, T, vocab_size); with targets (-1 where ignored), also the mean cross-entropy. doc_ids: see
+        hidden_states."""
+        logits = self.head(self.hidden_states(idx, doc_ids=doc_ids))
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

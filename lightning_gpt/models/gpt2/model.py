@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lightning_gpt.models.base import LanguageModel
+from lightning_gpt.models.document_mask import positions, sdpa_mask
 from lightning_gpt.models.gpt2.config import GPTConfig
 from lightning_gpt.models.kv_cache import KVCache, causal_mask
 
@@ -28,7 +29,8 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)  # back to the residual
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """mask (B, 1, T, T), True where a query may attend a key: packed documents kept apart (see hidden_states)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
@@ -38,12 +40,14 @@ class CausalSelfAttention(nn.Module):
             past = cache.length
             k, v = cache.update(self.layer_idx, k, v)  # (B, n_head, past + T, head_dim)
         # A query at position t sees keys 0..t. With a cache, one new query sees every stored key.
+        if mask is None and past and T > 1:
+            mask = causal_mask(T, past, x.device)  # (T, past + T)
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
-            attn_mask=causal_mask(T, past, x.device) if past and T > 1 else None,
-            is_causal=past == 0 and T > 1,
+            attn_mask=mask,
+            is_causal=mask is None and T > 1,
             dropout_p=self.dropout if self.training else 0.0,
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
@@ -72,8 +76,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, mask)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -118,19 +122,29 @@ class GPT(LanguageModel):
         c = self.config
         return KVCache(c.n_layer, c.n_head, c.head_dim, c.block_size, batch_size, device, dtype)
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def hidden_states(
+        self, idx: torch.Tensor, cache: KVCache | None = None, *, doc_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Final-norm activations (B, T, n_embd) for token ids (B, T).
 
-        With a cache, idx holds only the new tokens and positions continue from cache.length.
+        With a cache, idx holds only the new tokens and positions continue from cache.length. With doc_ids
+        (B, T), the segment of its row each token is in (rows packed from several documents), attention stays
+        inside each document and positions restart at 0 at each one: a document is computed as if alone.
         """
         start = cache.length if cache is not None else 0
         end = start + idx.size(1)
         if end > self.config.block_size:
             raise ValueError(f"sequence of length {end} is longer than block_size {self.config.block_size}")
-        pos = torch.arange(start, end, dtype=torch.long, device=idx.device)
+        if doc_ids is not None and cache is not None:
+            raise ValueError("doc_ids are for packed training rows, which never run with a cache")
+        pos = torch.arange(start, end, dtype=torch.long, device=idx.device)  # (T,)
+        mask = None
+        if doc_ids is not None:
+            pos = positions(doc_ids)  # (B, T): 0 at each document's first token
+            mask = sdpa_mask(doc_ids)  # (B, 1, T, T): same document and causal
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, n_embd)
         for block in self.transformer.h:
-            x = block(x, cache)
+            x = block(x, cache, mask)
         return self.transformer.ln_f(x)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:

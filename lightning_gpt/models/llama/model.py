@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lightning_gpt.models.base import LanguageModel
+from lightning_gpt.models.document_mask import positions, sdpa_mask
 from lightning_gpt.models.kv_cache import KVCache, causal_mask
 from lightning_gpt.models.llama.config import LlamaConfig
 
@@ -54,7 +55,14 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...], cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, ...],
+        cache: KVCache | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """mask (B, 1, T, T), True where a query may attend a key: packed documents kept apart (see hidden_states)."""
         B, T, C = x.shape
         # (B, T, heads * head_dim) -> (B, heads, T, head_dim)
         q = self.q_norm(self.q_proj(x).view(B, T, self.n_head, self.head_dim)).transpose(1, 2)
@@ -65,12 +73,14 @@ class Attention(nn.Module):
         if cache is not None:
             past = cache.length
             k, v = cache.update(self.layer_idx, k, v)  # (B, n_kv_head, past + T, head_dim): only the shared heads
+        if mask is None and past and T > 1:
+            mask = causal_mask(T, past, x.device)  # (T, past + T)
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
-            attn_mask=causal_mask(T, past, x.device) if past and T > 1 else None,
-            is_causal=past == 0 and T > 1,
+            attn_mask=mask,
+            is_causal=mask is None and T > 1,
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.n_kv_head != self.n_head,  # each key/value head serves n_head / n_kv_head queries
         )  # (B, n_head, T, head_dim)
@@ -106,8 +116,14 @@ class Block(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(config.n_embd, eps=config.norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...], cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, cache)
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, ...],
+        cache: KVCache | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, cache, mask)
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x
 
@@ -156,20 +172,32 @@ class Llama(LanguageModel):
         c = self.config
         return KVCache(c.n_layer, c.kv_heads, c.head_dim, c.block_size, batch_size, device, dtype)
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def hidden_states(
+        self, idx: torch.Tensor, cache: KVCache | None = None, *, doc_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Final-norm activations (B, T, n_embd) for token ids (B, T).
 
-        With a cache, idx holds only the new tokens and positions continue from cache.length.
+        With a cache, idx holds only the new tokens and positions continue from cache.length. With doc_ids
+        (B, T), the segment of its row each token is in (rows packed from several documents), attention stays
+        inside each document and the rotation restarts at position 0 at each one: a document is computed as
+        if alone.
         """
         start = cache.length if cache is not None else 0
         end = start + idx.size(1)
         if end > self.config.block_size:
             raise ValueError(f"sequence of length {end} is longer than block_size {self.config.block_size}")
+        if doc_ids is not None and cache is not None:
+            raise ValueError("doc_ids are for packed training rows, which never run with a cache")
         x = self.model.drop(self.model.embed_tokens(idx))  # (B, T, n_embd)
         cos, sin = rotary_cos_sin(self.config, start, end, idx.device)  # (T, head_dim) each, shared by all layers
+        mask = None
+        if doc_ids is not None:
+            pos = positions(doc_ids)  # (B, T): 0 at each document's first token
+            cos, sin = cos[pos][:, None], sin[pos][:, None]  # (B, 1, T, head_dim): each token's own angle
+            mask = sdpa_mask(doc_ids)  # (B, 1, T, T): same document and causal
         rope = (cos.to(x.dtype), sin.to(x.dtype))
         for block in self.model.layers:
-            x = block(x, rope, cache)
+            x = block(x, rope, cache, mask)
         return self.model.norm(x)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:

@@ -238,12 +238,17 @@ class Mamba(LanguageModel):
     def new_cache(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> MambaCache:
         return MambaCache(self.config, batch_size, device, dtype)
 
-    def hidden_states(self, idx: torch.Tensor, cache: MambaCache | None = None) -> torch.Tensor:
+    def hidden_states(
+        self, idx: torch.Tensor, cache: MambaCache | None = None, *, doc_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Final-norm activations (B, T, n_embd) for token ids (B, T).
 
         With a cache, idx holds only the new tokens: the prompt runs through the parallel scan and leaves
-        each layer's state in the cache; each later token is one step of the recurrence from there.
+        each layer's state in the cache; each later token is one step of the recurrence from there. doc_ids
+        are refused: the scan carries its state across a document boundary, there is no attention to mask.
         """
+        if doc_ids is not None:
+            raise ValueError("the mamba family cannot keep packed documents apart (no attention to mask): no doc_ids")
         x = self.drop(self.embeddings(idx))  # (B, T, n_embd)
         for block in self.layers:
             x = block(x, cache)
