@@ -258,6 +258,41 @@ class Resume:
                 f"raise trainer.max_steps above {self.step} to continue"
             )
 
+    def check_data(self, data: Any) -> None:
+        """Refuse other values of the data settings a resume keeps (RESUMED_DATA; `data` is this run's data
+        config): training batch k is a function of them, so with another value the run would not continue the
+        data it was trained on. A checkpoint saved before a key existed had its schema default. Reads no
+        data: called before anything is read, tokenized or written."""
+        from lightning_gpt.schema import DataConfig
+
+        config = self.hparams.get("config")
+        if not config or "data" not in config:
+            return  # a checkpoint without its run config: nothing to compare
+        data = OmegaConf.to_container(data, resolve=True) if isinstance(data, DictConfig) else data
+        for key in RESUMED_DATA:
+            saved = config["data"].get(key, getattr(DataConfig, key))
+            if (different := _first_difference(f"data.{key}", saved, data.get(key))) is not None:
+                name, was, now = different
+                raise UserError(
+                    f"cannot resume from {self.file}: it was trained with {name}={was}, this run has {name}={now}; "
+                    "the batches it continues depend on it: use the checkpoint's value, or drop ckpt_path to start "
+                    "afresh"
+                )
+
+
+# Data settings a resume may not change (Resume.check_data): packing, masking, a mixture's sources and weights.
+RESUMED_DATA = ("packing", "doc_masking", "sources")
+
+
+def _first_difference(key: str, a: Any, b: Any) -> tuple[str, Any, Any] | None:
+    """(dotted key, a's value, b's value) where two nested dicts first differ, or None if they are equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in [*a, *(k for k in b if k not in a)]:
+            if (different := _first_difference(f"{key}.{k}", a.get(k), b.get(k))) is not None:
+                return different
+        return None
+    return None if a == b else (key, a, b)
+
 
 def _run_of(file: Path) -> Path | None:
     """The run folder (one with a saved config) a checkpoint file lies in, else None."""

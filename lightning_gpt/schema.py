@@ -111,7 +111,9 @@ class DataConfig:
     max_skipped_fraction: float = bounded(0.01, 0, 1)  # refuse a corpus where more rows lack text_column
     packing: str = "random"  # random: nanoGPT's windows anywhere; bos_aligned: each window starts a document
     doc_masking: bool = False  # attention never crosses a document boundary inside a window
-    sources: dict[str, Any] | None = None  # data=mixture: name -> {the keys above for one source, weight}
+    # data=mixture: name -> {the keys above for one source, weight}. Typed Any: OmegaConf cannot merge a dict
+    # into a node typed `dict | None` (a command-line data.sources={...} failed to compose)
+    sources: Any = None
     on_exhausted: str = "repeat"  # data=mixture: a source drawn to its end repeats, or (stop) ends the run
     streaming: bool = False  # data=hub: tokenize the dataset as it streams, in the loader's workers
     data_files: Any = None  # hub: the files of a builder such as json (a glob, a list, or split -> files)

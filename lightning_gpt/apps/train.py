@@ -106,6 +106,8 @@ def task(cfg: DictConfig) -> float | None:
         cfg = launch_config(composed, resume, overrides, set(hydra_cfg.runtime.choices), run_dir)
         check_model(cfg)
         check_values(cfg)
+        if resume is not None:
+            resume.check_data(cfg.data)
         if rank_zero:
             lock = RunLock(run_dir, made if run_dir == hydra_dir else []).acquire()
         if resume is None and any((run_dir / "checkpoints").glob("*.ckpt")):

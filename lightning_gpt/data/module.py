@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -113,7 +114,9 @@ class GPTDataModule(L.LightningDataModule):
             check_streamable(tokenizer, packing)
         self.batches_seen = 0  # training batches consumed: the sampler's position, saved in checkpoints
         self.saved_world_size: int | None = None  # the number of processes of the run that saved it
-        self.tokens_drawn = {p.name: 0 for p in self.parts}  # training tokens drawn from each source
+        self.tokens_drawn = {p.name: 0 for p in self.parts}  # training tokens drawn from each source, all processes
+        self._windows: TrainWindows | None = None  # the training batches being drawn, and the next one's index
+        self._next_batch = 0
         self.stream_positions: dict[int, dict[str, int]] = {}  # streaming: each share's position
         self.stream_workers: int | None = None
         self.stream_ended = False
@@ -275,6 +278,7 @@ class GPTDataModule(L.LightningDataModule):
         ]
         weights = [p.weight for p in self.parts] if self.mixture else None
         windows = TrainWindows(samplers, self.batch_size, self.seed, rank, start=self.batches_seen, weights=weights)
+        self._windows, self._next_batch = windows, self.batches_seen
         if self.mixture and rank == 0:
             log.info(f"training on a mixture of {describe(self.parts)}")
         return self._loader(windows, batch_size=None)  # the dataset yields whole batches
@@ -351,8 +355,12 @@ class GPTDataModule(L.LightningDataModule):
             self.stream_positions[position.pop("role")] = position
             self.tokens_drawn[self.parts[0].name] += batch.x.numel()
         if isinstance(batch.source, torch.Tensor):
-            rows = torch.bincount(batch.source, minlength=len(self.parts)).tolist()
-            for part, count in zip(self.parts, rows):
+            # Every process's rows of this batch, their sources drawn again from their seeds: the counts are of
+            # all processes and the same in each, so any rank's checkpoint holds them and all stop together.
+            k, world = self._next_batch, self._process()[1]
+            self._next_batch += 1
+            rows = sum(np.bincount(self._windows.sources(r, k), minlength=len(self.parts)) for r in range(world))
+            for part, count in zip(self.parts, rows.tolist()):
                 self.tokens_drawn[part.name] += count * batch.x.size(1)
             self._exhausted()
         return (batch.x, batch.y) if batch.doc_ids is None else (batch.x, batch.y, batch.doc_ids)

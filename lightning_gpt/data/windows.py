@@ -281,15 +281,23 @@ class TrainWindows(IterableDataset):
         self.doc_masking = samplers[0].doc_masking
         self.cumulative = None if weights is None else np.cumsum(weights) / np.sum(weights)
 
+    def _choose(self, rng: np.random.Generator) -> np.ndarray:
+        """(batch_size,) a mixture's source for each row: the first draw from the batch's stream."""
+        choice = np.searchsorted(self.cumulative, rng.random(self.batch_size), side="right")
+        return np.minimum(choice, len(self.samplers) - 1)
+
+    def sources(self, rank: int, k: int) -> np.ndarray:
+        """The source of each row of process `rank`'s batch k, without drawing the rows: so that every process
+        can count the rows of all of them (GPTDataModule.tokens_drawn)."""
+        return self._choose(np.random.default_rng([self.seed, rank, k]))
+
     def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor] | Batch:
         rng = np.random.default_rng([self.seed, self.rank, k])
         source = None
         if self.cumulative is None:
             rows, ids = self.samplers[0].draw(rng, self.batch_size)
         else:
-            choice = np.minimum(
-                np.searchsorted(self.cumulative, rng.random(self.batch_size), side="right"), len(self.samplers) - 1
-            )
+            choice = self._choose(rng)
             rows = np.empty((self.batch_size, self.samplers[0].block_size + 1), dtype=np.int64)
             ids = np.zeros((self.batch_size, self.samplers[0].block_size), dtype=np.int64) if self.doc_masking else None
             for i, s in enumerate(self.samplers):

@@ -23,6 +23,7 @@ def config_error(e: ValueError, fields: list[str], prefix: str) -> UserError:
 
 def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
     """(data module, LightningModule, Trainer) for a resolved train config."""
+    check_data(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule.tokenizer)
     if datamodule.block_size > module.model.config.block_size:
@@ -171,6 +172,21 @@ def check_model(cfg: DictConfig) -> None:
         family(**{k: v for k, v in model.items() if k in fields})
     except ValueError as e:
         raise config_error(e, fields, "model.") from e
+
+
+def check_data(cfg: DictConfig) -> None:
+    """What the data settings ask of the model, before any data is read or tokenized: document masking needs
+    a family whose token mixing is attention (Mamba's scan cannot keep documents apart)."""
+    if not cfg.data.get("doc_masking"):
+        return
+    from lightning_gpt.models.document_mask import check_doc_masking
+
+    family = cfg.model.get("family")
+    if family is None and cfg.model.get("init_from"):  # model=pretrained: the family of the pretrained model
+        from lightning_gpt.hf import import_config
+
+        family = import_config(cfg.model.init_from).family
+    check_doc_masking(family or "gpt2")
 
 
 def check_trainer(t: dict[str, Any]) -> None:

@@ -1,4 +1,9 @@
-"""The LightningModule around a model of any family: loss, optimizer and LR schedule. Everything else is Lightning's."""
+"""The LightningModule around a model of any family: loss, optimizer and LR schedule. Everything else is Lightning's.
+
+Batches come as the data module yields them (`lightning_gpt.data.windows.unpack`): inputs, targets, and with
+document masking each token's document in its row (`doc_ids`, passed to the model); a mixture's validation
+batches also say which source they are from, for a loss per source beside the overall one.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import Metric
 
+from lightning_gpt.data.windows import unpack
 from lightning_gpt.errors import UserError
 from lightning_gpt.models import build
 from lightning_gpt.schema import OptimConfig
@@ -19,19 +25,21 @@ from lightning_gpt.training.optim import build_optimizer, check_optim, param_gro
 
 
 class SumRatio(Metric):
-    """sum(values) / sum(weights) over every update of every process: an exact mean of unevenly sized parts."""
+    """sum(values) / sum(weights) over every update of every process, for each of `parts` parts (a mixture's
+    sources) and over all of them: exact means of unevenly sized parts, whatever the number of processes."""
 
-    def __init__(self) -> None:
+    def __init__(self, parts: int = 1) -> None:
         super().__init__()
-        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros(parts, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros(parts, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, value: torch.Tensor, weight: torch.Tensor) -> None:
-        self.total += value.double()
-        self.count += weight
+    def update(self, value: torch.Tensor, weight: torch.Tensor, part: int = 0) -> None:
+        self.total[part] += value.double()
+        self.count[part] += weight
 
-    def compute(self) -> torch.Tensor:
-        return (self.total / self.count).float()
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the ratio over all parts, (parts,) each part's ratio)"""
+        return (self.total.sum() / self.count.sum()).float(), (self.total / self.count).float()
 
 
 class GPTLightningModule(L.LightningModule):
@@ -58,7 +66,10 @@ class GPTLightningModule(L.LightningModule):
         self.model = build(model)
         self.tokenizer_spec = tokenizer
         self.compile_model = compile
-        self.val_loss = SumRatio()
+        # What validation sums, as quantity -> SumRatio, each per source: `validation_sums` says how (val/bpb,
+        # bits per byte, joins here). A mixture's source names come from the data module in setup.
+        self.sources: list[str] = []
+        self.val_metrics = torch.nn.ModuleDict({"loss": SumRatio()})
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -70,6 +81,13 @@ class GPTLightningModule(L.LightningModule):
     def flops_per_batch(self) -> int | None:
         """Training FLOPs of one batch, for Lightning's ThroughputMonitor (MFU)."""
         return getattr(self, "_flops_per_batch", None)
+
+    def setup(self, stage: str) -> None:
+        """A mixture's validation batches are tagged with their source: one sum per source of each quantity."""
+        datamodule = self.trainer.datamodule
+        if getattr(datamodule, "mixture", False):
+            self.sources = list(datamodule.val_sources)
+            self.val_metrics = torch.nn.ModuleDict({name: SumRatio(len(self.sources)) for name in self.val_metrics})
 
     def configure_model(self) -> None:
         from lightning_gpt.training.strategies import FSDPStrategy, shard
@@ -94,12 +112,16 @@ class GPTLightningModule(L.LightningModule):
             f"({batch['tokens_per_step']:,} tokens) per step"
         )
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y, doc_ids = unpack(batch)[:3]
         if self.flops_per_batch is None:
             self._flops_per_batch = self.model.flops_per_token() * x.numel()
-        _, loss = self.model(x, y)
+        _, loss = self.model(x, y, doc_ids=doc_ids)
         self.log("train/loss", loss, prog_bar=True)
+        if self.sources:  # a mixture: the tokens drawn from each source so far, by every process
+            drawn = self.trainer.datamodule.tokens_drawn
+            # float64: exact counts (Lightning keeps a step-only value as given); loggers write them at logging steps
+            self.log_dict({f"train/tokens/{n}": torch.tensor(drawn[n], dtype=torch.float64) for n in self.sources})
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # read when the loss is logged anyway
             self._stop_if_not_finite(loss)
         return loss
@@ -134,21 +156,33 @@ class GPTLightningModule(L.LightningModule):
                 f"stopped, the last good checkpoint is kept: lower optim.lr or use gradient clipping, then resume"
             )
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits, _ = self.model(x)
-        # Summed over real targets: padding windows (targets -1, so every process runs as many batches)
-        # add nothing, and the mean over all processes is exact whatever their number.
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y, doc_ids, source = unpack(batch)[:4]
+        logits, _ = self.model(x, doc_ids=doc_ids)
+        for name, (total, count) in self.validation_sums(logits, y).items():
+            self.val_metrics[name].update(total, count, part=source or 0)
+
+    def validation_sums(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Each validation quantity as (its sum over the batch, what that sum is divided by). Sums over real
+        targets: padding windows (targets -1, so every process runs as many batches) add nothing, and the
+        means over all processes, and over a mixture's sources, are exact whatever their number."""
         loss = F.cross_entropy(
             logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-1, reduction="sum"
         )
-        self.val_loss.update(loss, weight=(y != -1).sum())
+        return {"loss": (loss, (y != -1).sum())}
 
     def on_validation_epoch_end(self) -> None:
-        loss = self.val_loss.compute()  # sum of losses / number of targets, over every process
-        self.val_loss.reset()
-        # Already the global mean; sync_dist only tells Lightning so (every process logs the same value).
-        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=True)
+        overall, per_source = {}, {}
+        for name, metric in self.val_metrics.items():
+            value, parts = metric.compute()  # sums over every process, and over every source for `value`
+            metric.reset()
+            overall[f"val/{name}"] = value
+            per_source.update({f"val/{name}/{source}": v for source, v in zip(self.sources, parts)})
+        overall["val/ppl"] = torch.exp(overall["val/loss"])
+        # Already global means; sync_dist only tells Lightning so (every process logs the same values).
+        self.log_dict(overall, prog_bar=True, sync_dist=True)
+        if per_source:
+            self.log_dict(per_source, sync_dist=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
