@@ -18,7 +18,8 @@ from lightning_gpt.data.windows import Batch, FixedWindows, PackedSampler, Train
 from lightning_gpt.errors import UserError
 from lightning_gpt.schema import DataConfig, TrainConfig
 
-from .support.config import TINY_SHAKESPEARE
+from .support.config import TINY, TINY_SHAKESPEARE, compose
+from .support.runs import read_metrics
 
 EOT = 256  # the byte tokenizer's end-of-text
 
@@ -359,3 +360,144 @@ def test_samplers_refuse_a_split_too_short_for_a_window(cache_dir):
     dm = datamodule(cache_dir, tokenizer="char", source="local", path=str(TINY_SHAKESPEARE))
     with pytest.raises(ValueError, match="holds no window"):
         WindowSampler(dm.tokens("val"), 200_000)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training on packed rows and mixtures: lgpt-train, lgpt-eval, resumes
+
+
+def sources_override(sources: dict) -> str:
+    """data.sources as a command line spells it: data.sources={web: {path: ..., weight: 0.8}, ...}."""
+    inner = ", ".join(f"{name}: {{path: {spec['path']}, weight: {spec['weight']}}}" for name, spec in sources.items())
+    return f"data.sources={{{inner}}}"
+
+
+def snapshot(folder: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+@pytest.mark.slow
+def test_a_mixture_trains_logging_tokens_and_a_loss_per_source_that_lgpt_eval_reproduces(
+    lgpt_train, tmp_path, cache_dir, two_sources, capsys
+):
+    from lightning_gpt.apps.evaluate import evaluate
+
+    settings = ["data=mixture", sources_override(two_sources), "data.packing=bos_aligned", "data.doc_masking=true"]
+    steps = ["trainer.max_steps=40", "trainer.val_check_interval=40", "trainer.log_every_n_steps=10"]
+    run = lgpt_train(*TINY, *settings, *steps)
+    rows = read_metrics(run)
+    drawn = [
+        (int(r["step"]), float(r["train/tokens/web"]), float(r["train/tokens/code"]))
+        for r in rows
+        if r.get("train/tokens/web")
+    ]
+    assert [step for step, _, _ in drawn] == [9, 19, 29, 39]  # at logging steps
+    assert all(web + code == (step + 1) * 8 * 32 for step, web, code in drawn)  # every token of every row, exactly
+    share = drawn[-1][1] / (40 * 8 * 32)
+    assert abs(share - 0.8) < 4 * math.sqrt(0.8 * 0.2 / (40 * 8)), share  # rows drawn by weight: sampling error
+    [val] = [r for r in rows if r.get("val/loss")]
+    web, code, overall = (float(val[f"val/loss{k}"]) for k in ("/web", "/code", ""))
+    assert overall == pytest.approx((web + code) / 2, abs=1e-6)  # as many windows of each: token-weighted = mean
+
+    # lgpt-eval on the same fixed windows (val_batches x batch_size per source), masked as in training
+    paths = [f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'eval'}", f"paths.cache_dir={cache_dir}"]
+    args = [f"ckpt_path={run}", *paths, *settings[:2], "data.doc_masking=true", "windows=16", "data.batch_size=8"]
+    result = evaluate(compose("eval", *args, "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"))
+    assert result["sources"]["web"]["loss"] == pytest.approx(web, abs=1e-5)
+    assert result["sources"]["code"]["loss"] == pytest.approx(code, abs=1e-5)
+    assert result["loss"] == pytest.approx(overall, abs=1e-5) and result["windows"] == 32
+    assert f"loss (code)  {code:.4f}" in capsys.readouterr().out
+
+    # A resume keeps the data settings its batches depend on: another value is one line, and nothing is written
+    before = snapshot(tmp_path)
+    reweighted = {**two_sources, "web": {**two_sources["web"], "weight": 0.5}}
+    for override, message in [
+        (sources_override(reweighted), "data.sources.web.weight=0.8, this run has data.sources.web.weight=0.5"),
+        ("data.packing=random", "data.packing=bos_aligned, this run has data.packing=random"),
+        ("data.doc_masking=false", "data.doc_masking=True, this run has data.doc_masking=False"),
+    ]:
+        lgpt_train(f"ckpt_path={run}", "trainer.max_steps=50", override, code=2)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"error: cannot resume from {run / 'checkpoints'}") and message in err[-1], err
+    assert snapshot(tmp_path) == before
+
+
+def test_document_masking_with_mamba_is_refused_before_anything_is_written(lgpt_train, tmp_path, capsys):
+    lgpt_train("model=mamba", "data.doc_masking=true", code=2)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: data.doc_masking=true keeps documents apart in attention, which the mamba")
+    assert not (tmp_path / "run").exists()
+
+
+KILLED = [
+    "model.dropout=0.1",
+    "trainer.deterministic=true",
+    "trainer.log_every_n_steps=1",
+    "trainer.max_steps=20",
+    "trainer.val_check_interval=10",
+    "callbacks.model_checkpoint.every_n_train_steps=5",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(["data.packing=bos_aligned"], id="bos_aligned"),
+        pytest.param(["data.doc_masking=true"], id="random-masked"),
+        pytest.param(
+            ["data=mixture", "data.packing=bos_aligned", "data.doc_masking=true", "trainer=ddp_cpu"],
+            id="mixture-bos_aligned-masked-2-processes",
+        ),
+    ],
+)
+def test_a_packed_masked_or_mixed_run_killed_and_resumed_logs_what_an_uninterrupted_one_does(
+    tmp_path, cache_dir, two_sources, case
+):
+    """SIGKILL mid-run, resume from the run folder: every loss, token count and validation loss logged from the
+    checkpoint's step on is the uninterrupted run's, bit for bit (weights, optimizer, RNG, the data's position)."""
+    from lightning_gpt.apps.train import main
+
+    from .support.processes import kill_group, run_app, start_app, wait_for_step
+    from .support.runs import saved_step
+
+    if "data=mixture" in case:
+        data = [sources_override(two_sources)]
+    else:
+        data = ["data=local", f"data.path={jsonl(tmp_path / 'docs.jsonl', documents(1500, seed=5))}"]
+    processes = "trainer=ddp_cpu" in case  # Lightning starts the second process by running the command again
+
+    def args(run: str, *extra: str) -> list[str]:
+        paths = [f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}", f"hydra.run.dir={tmp_path / run}"]
+        return [*TINY, *case, *data, *KILLED, *paths, *extra]
+
+    def train(run: str, *extra: str) -> None:
+        if processes:
+            done = run_app("lightning_gpt.apps.train", *args(run, *extra))
+            assert done.returncode == 0, done.stderr[-3000:]
+        else:
+            assert main(args(run, *extra)) == 0
+
+    def logged(run: str, since: int) -> dict[tuple[int, str], str]:
+        keys = ("train/loss", "train/tokens/", "val/")
+        return {
+            (int(row["step"]), key): value
+            for row in read_metrics(tmp_path / run)
+            for key, value in row.items()
+            if value and key.startswith(keys) and int(row["step"]) >= since
+        }
+
+    train("whole")
+    slow = "+callbacks.slow._target_=tests.support.callbacks.Slow"
+    proc = start_app("lightning_gpt.apps.train", *args("killed", slow))
+    wait_for_step(tmp_path / "killed" / "checkpoints" / "last.ckpt", 5, proc)
+    kill_group(proc)
+    resumed_from = saved_step(tmp_path / "killed" / "checkpoints" / "last.ckpt")
+    assert 5 <= resumed_from < 20
+    train("resumed", f"ckpt_path={tmp_path / 'killed'}")
+    expected, got = logged("whole", resumed_from), logged("resumed", resumed_from)
+    assert {step for step, _ in got} == set(range(resumed_from, 20))
+    assert any(key.startswith("val/") for _, key in got)
+    assert got == expected
+    if processes:  # tokens drawn by both processes, counted the same in each
+        assert float(got[(19, "train/tokens/web")]) + float(got[(19, "train/tokens/code")]) == 20 * 2 * 8 * 32

@@ -83,11 +83,15 @@ class GPTLightningModule(L.LightningModule):
         return getattr(self, "_flops_per_batch", None)
 
     def setup(self, stage: str) -> None:
-        """A mixture's validation batches are tagged with their source: one sum per source of each quantity."""
         datamodule = self.trainer.datamodule
         if getattr(datamodule, "mixture", False):
-            self.sources = list(datamodule.val_sources)
-            self.val_metrics = torch.nn.ModuleDict({name: SumRatio(len(self.sources)) for name in self.val_metrics})
+            self.name_sources(datamodule.val_sources)
+
+    def name_sources(self, names: list[str]) -> None:
+        """Validation batches tagged with a source index (a mixture's) count towards that source, named here:
+        val/<quantity>/<name> is logged beside the overall value, and training logs train/tokens/<name>."""
+        self.sources = list(names)
+        self.val_metrics = torch.nn.ModuleDict({name: SumRatio(len(names)) for name in self.val_metrics})
 
     def configure_model(self) -> None:
         from lightning_gpt.training.strategies import FSDPStrategy, shard
@@ -177,7 +181,8 @@ class GPTLightningModule(L.LightningModule):
             value, parts = metric.compute()  # sums over every process, and over every source for `value`
             metric.reset()
             overall[f"val/{name}"] = value
-            per_source.update({f"val/{name}/{source}": v for source, v in zip(self.sources, parts)})
+            # parts.view(-1): torchmetrics hands one part back as a scalar
+            per_source.update({f"val/{name}/{source}": v for source, v in zip(self.sources, parts.view(-1))})
         overall["val/ppl"] = torch.exp(overall["val/loss"])
         # Already global means; sync_dist only tells Lightning so (every process logs the same values).
         self.log_dict(overall, prog_bar=True, sync_dist=True)
