@@ -18,8 +18,19 @@ from typing import Any
 
 from benchmarks import ROOT, Stopwatch, row
 
-MODULES = ("training", "startup", "data", "generation", "memory", "explain", "checkpoint", "threads", "tokenizers")
-LONG = ("families", "prepare", "speedrun")  # 15-40 minutes each on 2 cores: only when named
+MODULES = (
+    "training",
+    "startup",
+    "data",
+    "packing",
+    "generation",
+    "memory",
+    "explain",
+    "checkpoint",
+    "threads",
+    "tokenizers",
+)
+LONG = ("families", "prepare", "speedrun", "packing_loss")  # 10-40 minutes each on 2 cores: only when named
 COLUMNS = ("benchmark", "case", "metric", "value", "unit", "ratio", "target", "met", "note")
 
 

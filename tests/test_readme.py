@@ -160,3 +160,35 @@ def test_the_cpu_commands_run_as_written_in_a_fresh_folder(tmp_path, cache_dir, 
     assert len(run(shlex.join(["python", "-c", as_written(generate)]))[0]) >= 100
     run(shlex.join(["python", "-c", as_written(explain)]))
     assert (clone / "explain.html").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_the_data_sections_commands_run_as_written_on_local_documents(tmp_path, cache_dir, capsys, monkeypatch):
+    """The Data section's training commands, in a fresh folder holding the JSONL files they name, with a tiny
+    model and a few steps (streaming a hub dataset needs the network: test_every_training_command_composes
+    composes that one)."""
+    import json
+
+    from .support.runs import read_metrics
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LGPT_CACHE_DIR", str(cache_dir))
+    section = README[README.index("## Data\n") : README.index("### Large corpora")]
+    commands = [line for block in re.findall(r"```bash\n(.*?)```", section, re.S) for line in block.splitlines()]
+    local = [c for c in commands if "data.streaming" not in c]
+    assert len(commands) == 3 and len(local) == 2
+    for name, text in (
+        ("docs", "a document {} about {}"),
+        ("web", "a page {} on {}"),
+        ("code", "def f{}(): return {}"),
+    ):
+        rows = [{"text": text.format(i, "x" * (i % 40))} for i in range(400)]
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for command in local:
+        code, _, err = run_command(tiny(command, 6), capsys)
+        assert code == 0, f"{command}\n{err[-3000:]}"
+    [mixture] = [
+        run for run in (tmp_path / "outputs" / "train" / "runs").iterdir() if "web" in (run / "config.yaml").read_text()
+    ]
+    logged = read_metrics(mixture)
+    assert any(row.get("train/tokens/web") for row in logged) and any(row.get("val/loss/code") for row in logged)
