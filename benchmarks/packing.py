@@ -11,7 +11,7 @@ paragraph (speeches: mostly longer than a row, so rows are pieces of them) and b
 share of drawn tokens that bos_aligned crops (the tail of the segment cut to fill a row's end).
 
 Mask: training steps (forward, backward, AdamW) of nanogpt_baby's model (GPT-2, 4 layers, 4 heads, 128 wide)
-and of the llama family at the same size, on one bos_aligned batch of speeches (packed several to a row), with
+and of the llama family at the same size, on one bos_aligned batch of lines (packed several to a row), with
 its doc_ids (SDPA with a same-document mask, positions restarting per document) and without (SDPA's causal
 kernel), taking turns chunk by chunk in this process.
 
@@ -105,8 +105,8 @@ def mask_cost(cache: str, quick: bool) -> list[dict]:
 
     from lightning_gpt.models import build
 
-    chunks, per_chunk = (6, 5) if quick else (20, 20)
-    dm, batches = loader(cache, "bos_aligned", "paragraph", True)
+    chunks, per_chunk = (4, 3) if quick else (20, 20)
+    dm, batches = loader(cache, "bos_aligned", "line", True)
     batch = next(batches)
     segments = float((batch.doc_ids[:, -1] + 1).float().mean())
     rows = []

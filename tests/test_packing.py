@@ -19,6 +19,7 @@ from lightning_gpt.errors import UserError
 from lightning_gpt.schema import DataConfig, TrainConfig
 
 from .support.config import TINY, TINY_SHAKESPEARE, compose
+from .support.processes import run_app
 from .support.runs import read_metrics
 
 EOT = 256  # the byte tokenizer's end-of-text
@@ -94,6 +95,28 @@ def test_bos_aligned_batches_are_a_pure_function_of_seed_rank_and_step(tmp_path,
     assert all(torch.equal(a.x, b.x) and torch.equal(a.doc_ids, b.doc_ids) for a, b in zip(workers, first))
 
 
+def test_bos_aligned_draws_every_part_of_the_corpus_about_as_often_as_random_windows(tmp_path, cache_dir):
+    """Pieces are drawn in proportion to their length and every one drawn is packed (only a cropped one's tail
+    is left out), so no stretch of the corpus and no length of document is left out: the token's chance of
+    being in a row is about the same everywhere (a sampler once drew its rows from the last fifth of the
+    corpus only, and never a document shorter than a row)."""
+    path = str(jsonl(tmp_path / "docs.jsonl", documents(3000, seed=6, high=200)))  # 4 to 201 bytes, rows of 65
+    split = datamodule(cache_dir, source="local", path=path).tokens("train")
+    sampler = PackedSampler(split, 64, doc_masking=True)
+    hits, several = np.zeros(len(split)), 0
+    for k in range(400):
+        positions, doc_ids = sampler.layout(np.random.default_rng([0, 0, k]), 12)
+        np.add.at(hits, positions, 1)
+        several += int((doc_ids[:, -1] > 0).sum())
+    rate = hits / hits.mean()
+    assert all(0.85 < part.mean() < 1.15 for part in np.array_split(rate, 10)), "a stretch of the corpus left out"
+    ends = np.append(split.segments[1:], len(split))
+    length = np.repeat(ends - split.segments, ends - split.segments)  # each token's document length
+    for low, high in [(0, 65), (65, 130), (130, 300)]:
+        assert 0.6 < rate[(length >= low) & (length < high)].mean() < 1.4, (low, high)
+    assert several > 0.25 * 400 * 12  # short documents share rows
+
+
 def test_a_document_longer_than_a_row_continues_in_row_sized_pieces(cache_dir):
     """Tiny Shakespeare is one document: every row is a piece of it starting at a multiple of block + 1."""
     dm = datamodule(cache_dir, tokenizer="char", source="local", path=str(TINY_SHAKESPEARE), packing="bos_aligned")
@@ -107,7 +130,9 @@ def test_a_document_longer_than_a_row_continues_in_row_sized_pieces(cache_dir):
 def test_document_ids_count_segments_from_each_rows_start(tmp_path, cache_dir):
     """With doc_masking, doc_ids[t] counts the separators (end-of-text) in x[1..t]: the separator starts the
     next document's segment, so the last token of a document predicts the separator, and the separator
-    (alone in its segment) predicts the next document's first token."""
+    (alone in its segment) predicts the next document's first token. bos_aligned rows also start a new id
+    where a piece of a document longer than a row follows another segment (a piece after the first starts
+    mid-document, with no separator: it must not see the segment before it either)."""
     path = str(jsonl(tmp_path / "docs.jsonl", documents(300, seed=2)))
     for packing in ("random", "bos_aligned"):
         dm = datamodule(cache_dir, source="local", path=path, packing=packing, doc_masking=True)
@@ -115,7 +140,13 @@ def test_document_ids_count_segments_from_each_rows_start(tmp_path, cache_dir):
             assert isinstance(batch, Batch)
             separators = (batch.x == EOT).long()
             separators[:, 0] = 0
-            assert torch.equal(batch.doc_ids, separators.cumsum(dim=1))
+            steps = batch.doc_ids.diff(dim=1, prepend=torch.zeros_like(batch.doc_ids[:, :1]))
+            if packing == "random":
+                assert torch.equal(steps, separators)
+            else:  # every separator starts a segment; any other start is a piece's, after a whole document
+                assert ((steps == 0) | (steps == 1)).all() and (steps >= separators).all()
+                pieces = (steps == 1) & (separators == 0)
+                assert (batch.x[:, :-1][pieces[:, 1:]] == ord(">")).all()  # ... the document before it ended
             boundary = (batch.x == EOT) & (batch.doc_ids > 0)
             assert (batch.y[boundary] == ord("<")).all()  # the separator predicts the next document's start
     fixed = FixedWindows(dm.tokens("val"), 64, 30, 12, doc_masking=True)
@@ -401,12 +432,22 @@ def test_a_mixture_trains_logging_tokens_and_a_loss_per_source_that_lgpt_eval_re
 
     # lgpt-eval on the same fixed windows (val_batches x batch_size per source), masked as in training
     paths = [f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'eval'}", f"paths.cache_dir={cache_dir}"]
-    args = [f"ckpt_path={run}", *paths, *settings[:2], "data.doc_masking=true", "windows=16", "data.batch_size=8"]
-    result = evaluate(compose("eval", *args, "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"))
+    args = [f"ckpt_path={run}", *paths, *settings[:2], "data.doc_masking=true", "trainer.accelerator=cpu"]
+    result = evaluate(compose("eval", *args, "windows=16", "data.batch_size=8", "trainer.enable_progress_bar=false"))
     assert result["sources"]["web"]["loss"] == pytest.approx(web, abs=1e-5)
     assert result["sources"]["code"]["loss"] == pytest.approx(code, abs=1e-5)
     assert result["loss"] == pytest.approx(overall, abs=1e-5) and result["windows"] == 32
     assert f"loss (code)  {code:.4f}" in capsys.readouterr().out
+    # ... the same per source in two processes: 17 windows a source, the odd one padded there, never repeated
+    one = evaluate(compose("eval", *args, "windows=17", "data.batch_size=4", "trainer.enable_progress_bar=false"))
+    out = tmp_path / "two.json"
+    done = run_app(
+        "lightning_gpt.apps.evaluate", *args, "windows=17", "data.batch_size=4", "trainer=ddp_cpu", f"out_file={out}"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads(out.read_text())
+    assert two["devices"] == 2 and two["loss"] == pytest.approx(one["loss"], abs=1e-6)
+    assert all(two["sources"][n]["loss"] == pytest.approx(one["sources"][n]["loss"], abs=1e-6) for n in two_sources)
 
     # A resume keeps the data settings its batches depend on: another value is one line, and nothing is written
     before = snapshot(tmp_path)
@@ -458,7 +499,7 @@ def test_a_packed_masked_or_mixed_run_killed_and_resumed_logs_what_an_uninterrup
     checkpoint's step on is the uninterrupted run's, bit for bit (weights, optimizer, RNG, the data's position)."""
     from lightning_gpt.apps.train import main
 
-    from .support.processes import kill_group, run_app, start_app, wait_for_step
+    from .support.processes import kill_group, start_app, wait_for_step
     from .support.runs import saved_step
 
     if "data=mixture" in case:

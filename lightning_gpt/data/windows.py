@@ -4,11 +4,13 @@ Training batch k is a pure function of (seed, rank, k), so the stream resumes ex
 each process draws its own. Two packings (`data.packing`):
 
 - `random` (nanoGPT's): rows are windows of block_size + 1 tokens starting anywhere in the stream.
-- `bos_aligned` (nanochat's best-fit): every row starts at a segment start; segments are packed whole,
-  largest first, into the room left in the row, and when none fits, the shortest is cropped to fill it (its
-  tail is left out of that row: no padding, every target real). A document longer than a row is cut into
-  pieces of block_size + 1 tokens, each packed as a segment (the document continues, rather than losing
-  its tail; only its first piece starts at its beginning).
+- `bos_aligned` (nanochat's best-fit): every row starts at a segment start; a batch draws segments in
+  proportion to their length and packs every one of them whole, largest first, into the row with the least
+  room that holds it; one that fits nowhere is cropped to fill a row (its tail is left out: no padding, every
+  target real). A document longer than a row is cut into pieces of block_size + 1 tokens, each packed as a
+  segment (the document continues, rather than losing its tail; only its first piece starts at its
+  beginning). Nothing drawn is set aside for a better fit, so every token is about as likely to be in a row
+  as with random windows (see PackedSampler).
 
 A *segment* is a document together with the separator before it: the token that ends a document (the
 end-of-text token, or the char tokenizer's final newline) begins the next document's segment, as a BOS
@@ -23,7 +25,7 @@ one set per source, each batch tagged with its source (`ValidationWindows`).
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
+from bisect import bisect_left, insort
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -174,13 +176,18 @@ class WindowSampler:
 
 class PackedSampler:
     """Rows packed best-fit from whole segments, each row starting at a segment start (nanochat's
-    BOS-aligned best-fit; see the module's docstring). Candidates are drawn in proportion to their length,
-    so every token is as likely to be drawn as with random windows."""
+    BOS-aligned best-fit; see the module's docstring).
+
+    Each batch draws segments (or row-sized pieces of long ones) in proportion to their length until they hold
+    the batch's tokens, in random order, and packs every one of them, largest first, each into the row with the
+    least room that holds it; one that fits nowhere is cropped to fill the row with the most room. So every
+    token is about as likely to be drawn as with random windows: nothing drawn is set aside but what overflows
+    the batch (a share of the last candidate) and the tails of cropped segments (`cropped`)."""
 
     def __init__(self, split: SplitTokens, block_size: int, doc_masking: bool = False):
         self.split, self.block_size, self.doc_masking = split, block_size, doc_masking
         self._units: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        self.cropped = 0  # tokens left out of rows by the last draw (their unit's tail)
+        self.cropped = 0  # tokens drawn by the last batch and left out of its rows (cropped tails, overflow)
 
     @property
     def units(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -196,65 +203,60 @@ class PackedSampler:
             lengths = np.minimum(row, np.repeat(ends, pieces) - starts)
             self._units = (starts, lengths, np.cumsum(lengths))
             self._total = int(self._units[2][-1])
-            # Candidates per row: enough that best-fit usually fills a row with whole segments (fewer crops),
-            # few enough to stay as fast as random windows: 2 when segments are as long as rows, at most 16
-            # (short documents: about 5% of the drawn tokens cropped, against 18% with 4).
-            self._per_row = min(16, max(2, math.ceil(8 * row * len(lengths) / self._total)))
+            self._mean = self._total / len(lengths)
         return self._units
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_units": None}
 
-    def draw(self, rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _candidates(self, rng: np.random.Generator, tokens: int) -> tuple[list[int], list[int]]:
+        """(starts, lengths) of units drawn in proportion to their length, in the order drawn, until they hold
+        at least `tokens` tokens (or as many as one draw of about that many gave)."""
         starts, lengths, cumulative = self.units
+        size = math.ceil(1.25 * tokens / self._mean) + 1
+        units = np.searchsorted(cumulative, rng.integers(0, self._total, size=size), side="right")
+        drawn = lengths[units]
+        enough = int(np.searchsorted(np.cumsum(drawn), tokens)) + 1  # the first prefix holding `tokens`
+        return starts[units[:enough]].tolist(), drawn[:enough].tolist()
+
+    def draw(self, rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray | None]:
+        positions, doc_ids = self.layout(rng, count)
+        return self.split.gather(positions), doc_ids
+
+    def layout(self, rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(count, block_size + 1) split offsets of the tokens of `count` packed rows, and their doc_ids."""
         row = self.block_size + 1
-        size = count * self._per_row
-
-        def candidates() -> tuple[list[int], list[int]]:
-            tokens = np.sort(rng.integers(0, self._total, size=size))  # sorted: searchsorted is faster
-            units = np.searchsorted(cumulative, tokens, side="right")
-            drawn = lengths[units]
-            order = np.argsort(drawn, kind="stable")
-            return drawn[order].tolist(), starts[units][order].tolist()
-
-        pool_lengths, pool_starts = candidates()
-        self.cropped = 0
-        if len(pool_lengths) >= count and pool_lengths[-count] == row:  # every row is one whole segment
-            chosen = np.array(pool_starts[: -count - 1 : -1] if count < len(pool_starts) else pool_starts[::-1])
-            rows = self.split.gather(chosen[:, None] + np.arange(row))
-            return rows, np.zeros((count, self.block_size), dtype=np.int64) if self.doc_masking else None
-        taken_starts: list[int] = []
-        taken_lengths: list[int] = []
-        pieces: list[int] = []  # segments in each row
-        take_start, take_length, cropped = taken_starts.append, taken_lengths.append, 0
-        for _ in range(count):
-            room, n = row, 0
-            while room:
-                if not pool_lengths:
-                    pool_lengths, pool_starts = candidates()
-                j = bisect_right(pool_lengths, room) - 1
-                if j < 0:  # nothing fits: crop the shortest to the room left
-                    j, take = 0, room
-                    cropped += pool_lengths[0] - room
-                else:
-                    take = pool_lengths[j]
-                take_start(pool_starts.pop(j))
-                del pool_lengths[j]
-                take_length(take)
-                room -= take
-                n += 1
-            pieces.append(n)
+        rows: list[list[tuple[int, int]]] = [[] for _ in range(count)]  # each row's (start, length) pieces
+        rooms = [(row, i) for i in range(count)]  # (room left, row) of the rows not yet full, ascending
+        cropped = 0
+        while rooms:
+            starts, lengths = self._candidates(rng, sum(room for room, _ in rooms))
+            # Largest first (best-fit decreasing packs rows tightest), except the last one drawn, which went past
+            # the room left: it goes last, so what overflows is its tail, not the smallest segments.
+            order = sorted(range(len(lengths) - 1), key=lengths.__getitem__, reverse=True) + [len(lengths) - 1]
+            for start, length in ((starts[j], lengths[j]) for j in order):
+                if not rooms:  # the batch is full: the rest of the draw overflows it
+                    cropped += length
+                    continue
+                k = bisect_left(rooms, (length, -1))  # the row with the least room that holds it
+                room, i = rooms.pop(k) if k < len(rooms) else rooms.pop()  # else: crop into the most room
+                take = min(length, room)
+                rows[i].append((start, take))
+                cropped += length - take
+                if room > take:
+                    insort(rooms, (room - take, i))
         self.cropped = cropped
-        takes = np.array(taken_lengths)
+        pieces = [len(r) for r in rows]
+        taken = [piece for r in rows for piece in r]
+        takes = np.array([length for _, length in taken])
         offsets = np.cumsum(takes) - takes  # where each piece goes in the flat output
-        positions = np.repeat(np.array(taken_starts) - offsets, takes) + np.arange(count * row)
-        rows = self.split.gather(positions).reshape(count, row)
+        positions = np.repeat(np.array([start for start, _ in taken]) - offsets, takes) + np.arange(count * row)
         doc_ids = None
         if self.doc_masking:
             per_row = np.array(pieces)
             segment = np.arange(len(takes)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
             doc_ids = np.repeat(segment, takes).reshape(count, row)[:, :-1]
-        return rows, doc_ids
+        return positions.reshape(count, row), doc_ids
 
 
 def sampler(split: SplitTokens, block_size: int, packing: str, doc_masking: bool) -> WindowSampler | PackedSampler:
