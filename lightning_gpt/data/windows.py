@@ -226,11 +226,15 @@ class PackedSampler:
     def layout(self, rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray | None]:
         """(count, block_size + 1) split offsets of the tokens of `count` packed rows, and their doc_ids."""
         row = self.block_size + 1
+        starts, lengths = self._candidates(rng, count * row)
+        if len(lengths) == count and lengths.count(row) == count:  # each a whole row (long documents): as drawn
+            self.cropped = 0
+            positions = np.array(starts)[:, None] + np.arange(row)
+            return positions, np.zeros((count, self.block_size), dtype=np.int64) if self.doc_masking else None
         rows: list[list[tuple[int, int]]] = [[] for _ in range(count)]  # each row's (start, length) pieces
         rooms = [(row, i) for i in range(count)]  # (room left, row) of the rows not yet full, ascending
         cropped = 0
-        while rooms:
-            starts, lengths = self._candidates(rng, sum(room for room, _ in rooms))
+        while True:
             # Largest first (best-fit decreasing packs rows tightest), except the last one drawn, which went past
             # the room left: it goes last, so what overflows is its tail, not the smallest segments.
             order = sorted(range(len(lengths) - 1), key=lengths.__getitem__, reverse=True) + [len(lengths) - 1]
@@ -245,6 +249,9 @@ class PackedSampler:
                 cropped += length - take
                 if room > take:
                     insort(rooms, (room - take, i))
+            if not rooms:
+                break
+            starts, lengths = self._candidates(rng, sum(room for room, _ in rooms))  # crops left rooms: draw more
         self.cropped = cropped
         pieces = [len(r) for r in rows]
         taken = [piece for r in rows for piece in r]

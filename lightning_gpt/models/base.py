@@ -72,7 +72,9 @@ class LanguageModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab_size); with targets (-1 where ignored), also the mean cross-entropy. doc_ids: see
         hidden_states."""
-        logits = self.head(self.hidden_states(idx, doc_ids=doc_ids))
+        # doc_ids only when given: a family that cannot mask documents need not take them
+        hidden = self.hidden_states(idx) if doc_ids is None else self.hidden_states(idx, doc_ids=doc_ids)
+        logits = self.head(hidden)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
