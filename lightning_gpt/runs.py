@@ -259,6 +259,15 @@ class Resume:
             )
 
 
+def run_folder_containing(path: str | Path) -> Path | None:
+    """The run folder that path is, or lies inside (a folder with a saved config and checkpoints/ or .hydra/)."""
+    path = Path(path).expanduser().absolute()
+    for folder in [path, *path.parents]:
+        if (folder / CONFIG).is_file() and ((folder / "checkpoints").is_dir() or (folder / ".hydra").is_dir()):
+            return folder
+    return None
+
+
 def _run_of(file: Path) -> Path | None:
     """The run folder (one with a saved config) a checkpoint file lies in, else None."""
     return next((run for run in (file.parent, file.parent.parent) if (run / CONFIG).is_file()), None)

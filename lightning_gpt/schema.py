@@ -74,6 +74,19 @@ def check_values(cfg: Any, node: type | None = None, prefix: str = "") -> None:
         )
 
 
+def in_range(key: str, value: Any) -> Any:
+    """The value of a config key, checked against the range its schema field declares: for a setting that a
+    plugin reads before lgpt-train's own checks (the Optuna sweeper reads hparams_search.n_trials)."""
+    node: type = TrainConfig
+    *parents, leaf = key.split(".")
+    for name in parents:
+        node = globals()[str({f.name: f for f in dataclasses.fields(node)}[name].type).removesuffix(" | None")]
+    bound = {f.name: f for f in dataclasses.fields(node)}[leaf].metadata.get("bound")
+    if bound is not None and (problem := bound.problem(value)):
+        raise UserError(f"{key} {problem}")
+    return value
+
+
 def _is_list(value: Any) -> bool:
     from omegaconf import ListConfig
 

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import complete, prompt_ids
+from lightning_gpt.io import append_text
 from lightning_gpt.training.strategies import full_parameters
 
 
@@ -209,8 +210,7 @@ class SampleText(L.Callback):
             elif isinstance(logger, MLFlowLogger):  # an artifact per validation: samples/step000250.txt
                 logger.experiment.log_text(logger.run_id, text, f"samples/step{step:06d}.txt")
         if trainer.default_root_dir:
-            with open(Path(trainer.default_root_dir) / "samples.md", "a", encoding="utf-8") as f:
-                f.write(f"## step {step}\n\n```\n{text}\n```\n\n")
+            append_text(Path(trainer.default_root_dir) / "samples.md", f"## step {step}\n\n```\n{text}\n```\n\n")
 
 
 class AttentionMaps(L.Callback):
