@@ -22,7 +22,7 @@ Size of the page, for L layers, H heads, C channels, T prompt tokens and V vocab
 base64, 5.3 characters per number): attention L*H*T*(T+1)/2 numbers (Mamba instead: step sizes and state
 norms L*T*(2 + channels)), embeddings T*C (GPT-2: 2*T*C; Llama's rotary angles: T*head_dim/2), logit lens
 (L+1)*T*lens_top token ids and probabilities, next-token logits V, PCA points 2*min(V, pca_points), plus
-45 KB of script and style. nanoGPT's shakespeare_char model (6x6x384, V=65) with 64 tokens: 0.73 MB.
+46 KB of script and style. nanoGPT's shakespeare_char model (6x6x384, V=65) with 64 tokens: 0.73 MB.
 Attention grows with the square of the prompt, so the prompt is capped at max_prompt_tokens (128 by default).
 """
 
