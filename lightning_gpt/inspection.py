@@ -12,7 +12,8 @@ business, so it lives in the family's folder: `lightning_gpt/models/<family>/ins
     describe(config) -> dict            what the page says about the family: its name, one sentence on how it
                                         mixes positions, the final norm's name, its shape fields
 
-`lgpt-explain` draws its page from these; a family without inspect.py is refused with one line.
+`lgpt-explain` draws its page from these, and the AttentionMaps callback its picture: a Trace's attention,
+or else its step_sizes and state_norms. A family without inspect.py is refused with one line.
 """
 
 from __future__ import annotations

@@ -264,6 +264,8 @@ class AttentionMaps(L.Callback):
 
         if seen.attention is not None:
             figure = attention_figure(seen.attention, f"attention at step {step}: {self.prompt!r}")
+        elif seen.step_sizes is None or seen.state_norms is None:
+            raise UserError("callbacks.attention_maps: this family's trace holds neither attention nor step sizes")
         else:
             pieces = [token_piece(tokenizer, i) for i in self.ids]
             title = f"step sizes and state norms at step {step}: {self.prompt!r}"
