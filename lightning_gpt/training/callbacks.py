@@ -7,7 +7,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -21,6 +21,10 @@ from lightning_gpt.errors import UserError
 from lightning_gpt.generation import complete, prompt_ids
 from lightning_gpt.io import append_text
 from lightning_gpt.training.strategies import full_parameters
+
+if TYPE_CHECKING:
+    from lightning_gpt.inspection import Trace
+    from lightning_gpt.tokenizers import Tokenizer
 
 
 def _sequences(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
@@ -214,8 +218,12 @@ class SampleText(L.Callback):
 
 
 class AttentionMaps(L.Callback):
-    """After each validation, the attention weights of a fixed prompt as one PNG (a row per layer, a column
-    per head): logged to TensorBoard, W&B and MLflow when those loggers are on, and written to
+    """After each validation, a picture of how the model mixes a fixed prompt's tokens, as one PNG: for
+    attention models (GPT-2, Llama) the attention weights, a row per layer and a column per head; for Mamba,
+    which has no attention, its equivalent: each layer's step size dt over the prompt's tokens (averaged over
+    channels) above the norm of each layer's state after each token. What a family shows comes from its
+    folder's inspect.py; a family without one is refused at setup. Logged as `attention` (whatever the family,
+    so dashboards keep one place) to TensorBoard, W&B and MLflow when those loggers are on, and written to
     <run>/attention/step<N>.png. A forward pass and a matplotlib figure per validation; its cost is in
     docs/benchmarks.md. Prompts longer than the context keep their first block_size tokens."""
 
@@ -224,9 +232,13 @@ class AttentionMaps(L.Callback):
         self.ids: list[int] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if pl_module.model.config.family != "gpt2":
-            raise UserError(f"callbacks.attention_maps draws GPT-2-family models, not {pl_module.model.config.family}")
-        try:  # now, not at the first validation: a prompt the tokenizer cannot encode stops the run at once
+        from lightning_gpt.inspection import inspector
+
+        try:  # now, not at the first validation: a family or prompt it cannot draw stops the run at once
+            inspector(pl_module.model)
+        except UserError as e:
+            raise UserError(f"callbacks.attention_maps: {e}") from e
+        try:
             ids = prompt_ids(pl_module.tokenizer, self.prompt)
         except UserError as e:
             raise UserError(f"callbacks.attention_maps.prompt: {e}") from e
@@ -235,21 +247,30 @@ class AttentionMaps(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
-        from lightning_gpt.inspection import attention_maps
+        from lightning_gpt.inspection import trace
 
         with full_parameters(pl_module.model):
-            maps = attention_maps(pl_module.model, torch.tensor([self.ids], device=pl_module.device))
+            seen = trace(pl_module.model, torch.tensor([self.ids], device=pl_module.device))
         if trainer.is_global_zero:
-            self.log_image(trainer, self.draw(maps, trainer.global_step), trainer.global_step)
+            self.log_image(trainer, self.draw(seen, pl_module.tokenizer, trainer.global_step), trainer.global_step)
 
-    def draw(self, maps: torch.Tensor, step: int):
-        """The figure as an RGB array (H, W, 3)."""
+    def draw(self, seen: Trace, tokenizer: Tokenizer, step: int):
+        """The figure of a Trace (attention maps, or a state-space model's step sizes and state norms) as an
+        RGB array (H, W, 3)."""
         import numpy as np
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-        from lightning_gpt.inspection import attention_figure
+        from lightning_gpt.inspection import attention_figure, state_space_figure, token_piece
 
-        canvas = FigureCanvasAgg(attention_figure(maps, f"attention at step {step}: {self.prompt!r}"))
+        if seen.attention is not None:
+            figure = attention_figure(seen.attention, f"attention at step {step}: {self.prompt!r}")
+        elif seen.step_sizes is None or seen.state_norms is None:
+            raise UserError("callbacks.attention_maps: this family's trace holds neither attention nor step sizes")
+        else:
+            pieces = [token_piece(tokenizer, i) for i in self.ids]
+            title = f"step sizes and state norms at step {step}: {self.prompt!r}"
+            figure = state_space_figure(seen.step_sizes.mean(dim=-1), seen.state_norms, pieces, title)
+        canvas = FigureCanvasAgg(figure)
         canvas.draw()
         return np.asarray(canvas.buffer_rgba())[..., :3]
 
