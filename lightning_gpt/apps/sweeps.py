@@ -35,7 +35,7 @@ class BestTrial(Callback):
         """Make the sweep folder before the sweeper opens its study storage there (Hydra makes it later); not
         for settings the sweeper will refuse (its n_trials is checked as it resolves): nothing is made then."""
         try:
-            config.hydra.sweeper.n_trials
+            _ = config.hydra.sweeper.n_trials
         except Exception:
             return  # the sweeper reports it, in one line, as it starts
         Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
