@@ -40,10 +40,12 @@ import torch
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import check_sampling, generate
 from lightning_gpt.inspection import evaluating, inspector, logit_lens, pca_2d, token_piece, trace
+from lightning_gpt.io import atomic_write
 from lightning_gpt.models.base import LanguageModel
 from lightning_gpt.tokenizers import Tokenizer
 
 PAGE_TEMPLATE = Path(__file__).with_name("explainer_page.html")
+GENERATOR = '<meta name="generator" content="lgpt-explain">'  # how a page of ours is told from another file
 
 
 @dataclass
@@ -297,11 +299,25 @@ def page(data: Explanation) -> str:
 
 
 def write_page(data: Explanation, out: str | Path) -> Path:
-    """Write the page to out (parent folders created) and return its path."""
+    """Write the page to out (parent folders created) and return its path. An existing file there is replaced
+    only if it is a page of ours (written as a whole: lightning_gpt.io.atomic_write); a symlink or another
+    file at out is refused, so nothing of the user's is overwritten and no link is followed."""
     path = Path(out).expanduser()
+    if path.is_symlink():
+        raise UserError(f"{path} is a symbolic link; the page is written only as a file of its own: choose out=...")
+    if path.exists() and not _is_our_page(path):
+        raise UserError(f"{path} exists and is not a page of lgpt-explain; choose another out=... (or move it)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(page(data), encoding="utf-8")
+        atomic_write(path, page(data))
     except OSError as e:
         raise UserError(f"cannot write {path} ({e.strerror}); choose another out=...") from e
     return path
+
+
+def _is_our_page(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return GENERATOR.encode() in f.read(4096)
+    except OSError:
+        return False

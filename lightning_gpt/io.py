@@ -130,11 +130,17 @@ def append_text(path: str | Path, text: str) -> None:
 
 
 def is_disk_full(e: BaseException) -> OSError | None:
-    """The OSError in e's chain that says the disk (or a quota, or a file-size limit) is full, if any."""
+    """The error in e's chain that says the disk (or a quota, or a file-size limit) is full, as an OSError, if
+    any: an OSError, or a library's error that quotes one (Rust libraries such as safetensors say "os error 28")."""
+    import re
+
     seen: list[BaseException] = []
     while e is not None and e not in seen:
         if isinstance(e, OSError) and e.errno in DISK_FULL:
             return e
+        quoted = re.search(r"os error (\d+)\)", str(e))
+        if quoted and int(quoted.group(1)) in DISK_FULL:
+            return OSError(int(quoted.group(1)), os.strerror(int(quoted.group(1))))
         seen.append(e)
         e = e.__cause__ or e.__context__  # type: ignore[assignment]
     return None
@@ -233,8 +239,7 @@ def write_folder(out: Path, kind: str, fill: Callable[[Path], object], what: str
         fsync_folder(parent)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        full = is_disk_full(e) or "No space left on device" in str(e)
-        if full:
+        if is_disk_full(e):
             raise UserError(
                 f"no space left to write {what} {out}; nothing of it was written: free space or choose another disk"
             ) from e

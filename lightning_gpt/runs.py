@@ -223,9 +223,17 @@ class Resume:
         _, _, hparams = checkpoint_parts(checkpoint, file)
         return Resume(file, int(checkpoint.get("global_step", 0)), hparams, run, in_place)
 
-    def check(self, model: dict[str, Any], tokenizer: dict[str, Any], max_steps: int) -> None:
-        """Refuse a resume that cannot continue: another model shape or tokenizer, or nothing left to train."""
+    def check(self, model: dict[str, Any], tokenizer: dict[str, Any], max_steps: int, optimizer: str) -> None:
+        """Refuse a resume that cannot continue: another model shape, tokenizer or optimizer, or nothing left to
+        train."""
         from lightning_gpt.models import config_from_dict
+
+        saved_optimizer = (self.hparams.get("optim") or {}).get("name", "adamw")
+        if saved_optimizer != optimizer:
+            raise UserError(
+                f"cannot resume from {self.file}: it was trained with optim.name={saved_optimizer}, this run has "
+                f"optim.name={optimizer}; resume with the optimizer it was trained with (optim={saved_optimizer})"
+            )
 
         saved_tokenizer = self.hparams["tokenizer"]
         if saved_tokenizer["name"] != tokenizer["name"]:
@@ -246,7 +254,7 @@ class Resume:
                 "and settings"
             )
         saved = config_from_dict(self.hparams["model"]).to_dict()  # from before families: no family key
-        for key in sorted(set(saved) | set(model)):
+        for key in sorted(set(saved) | set(model), key=lambda k: k != "family"):  # another family says most
             if key != "dropout" and saved.get(key) != model.get(key):  # dropout may change; the rest are shapes
                 raise UserError(
                     f"cannot resume from {self.file}: it was trained with model.{key}={saved.get(key)}, this run has "

@@ -55,7 +55,8 @@ def check_values(cfg: Any, node: type | None = None, prefix: str = "") -> None:
     from omegaconf import DictConfig
 
     node = node or TrainConfig
-    for f in dataclasses.fields(node):
+    first = ("trainer", "model", "seed")  # settings others interpolate (decay_steps, data.block_size): blame these
+    for f in sorted(dataclasses.fields(node), key=lambda f: f.name not in first):
         if f.name not in cfg:
             continue
         value = cfg[f.name]

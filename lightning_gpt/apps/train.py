@@ -106,6 +106,7 @@ def task(cfg: DictConfig) -> float | None:
         cfg = launch_config(composed, resume, overrides, set(hydra_cfg.runtime.choices), run_dir)
         check_model(cfg)
         check_values(cfg)
+        check_no_links(run_dir)
         if rank_zero:
             lock = RunLock(run_dir, made if run_dir == hydra_dir else []).acquire()
         if resume is None and any((run_dir / "checkpoints").glob("*.ckpt")):
@@ -113,14 +114,13 @@ def task(cfg: DictConfig) -> float | None:
                 f"the run folder {run_dir} already holds another run's checkpoints; resume it with ckpt_path=auto, "
                 "or start this one in a new folder"
             )
-        check_no_links(run_dir)
         check_wandb(cfg)
         import lightning as L
 
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule, module, trainer = build(cfg)
         if resume is not None:
-            resume.check(module.hparams.model, module.hparams.tokenizer, cfg.trainer.max_steps)
+            resume.check(module.hparams.model, module.hparams.tokenizer, cfg.trainer.max_steps, cfg.optim.name)
     except BaseException:
         if lock is not None:
             lock.release(refused=True)

@@ -3,6 +3,7 @@ stop at a target validation loss."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -19,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import complete, prompt_ids
-from lightning_gpt.io import append_text
+from lightning_gpt.io import append_text, temporary_name
 from lightning_gpt.training.strategies import full_parameters
 
 if TYPE_CHECKING:
@@ -288,4 +289,6 @@ class AttentionMaps(L.Callback):
         if trainer.default_root_dir:
             folder = Path(trainer.default_root_dir) / "attention"
             folder.mkdir(parents=True, exist_ok=True)
-            imsave(folder / f"step{step:06d}.png", image)
+            fresh = temporary_name(folder / f"step{step:06d}.png", ".png")  # a new name: nothing planted to follow
+            imsave(fresh, image)
+            os.replace(fresh, folder / f"step{step:06d}.png")
