@@ -122,6 +122,7 @@ def agree_on_stamp(fresh: str) -> str:
 
 # Where classes a saved config names by `_target_` live now (run folders of older versions name the old places).
 MOVED = {
+    "lightning_gpt.callbacks.StepProgressBar": "lightning_gpt.training.progress.StepProgressBar",
     "lightning_gpt.checkpointing.": "lightning_gpt.training.checkpoint_io.",
     "lightning_gpt.callbacks.": "lightning_gpt.training.callbacks.",
     "lightning_gpt.loggers.": "lightning_gpt.training.loggers.",

@@ -1,9 +1,10 @@
 """lgpt-plot: train and validation loss curves of one or more runs, from their CSV logs, as a PNG.
 
-lgpt-plot outputs/train/runs/<stamp>                  # one run folder (or its csv/metrics.csv) -> loss.png
+lgpt-plot outputs/train/runs/<stamp>                  # one run folder -> outputs/train/runs/<stamp>/loss.png
 lgpt-plot outputs/train/runs/* -o compare.png         # several runs, one colour each
-lgpt-plot outputs/train/multiruns/<stamp>             # a sweep: one line per job, labelled by its overrides
-With several runs, a table of each run's best val/loss is printed too.
+lgpt-plot outputs/train/multiruns/<stamp>             # a sweep: one line per job -> <sweep folder>/loss.png
+With several runs, a table of each run's best val/loss is printed too. Without -o the chart goes into the run
+or sweep folder (the folder holding the runs), and its path is printed.
 """
 
 from __future__ import annotations
@@ -16,8 +17,18 @@ from pathlib import Path
 
 from lightning_gpt.apps.sweeps import job_overrides
 from lightning_gpt.errors import UserError
+from lightning_gpt.io import temporary_name
 
 METRICS = "metrics.csv"
+SOFTWARE = "lgpt-plot"  # in each chart's PNG metadata: how a chart of ours is told from another file
+
+
+def _is_our_chart(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return SOFTWARE.encode() in f.read(4096)
+    except OSError:
+        return False
 
 
 def find_logs(paths: list[str]) -> list[Path]:
@@ -100,7 +111,15 @@ def summary(logs: list[Path], overrides: list[str], curves: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def plot(paths: list[str], out: str = "loss.png", title: str | None = None) -> tuple[Path, str]:
+def default_out(paths: list[str], logs: list[Path]) -> Path:
+    """loss.png in the one folder given (a run or a sweep folder), else in the folder holding all the runs."""
+    given = [Path(p).expanduser() for p in paths]
+    if len(given) == 1 and given[0].is_dir():
+        return given[0] / "loss.png"
+    return Path(os.path.commonpath([str(run_dir(log).absolute().parent) for log in logs])) / "loss.png"
+
+
+def plot(paths: list[str], out: str | None = None, title: str | None = None) -> tuple[Path, str]:
     """Draw every run's train loss (line) and val loss (dots on a line) on one chart, a sweep job labelled by
     its overrides; return the PNG's path and, for several runs, the summary table (else "")."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
@@ -125,9 +144,13 @@ def plot(paths: list[str], out: str = "loss.png", title: str | None = None) -> t
     ax.set_title(f"{title or what}\ntrain: thin line, val: dots", fontsize="medium")
     ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", fontsize="small")
-    path = Path(out).expanduser()
+    path = Path(out).expanduser() if out else default_out(paths, logs)
+    if path.is_symlink() or path.exists() and not _is_our_chart(path):
+        raise UserError(f"{path} exists and is not a chart of lgpt-plot; choose another -o/--out (or move it)")
     try:
-        fig.savefig(path)
+        fresh = temporary_name(path, ".png")  # a new name beside it, then renamed: nothing planted is followed
+        fig.savefig(fresh, format="png", metadata={"Software": SOFTWARE})
+        os.replace(fresh, path)
     except OSError as e:
         raise UserError(f"cannot write {path} ({e.strerror}); choose another -o/--out") from e
     return path, summary(logs, overrides, curves) if len(logs) > 1 else ""
@@ -141,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
     parser.add_argument("runs", nargs="+", help="run folders, metrics.csv files, or folders holding runs")
-    parser.add_argument("-o", "--out", default="loss.png", help="the PNG to write (default: loss.png)")
+    parser.add_argument("-o", "--out", help="the PNG to write (default: loss.png in the run or sweep folder)")
     parser.add_argument("--title", help="chart title (default: the run's name)")
     try:
         args = parser.parse_args(argv)
