@@ -19,6 +19,19 @@ def test_the_tensorboard_file_writer_takes_summaries(tmp_path):
     assert len(list(tmp_path.iterdir())) == 1
 
 
+def test_muons_learning_rate_scale_and_group_state_are_torchs():
+    import torch
+
+    assert library_internals.muon_lr_scale(0.02, "original", torch.Size([64, 16])) == 0.02 * 2  # sqrt(64 / 16)
+    assert library_internals.muon_lr_scale(0.02, "match_rms_adamw", torch.Size([64, 16])) == 0.02 * 0.2 * 8
+    weight = torch.nn.Parameter(torch.ones(4, 3))
+    weight.grad = torch.ones(4, 3)
+    optimizer = torch.optim.Muon([weight])
+    params, grads, buffers = library_internals.muon_group_state(optimizer, optimizer.param_groups[0])
+    assert params == [weight] and grads[0] is weight.grad
+    assert buffers[0] is optimizer.state[weight]["momentum_buffer"] and buffers[0].shape == (4, 3)
+
+
 def test_every_internal_is_tested_here():
     import inspect
 
