@@ -80,5 +80,10 @@ def test_the_import_graph_has_no_cycle():
 
 
 def test_no_module_imports_another_modules_private_names():
-    private = [(a, b, n) for a, b, names in imports() for n in names if n.startswith("_") and not n.startswith("__")]
-    assert private == []  # a library's private API goes through lightning_gpt/library_internals.py
+    private = [
+        (a, b, n)
+        for a, b, names in imports()
+        for n in names
+        if n.startswith("_") and not n.startswith("__") and a != "lightning_gpt.library_internals"
+    ]
+    assert private == []  # a library's private API goes through lightning_gpt/library_internals.py, alone
