@@ -8,6 +8,7 @@ and optimizer state at the end (gathered from the shards).
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -47,7 +48,9 @@ class Data(L.LightningDataModule):
         strategy's distributed_sampler_kwargs (tensor-parallel peers must read the same batches)."""
         split = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) or {"num_replicas": 1, "rank": 0}
         n, r, b = split["num_replicas"], split["rank"], self.batch_size
-        mine = [i for k in range(len(self.dataset) // (n * b)) for i in range((k * n + r) * b, (k * n + r + 1) * b)]
+        start = self.trainer.global_step  # a resumed run continues with the next batch
+        steps = range(start, len(self.dataset) // (n * b))
+        mine = [i for k in steps for i in range((k * n + r) * b, (k * n + r + 1) * b)]
         return DataLoader(Subset(self.dataset, mine), batch_size=b, shuffle=False)
 
 
@@ -59,9 +62,21 @@ class Module(GPTLightningModule):
             self.trainer.strategy.parallelize(self.model, self.trainer.precision)
 
 
+def full_state(module: L.LightningModule, optimizer: Any) -> tuple[dict, dict]:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    return get_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
 class Record(L.Callback):
-    def __init__(self, out: Path):
-        self.out, self.losses = out, []
+    def __init__(self, out: Path, record_start: bool = False):
+        self.out, self.losses, self.record_start, self.start = out, [], record_start, None
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        """With record_start (a resumed run): the state the checkpoint restored. Not in a fresh run, where
+        `get_state_dict` would create the optimizer's state by a step (of lr 0, but it counts)."""
+        if self.record_start:
+            self.start = copy.deepcopy(full_state(module, trainer.optimizers[0]))  # `step` is the live tensor
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, *args: Any) -> None:
         loss = outputs["loss"].detach().clone()
@@ -71,12 +86,9 @@ class Record(L.Callback):
         self.losses.append(loss.item())
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        optimizer = trainer.optimizers[0]
-        weights, optim = get_state_dict(module, optimizer, options=full)
+        weights, optim = full_state(module, trainer.optimizers[0])
         result = {"losses": self.losses, "weights": weights, "optimizer": optim, "world": trainer.world_size}
+        result["start"] = self.start
         torch.save(result, self.out / f"rank{trainer.global_rank}.pt")
 
 
@@ -90,12 +102,17 @@ def main(settings: dict[str, Any]) -> None:
     module = Module(
         model, {"name": "byte"}, optim=settings.get("optim", dict(lr=3e-3, warmup_steps=0, decay_steps=100))
     )
-    callbacks: list[L.Callback] = [Record(out)]
+    callbacks: list[L.Callback] = [Record(out, settings.get("record_start", False))]
     if settings.get("checkpoints"):
         every = settings["checkpoints"]
         callbacks.append(
             L.pytorch.callbacks.ModelCheckpoint(
-                out / "checkpoints", "step{step:03d}", save_last=True, every_n_train_steps=every
+                out / "checkpoints",
+                "step{step:03d}",
+                save_last=True,
+                every_n_train_steps=every,
+                auto_insert_metric_name=False,
+                save_top_k=-1,
             )
         )
     trainer = L.Trainer(

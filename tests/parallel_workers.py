@@ -118,3 +118,85 @@ def parallel_run(rank: int, world: int, config: dict, sizes: tuple[int, int, int
     result["heads"] = local_head_counts(model)
     result["placements"] = {n: str(getattr(p, "placements", None)) for n, p in model.named_parameters()}
     return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sharded checkpoints
+
+
+class Holder(torch.nn.Module):
+    """Holds the model as our LightningModule does, so parameter names are "model.<name>" as in checkpoints."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+
+def adamw(module: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW with the norm gains' group first: the optimizer's parameter order is not the model's, so a
+    checkpoint that confused the two would put moments on the wrong parameters."""
+    params = list(module.parameters())
+    groups = [
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+    ]
+    return torch.optim.AdamW(groups, lr=LR)
+
+
+def full_state(holder: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """The whole weights and optimizer state, keyed by name (on process 0; empty elsewhere)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_state_dict(holder, optimizer, options=options)
+
+
+def build_parallel(config: dict, sizes: tuple[int, int, int], seed: int = 0) -> tuple[Any, Any, Any]:
+    from lightning_gpt.parallel.apply import parallelize
+    from lightning_gpt.parallel.mesh import MeshSizes, build_mesh
+
+    mesh = build_mesh("cpu", MeshSizes(*sizes))
+    model = new_model(config)
+    if seed:  # other weights than the checkpoint's, so loading must change them
+        torch.manual_seed(seed)
+        model.init_weights()
+    parallelize(model, mesh)
+    holder = Holder(model)
+    return mesh, holder, adamw(holder)
+
+
+def save_run(rank: int, world: int, config: dict, sizes: tuple[int, int, int], path: str, steps: int) -> dict:
+    """Train `steps` AdamW steps on the mesh, save a sharded checkpoint as the strategy does; the full state."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    from lightning_gpt.parallel.checkpoint import ShardedCheckpointWriter
+    from lightning_gpt.parallel.mesh import data_mesh
+
+    mesh, holder, optimizer = build_parallel(config, sizes)
+    dp = data_mesh(mesh)
+    train(holder.model, batches(config, steps), (dp.get_local_rank(), dp.size()), optimizer, dp.get_group())
+    checkpoint = {
+        "state_dict": get_model_state_dict(holder),  # this process's shards, as Lightning's strategy collects them
+        "optimizer_states": [get_optimizer_state_dict(holder, optimizer)],
+        "global_step": steps,
+        "hyper_parameters": {"model": config, "tokenizer": {"name": "byte"}},
+    }
+    ShardedCheckpointWriter().save(checkpoint, Path(path))
+    return full_state(holder, optimizer)
+
+
+def load_run(rank: int, world: int, config: dict, sizes: tuple[int, int, int], path: str) -> dict:
+    """A fresh model (other weights) and optimizer on another mesh, loaded from the checkpoint; the full state."""
+    from lightning_gpt.parallel.checkpoint import load_sharded
+
+    _, holder, optimizer = build_parallel(config, sizes, seed=99)
+    meta = load_sharded(path, holder, [optimizer])
+    return (*full_state(holder, optimizer), meta["global_step"])
+
+
+def reference_checkpoint(config: dict, steps: int) -> tuple[dict, dict]:
+    """One process, the same training as save_run: (weights, `optimizer.state_dict()`), the single-file layout."""
+    holder = Holder(new_model(config))
+    optimizer = adamw(holder)
+    train(holder.model, batches(config, steps), (0, 1), optimizer)
+    return holder.state_dict(), optimizer.state_dict()

@@ -68,9 +68,12 @@ def _dcp_metadata(folder: Path) -> Any:
     try:
         return FileSystemReader(str(folder)).read_metadata()
     except FileNotFoundError:
-        raise UserError(f"checkpoint {folder} is incomplete: {folder / DCP_METADATA} is missing") from None
+        raise UserError(f"checkpoint {folder} is incomplete: {folder.resolve() / DCP_METADATA} is missing") from None
     except Exception as e:
-        raise UserError(f"checkpoint {folder} is damaged: {folder / DCP_METADATA} does not read ({e})") from None
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"checkpoint {folder} is damaged: {folder.resolve() / DCP_METADATA} does not read ({reason})"
+        ) from None
 
 
 def shard_sizes(folder: Path) -> dict[str, int]:
@@ -91,22 +94,23 @@ def problems(folder: Path, files: Iterable[str] | None = None, checksums: bool =
     if not folder.is_dir():
         target = f" (it links to {os.readlink(folder)}, which is gone)" if folder.is_symlink() else ""
         return [f"checkpoint {folder} is missing{target}"]
-    if not (folder / META).is_file():
-        return [f"checkpoint {folder} is incomplete: {folder / META} is missing"]
+    data = folder.resolve()  # name the files where they are, not through the checkpoint's link
+    if not (data / META).is_file():
+        return [f"checkpoint {folder} is incomplete: {data / META} is missing"]
     try:
         sizes = shard_sizes(folder)
     except UserError as e:
         return [str(e)]
     found = []
     for name, least in sorted(sizes.items()):
-        path = folder / name
+        path = data / name
         if not path.is_file():
             found.append(f"checkpoint {folder} is incomplete: shard {path} is missing")
         elif path.stat().st_size < least:
             found.append(
                 f"checkpoint {folder} is damaged: shard {path} is truncated ({path.stat().st_size} of {least} bytes)"
             )
-    manifest = folder / MANIFEST
+    manifest = data / MANIFEST
     if found or not checksums or not manifest.is_file():
         return found
     try:
@@ -114,7 +118,7 @@ def problems(folder: Path, files: Iterable[str] | None = None, checksums: bool =
     except (OSError, ValueError, KeyError) as e:
         return [f"checkpoint {folder} is damaged: {manifest} does not read ({e})"]
     for name in sorted(recorded if files is None else set(files) & set(recorded)):
-        path, want = folder / name, recorded[name]
+        path, want = data / name, recorded[name]
         if not path.is_file():
             found.append(f"checkpoint {folder} is incomplete: {path} is missing")
         elif path.stat().st_size != want["bytes"]:
@@ -155,8 +159,36 @@ def optimizer_state_by_index(state: dict[str, Any]) -> dict[str, Any]:
     names = [name for group in state["param_groups"] for name in group["params"]]
     index = {name: i for i, name in enumerate(names)}
     return {
-        "state": {index[name]: value for name, value in state.get("state", {}).items()},
+        "state": dict(sorted((index[name], value) for name, value in state.get("state", {}).items())),
         "param_groups": [{**group, "params": [index[n] for n in group["params"]]} for group in state["param_groups"]],
+    }
+
+
+def optimizer_state_by_name(
+    state: dict[str, Any], optimizer_order: list[str], model_order: list[str], shapes: dict[str, tuple[int, ...]]
+) -> dict[str, Any]:
+    """The inverse of `optimizer_state_by_index`, for a single-file checkpoint: positions to parameter names.
+
+    Positions count the optimizer's parameters in its groups' order (torch's layout: one process, DDP, our
+    consolidated and full files), except in full files of Lightning's ModelParallelStrategy (so those of
+    `lightning_gpt.distributed.FSDPStrategy`), which count them in the model's order. The order whose
+    parameters have the shapes of the saved moments is the one used; torch's when both fit."""
+
+    def named(order: list[str]) -> dict[str, Any]:
+        return {order[i]: values for i, values in state["state"].items()}
+
+    def fits(order: list[str]) -> bool:
+        return all(
+            tuple(t.shape) == shapes[name]
+            for name, values in named(order).items()
+            for t in values.values()
+            if isinstance(t, torch.Tensor) and t.dim() > 0  # not `step`
+        )
+
+    order = model_order if not fits(optimizer_order) and fits(model_order) else optimizer_order
+    return {
+        "state": named(order),
+        "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]],
     }
 
 
@@ -164,22 +196,70 @@ def read_sharded(folder: str | Path, weights_only: bool = False, checksums: bool
     """A sharded checkpoint as one process sees a single-file one: Lightning's checkpoint dict with the full
     `state_dict` (names as the LightningModule's: "model.<parameter>") and `optimizer_states` (none with
     weights_only), plus everything in meta.pt. No process group needed; every tensor is read whole."""
-    from torch.distributed.checkpoint import FileSystemReader, load
+    from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
     folder = Path(folder)
     verify(folder, checksums=checksums)
-    checkpoint = torch.load(folder / META, map_location="cpu", weights_only=True)
+    checkpoint = read_meta(folder)
     state: dict[str, Any] = {}
-    # torch's own converter (format_utils.dcp_to_torch_save) reads this way: the planner rebuilds the nested
-    # dict from DCP's index; `keys` picks the weights alone.
+    # As torch's own converter (format_utils.dcp_to_torch_save) reads: the planner rebuilds the nested dict
+    # from DCP's index (`keys` picks the weights alone). The public `load` fills only keys already present.
     planner = _EmptyStateDictLoadPlanner(keys={"state_dict"} if weights_only else None)
-    load(state, storage_reader=FileSystemReader(str(folder)), planner=planner, no_dist=True)
+    _load_state_dict(state, storage_reader=FileSystemReader(str(folder)), planner=planner, no_dist=True)
     checkpoint["state_dict"] = state.pop("state_dict")
     if not weights_only:
         optimizers = sorted((k for k in state if k.startswith("optimizer_")), key=lambda k: int(k.split("_")[1]))
         checkpoint["optimizer_states"] = [optimizer_state_by_index(state.pop(k)) for k in optimizers]
     return checkpoint
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """Lightning's meta.pt of a sharded checkpoint (global_step, hyper_parameters, loops, ...): no tensors read."""
+    return torch.load(Path(folder) / META, map_location="cpu", weights_only=True)
+
+
+def read_model(folder: str | Path, device: Any = "cpu") -> tuple[dict, dict, dict]:
+    """(model config dict, tokenizer dict, model state dict) of a sharded checkpoint, as
+    `lightning_gpt.checkpoints.read_checkpoint` returns them for a file: what `lightning_gpt.load`, lgpt-sample,
+    lgpt-export and lgpt-eval need. Only the weights are read."""
+    folder = Path(folder)
+    checkpoint = read_sharded(folder, weights_only=True)
+    hparams = checkpoint.get("hyper_parameters", {})
+    if "model" not in hparams or "tokenizer" not in hparams:
+        raise UserError(f"{folder} is not a lightning_gpt checkpoint (no model config or tokenizer in it)")
+    state = {
+        k.removeprefix("model.").replace("_orig_mod.", ""): v.to(device)
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith("model.")
+    }
+    return hparams["model"], hparams["tokenizer"], state
+
+
+def load_sharded(folder: str | Path, module: torch.nn.Module, optimizers: Iterable[Any] = ()) -> dict[str, Any]:
+    """Load a sharded checkpoint into a (parallelized) module and its optimizers on every process, whatever
+    the number of processes or the mesh it was saved from (DCP reshards: each process reads the pieces its
+    shards need); the rest of the checkpoint (meta.pt) is returned. Lightning's own loader does the same."""
+    from torch.distributed.checkpoint import load
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    folder = Path(folder)
+    verify(folder)
+    state = {"state_dict": get_model_state_dict(module)}
+    load(state, checkpoint_id=str(folder))
+    set_model_state_dict(module, state["state_dict"])
+    for i, optimizer in enumerate(optimizers):
+        key = f"optimizer_{i}"
+        state = {key: get_optimizer_state_dict(module, optimizer)}
+        load(state, checkpoint_id=str(folder))
+        set_optimizer_state_dict(module, optimizer, state[key])
+    return read_meta(folder)
 
 
 def consolidate(folder: str | Path, out_file: str | Path) -> Path:

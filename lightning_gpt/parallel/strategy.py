@@ -18,7 +18,14 @@ from typing import Any, Literal
 
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from lightning_gpt.parallel.checkpoint import ShardedCheckpointWriter, is_sharded, remove_checkpoint, verify
+from lightning_gpt.parallel.checkpoint import (
+    ShardedCheckpointWriter,
+    is_sharded,
+    optimizer_state_by_index,
+    optimizer_state_by_name,
+    remove_checkpoint,
+    verify,
+)
 from lightning_gpt.parallel.mesh import MeshSizes, build_mesh, data_mesh, mesh_sizes
 
 
@@ -122,11 +129,46 @@ class FSDPStrategy(ModelParallelStrategy):
             raise TypeError(f"{type(self).__name__} takes no storage_options for sharded checkpoints")
         self._sharded_writer.save(checkpoint, path)
 
+    def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
+        """This process's shards (sharded saves), or on process 0 the whole state keyed as torch keys it in
+        one process: by position in the optimizer's groups (Lightning's strategy counts the model's order,
+        so its files resume wrongly on one device or under DDP, and ours the other way round)."""
+        if self._save_distributed_checkpoint:
+            return super().optimizer_state(optimizer)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer's
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_optimizer_state_dict(self.model, optimizer, options=options)
+        return optimizer_state_by_index(state) if self.global_rank == 0 else state
+
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         path = Path(self.broadcast(str(checkpoint_path)))
         if is_sharded(path) or path.is_symlink():
             verify(path)  # a one-line error naming the missing, truncated or corrupt file, on every process
-        return super().load_checkpoint(path, weights_only=weights_only)
+            return super().load_checkpoint(path, weights_only=weights_only)
+        return self._load_full(path, weights_only)
+
+    def _load_full(self, path: Path, weights_only: bool | None) -> dict[str, Any]:
+        """Lightning's loading of one full file, with the optimizer states' positions read in the order they
+        were written in (see `optimizer_state`; `optimizer_state_by_name` tells the two apart)."""
+        import torch
+        from lightning.fabric.strategies.model_parallel import _load_raw_module_state
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        checkpoint = torch.load(path, mmap=True, map_location="cpu", weights_only=weights_only)
+        strict = self.lightning_module.strict_loading
+        _load_raw_module_state(checkpoint.pop("state_dict"), self.model, strict=strict)
+        names = {p: n for n, p in self.model.named_parameters()}
+        shapes = {n: tuple(p.shape) for n, p in self.model.named_parameters()}  # whole shapes, DTensors too
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=strict)
+        for optimizer, state in zip(self.optimizers, checkpoint.get("optimizer_states", [])):
+            mine = {p for group in optimizer.param_groups for p in group["params"]}
+            in_optimizer = [names[p] for group in optimizer.param_groups for p in group["params"]]
+            in_model = [n for n, p in self.model.named_parameters() if p in mine]
+            named = optimizer_state_by_name(state, in_optimizer, in_model, shapes)
+            set_optimizer_state_dict(self.model, optimizer, named, options=options)
+        return checkpoint
 
     def remove_checkpoint(self, filepath: Any) -> None:
         if self.is_global_zero:
