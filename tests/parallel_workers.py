@@ -200,3 +200,82 @@ def reference_checkpoint(config: dict, steps: int) -> tuple[dict, dict]:
     optimizer = adamw(holder)
     train(holder.model, batches(config, steps), (0, 1), optimizer)
     return holder.state_dict(), optimizer.state_dict()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Distributed Muon
+
+
+def muon_groups(model: Any) -> list[dict]:
+    from lightning_gpt.config import OptimConfig
+    from lightning_gpt.optim import param_groups
+
+    return param_groups(model, OptimConfig(name="muon", lr=LR, muon_lr=0.02, weight_decay=0.1))
+
+
+def muon_model(config: dict, mode: str, world: int) -> tuple[Any, Any]:
+    """(the model, what to call forward on): sharded by FSDP2, tensor parallel, or wrapped in DDP."""
+    model = new_model(config)
+    if mode in ("fsdp", "tp", "hsdp"):
+        from lightning_gpt.parallel.apply import parallelize
+        from lightning_gpt.parallel.mesh import MeshSizes, build_mesh
+
+        sizes = {"fsdp": (1, world, 1), "tp": (1, 1, world), "hsdp": (2, world // 2, 1)}[mode]
+        parallelize(model, build_mesh("cpu", MeshSizes(*sizes)))
+        return model, model
+    if mode == "ddp":
+        return model, torch.nn.parallel.DistributedDataParallel(model)
+    return model, model
+
+
+def muon_steps(model: Any, forward: Any, optimizer: Any, data: list[torch.Tensor], part: tuple[int, int]) -> list:
+    index, count = part
+    losses = []
+    for tokens in data:
+        mine = tokens.chunk(count)[index]
+        _, loss = forward(mine[:, :-1], mine[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        mean = loss.detach().clone()
+        if count > 1:  # the loss of the whole batch: the mean of the data-parallel processes' losses
+            dist.all_reduce(mean)
+            mean /= count
+        losses.append(mean.item())
+    return losses
+
+
+def muon_run(rank: int, world: int, config: dict, mode: str, steps: int, batch: int = BATCH) -> dict:
+    """`steps` DistMuon + AdamW steps; then the same again with the optimizer's state_dict saved after steps - 1
+    and loaded into a fresh optimizer for the last step (exact resume)."""
+    from lightning_gpt.parallel.muon import DistMuonWithAdamW
+
+    data = batches(config, steps, batch)
+    part = (0, 1) if mode == "tp" else (rank, world)  # tensor-parallel peers read the same batch
+    model, forward = muon_model(config, mode, world)
+    optimizer = DistMuonWithAdamW(muon_groups(model))
+    losses = muon_steps(model, forward, optimizer, data, part)
+    result = {
+        "losses": losses,
+        "weights": {n: full(p) for n, p in model.named_parameters()},
+        "orthogonalized": optimizer.orthogonalized,
+        "matrices": len(list(model.hidden_matrices())),
+    }
+    model, forward = muon_model(config, mode, world)
+    optimizer = DistMuonWithAdamW(muon_groups(model))
+    muon_steps(model, forward, optimizer, data[:-1], part)
+    saved = optimizer.state_dict()
+    optimizer = DistMuonWithAdamW(muon_groups(model))
+    optimizer.load_state_dict(saved)
+    muon_steps(model, forward, optimizer, data[-1:], part)
+    result["resumed"] = {n: full(p) for n, p in model.named_parameters()}
+    return result
+
+
+def muon_reference(config: dict, steps: int, batch: int = BATCH) -> dict:
+    from lightning_gpt.optim import MuonWithAdamW
+
+    model = new_model(config)
+    optimizer = MuonWithAdamW(muon_groups(model))
+    losses = muon_steps(model, model, optimizer, batches(config, steps, batch), (0, 1))
+    return {"losses": losses, "weights": {n: full(p) for n, p in model.named_parameters()}}
