@@ -164,7 +164,8 @@ def assert_same_training(run: dict, ref: dict) -> None:
 def one_process(tmp_path_factory) -> dict:
     """Our GPTLightningModule trained by a one-process Trainer on the 4 sequences per step that the parallel
     runs split between their 2 data-parallel groups."""
-    return fit(tmp_path_factory.mktemp("one"), "one", batch_size=4)[0]
+    root = tmp_path_factory.mktemp("one")
+    return {**fit(root, "one", batch_size=4, checkpoints=3)[0], "last": root / "one" / "checkpoints" / "last.ckpt"}
 
 
 @pytest.mark.slow
@@ -176,7 +177,16 @@ def one_process(tmp_path_factory) -> dict:
 def test_the_lightning_strategy_on_4_cpu_processes_trains_as_one_process(strategy, batch_size, one_process, tmp_path):
     """Lightning starts the processes, the strategy builds the mesh, our module parallelizes itself in
     configure_model, Lightning's loop clips and steps: the losses, weights and AdamW states are one process's."""
-    runs = fit(tmp_path, "parallel", devices=4, strategy=strategy, batch_size=batch_size)
+    runs = fit(tmp_path, "parallel", devices=4, strategy=strategy, batch_size=batch_size, checkpoints=3)
     assert all(run["world"] == 4 for run in runs)
     assert all(run["losses"] == pytest.approx(one_process["losses"], abs=LOSS_TOL) for run in runs)
     assert_same_training(runs[0], one_process)  # the full weights and optimizer state, gathered on process 0
+    # Its one-file checkpoint is a one-process checkpoint: optimizer states at the same positions.
+    ours, one = (
+        torch.load(p, weights_only=True) for p in (tmp_path / "parallel/checkpoints/last.ckpt", one_process["last"])
+    )
+    assert ours["state_dict"].keys() == one["state_dict"].keys()
+    mine, theirs = ours["optimizer_states"][0], one["optimizer_states"][0]
+    assert [g["params"] for g in mine["param_groups"]] == [g["params"] for g in theirs["param_groups"]]
+    for i, state in theirs["state"].items():
+        assert all(torch.allclose(mine["state"][i][k], v, atol=WEIGHT_TOL) for k, v in state.items()), i

@@ -82,3 +82,23 @@ def test_under_hsdp_each_replica_group_orthogonalizes_each_matrix_once(one_proce
         assert all(torch.allclose(run["weights"][n], w, atol=TOL) for n, w in one_process["weights"].items())
     counts = [run["orthogonalized"] for run in runs]
     assert [counts[0] + counts[1], counts[2] + counts[3]] == [21 * STEPS, 21 * STEPS]
+
+
+@pytest.mark.slow
+def test_optim_muon_under_the_fsdp_strategy_trains_as_one_process_and_saves_its_momentum_sharded(tmp_path):
+    """Our GPTLightningModule with optim=muon (DistMuon + AdamW) on 2 FSDP processes started by Lightning: the
+    same losses and weights as one process's MuonWithAdamW; its sharded checkpoint holds every matrix's
+    momentum whole when read back in one process."""
+    from lightning_gpt.parallel.checkpoint import read_sharded
+
+    from .test_parallel import fit
+
+    optim = dict(name="muon", lr=3e-3, muon_lr=0.02, warmup_steps=0, decay_steps=100)
+    one = fit(tmp_path, "one", batch_size=4, optim=optim)[0]
+    strategy = {"save_distributed_checkpoint": True}
+    runs = fit(tmp_path, "fsdp", devices=2, strategy=strategy, optim=optim, checkpoints=3)
+    assert runs[0]["losses"] == pytest.approx(one["losses"], abs=TOL)
+    assert all(torch.allclose(runs[0]["weights"][n], w, atol=TOL) for n, w in one["weights"].items())
+    saved = read_sharded(tmp_path / "fsdp" / "checkpoints" / "last.ckpt")
+    momenta = [s["momentum_buffer"] for s in saved["optimizer_states"][0]["state"].values() if "momentum_buffer" in s]
+    assert len(momenta) == 21 and all(m.dim() == 2 and m.abs().sum() > 0 for m in momenta)
