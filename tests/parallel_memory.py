@@ -96,6 +96,7 @@ def measure(settings: dict, rank: int, world: int) -> dict[str, Any]:
             build_mesh("cpu", MeshSizes(r, world // (r * t), t)),
             precision=precision,
             activation_checkpointing=settings.get("activation_checkpointing", False),
+            sequence_parallel=settings.get("sequence_parallel", False),
         )
     if strategy == "ddp" and settings.get("activation_checkpointing"):
         from torch.distributed._composable import checkpoint
@@ -133,9 +134,13 @@ def measure(settings: dict, rank: int, world: int) -> dict[str, Any]:
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         local = t.to_local() if hasattr(t, "to_local") else t
-        storage = local.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            saved[storage.data_ptr()] = storage.nbytes()
+        try:
+            storage = local.untyped_storage()
+            pointer = storage.data_ptr()
+        except RuntimeError:  # a wrapper without storage of its own (a collective's pending result)
+            return t
+        if pointer not in parameters:
+            saved[pointer] = storage.nbytes()
         return t
 
     reset_peak()
@@ -190,7 +195,14 @@ def run(settings: dict, world: int = 1) -> list[dict[str, Any]]:
 def estimate(settings: dict, world: int) -> Any:
     from lightning_gpt.parallel.memory import plan
 
-    keys = ("precision", "activation_checkpointing", "optimizer", "tensor_parallel_size", "data_parallel_replicate")
+    keys = (
+        "precision",
+        "activation_checkpointing",
+        "optimizer",
+        "tensor_parallel_size",
+        "data_parallel_replicate",
+        "sequence_parallel",
+    )
     return plan(
         settings["model"],
         devices=world,
@@ -217,6 +229,18 @@ CASES = [
     (
         "llama 25M, fsdp+tp 2 x 2",
         dict(model=LLAMA_25M, micro_batch=4, strategy="fsdp+tp", tensor_parallel_size=2, tracker=False),
+        4,
+    ),
+    (
+        "llama 25M, fsdp+tp 2 x 2, sequence parallel",
+        dict(
+            model=LLAMA_25M,
+            micro_batch=4,
+            strategy="fsdp+tp",
+            tensor_parallel_size=2,
+            sequence_parallel=True,
+            tracker=False,
+        ),
         4,
     ),
 ]
