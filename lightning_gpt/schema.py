@@ -11,6 +11,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from lightning_gpt.errors import UserError
+
 
 @dataclass
 class TokenizerConfig:
@@ -130,11 +132,21 @@ class SampleConfig:
     top_k: int | None = 200
 
 
+OBJECTIVES = ("val/loss", "val/bpb")  # what lgpt-train returns to a sweeper: a metric of the last validation
+
+
 @dataclass
 class HparamsSearchConfig:
     """Set by a preset of conf/hparams_search/, which reads it into the sweeper's settings."""
 
     n_trials: int = 20
+    metric: str = "val/loss"  # the objective the sweeper minimizes: val/loss, or val/bpb (compares tokenizers)
+
+    def __post_init__(self) -> None:  # OmegaConf.to_object runs it on a composed config
+        if self.metric not in OBJECTIVES:
+            raise UserError(f"hparams_search.metric must be one of {', '.join(OBJECTIVES)}, got {self.metric!r}")
+        if self.n_trials < 1:
+            raise UserError(f"hparams_search.n_trials must be at least 1, got {self.n_trials}")
 
 
 @dataclass
@@ -176,10 +188,19 @@ class SampleAppConfig:
 
 @dataclass
 class EvalAppConfig:
-    ckpt_path: str = MISSING
-    split: str = "val"  # val or train
+    """lgpt-eval: loss, perplexity and bits per byte on a split of `data`, and lm-evaluation-harness tasks."""
+
+    ckpt_path: str = MISSING  # a .ckpt file, a run folder (its last.ckpt) or a Hugging Face GPT-2-vocabulary folder
+    split: str | None = "val"  # val or train: the split of data scored as training validates; null: tasks only
     windows: int | None = None  # evenly spaced windows of block_size tokens; null: all that fit without overlap
-    out_file: str = "${paths.output_dir}/eval.json"
+    tasks: list[str] = field(default_factory=list)  # harness tasks: tasks=hellaswag,arc_easy (or tasks in tasks_path)
+    tasks_path: str | None = None  # a folder of the harness's task YAMLs, added to its own tasks
+    limit: int | None = None  # at most this many documents per task; null: all
+    num_fewshot: int | None = None  # examples in each prompt; null: each task's own (0 for most)
+    batch_size: int = 16  # harness requests scored per forward
+    max_gen_toks: int = 256  # generation tasks: at most this many new tokens
+    bootstrap_iters: int = 100_000  # the harness's resamples for the stderr of perplexity-like metrics; 0: none
+    out_file: str | None = None  # null: <run>/eval/<stamp>.json, or outputs/eval/<stamp>.json outside a run folder
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
     paths: PathsConfig = MISSING
@@ -190,6 +211,25 @@ class EvalAppConfig:
     callbacks: dict[str, Any] = field(default_factory=dict)
     task_name: str = "eval"
     seed: int = 1337
+
+    def __post_init__(self) -> None:  # OmegaConf.to_object runs it on a composed config
+        if self.split not in ("val", "train", None):
+            raise UserError(f"split must be val, train or null (tasks only), got {self.split!r}")
+        if self.split is None and not self.tasks:
+            raise UserError("nothing to evaluate: split=null scores no data; give tasks=... or split=val")
+        if self.windows is not None and self.windows < 1:
+            raise UserError(f"windows must be at least 1 (or null for every window of the split), got {self.windows}")
+        if empty := [t for t in self.tasks if not str(t).strip()]:
+            raise UserError(f"tasks holds {len(empty)} empty name(s); give task names: tasks=hellaswag,arc_easy")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"limit must be at least 1 document per task (or null for all), got {self.limit}")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise UserError(f"num_fewshot must be 0 or more (or null for each task's own), got {self.num_fewshot}")
+        for key in ("batch_size", "max_gen_toks"):
+            if getattr(self, key) < 1:
+                raise UserError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.bootstrap_iters < 0:
+            raise UserError(f"bootstrap_iters must be 0 (no stderr) or more, got {self.bootstrap_iters}")
 
 
 @dataclass

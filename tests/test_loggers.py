@@ -70,7 +70,7 @@ def test_tensorboard_has_the_config_as_hparams_one_learning_rate_and_tokens_per_
     assert start.hparams["config/model/n_layer"].number_value == 2
     assert start.hparams["config/tags"].string_value == "['baseline']"
     experiment = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    assert [m.name.tag for m in experiment.metric_infos] == ["val/loss", "val/ppl", "train/loss"]
+    assert [m.name.tag for m in experiment.metric_infos] == ["val/loss", "val/ppl", "val/bpb", "train/loss"]
     assert len(events.Scalars("val/loss")) == 1  # the final value, which the HPARAMS tab shows
 
 

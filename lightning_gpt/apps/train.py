@@ -72,14 +72,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
             with full_parameters(module.model):
                 text = complete(module.model, module.tokenizer, **cfg.sample, seed=0)[0]
             if trainer.is_global_zero:
-                val_loss = f" val/loss {metrics['val/loss']:.4f} |" if "val/loss" in metrics else ""
-                print(f"\nstep {trainer.global_step}:{val_loss} run folder {output_dir}")
+                scores = "".join(f" {key} {metrics[key]:.4f}" for key in ("val/loss", "val/bpb") if key in metrics)
+                print(f"\nstep {trainer.global_step}:{scores}{' |' if scores else ''} run folder {output_dir}")
                 print(f"--- sample ---\n{text}\n--------------")
     return metrics
 
 
 def task(cfg: DictConfig) -> float | None:
-    """One Hydra job: resolve the config, save it in the run folder, train. Returns val/loss for sweepers.
+    """One Hydra job: resolve the config, save it in the run folder, train. Returns val/loss (or
+    hparams_search.metric) for sweepers.
 
     The run folder is locked while this runs; if the run fails before saving anything, the folder goes.
     """
@@ -97,6 +98,7 @@ def task(cfg: DictConfig) -> float | None:
     try:
         with run_lock(output_dir) if rank_zero else contextlib.nullcontext():
             check_wandb(cfg)
+            metric = objective(cfg)
             cfg, step = launch_config(cfg, overrides, set(hydra_cfg.runtime.choices))
             if rank_zero:
                 save_config(cfg, output_dir, overrides, step)
@@ -105,7 +107,14 @@ def task(cfg: DictConfig) -> float | None:
         if fresh and rank_zero:
             remove_if_unused(output_dir)
         raise
-    return metrics.get("val/loss")
+    return metrics.get(metric)
+
+
+def objective(cfg: DictConfig) -> str:
+    """What a sweeper minimizes: hparams_search.metric (checked by the schema) with a search preset, else val/loss."""
+    if cfg.get("hparams_search") is None:
+        return "val/loss"
+    return OmegaConf.to_object(cfg.hparams_search).metric
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,12 +109,19 @@ class LearningRateLogger(L.Callback):
 
 
 class StopAtLoss(EarlyStopping):
-    """Ends the run at the first validation with val/loss at or below `target` (Lightning's EarlyStopping
-    with stopping_threshold and unlimited patience), and reports what reaching it took: printed, logged as
-    `target/seconds` and `target/tokens` (all processes, from this run's first step), and kept in `reached`."""
+    """Ends the run at the first validation with `monitor` (val/loss, or val/bpb) at or below `target`
+    (Lightning's EarlyStopping with stopping_threshold and unlimited patience), and reports what reaching it
+    took: printed, logged as `target/seconds` and `target/tokens` (all processes, from this run's first step),
+    and kept in `reached`."""
 
-    def __init__(self, target: float):
-        super().__init__(monitor="val/loss", stopping_threshold=target, patience=sys.maxsize, mode="min")
+    MONITORS = ("val/loss", "val/bpb")
+
+    def __init__(self, target: float, monitor: str = "val/loss"):
+        if monitor not in self.MONITORS:
+            raise UserError(
+                f"callbacks.stop_at_loss.monitor must be one of {', '.join(self.MONITORS)}, got {monitor!r}"
+            )
+        super().__init__(monitor=monitor, stopping_threshold=target, patience=sys.maxsize, mode="min")
         self.target = target
         self.reached: dict[str, float] | None = None
         self._start, self._tokens = 0.0, 0
@@ -130,11 +137,11 @@ class StopAtLoss(EarlyStopping):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
         if self.reached is None and self.stopping_reason == EarlyStoppingReason.STOPPING_THRESHOLD:
-            loss = float(trainer.callback_metrics["val/loss"])
+            value = float(trainer.callback_metrics[self.monitor])
             seconds = time.perf_counter() - self._start
-            self.reached = dict(step=trainer.global_step, seconds=seconds, tokens=self._tokens, loss=loss)
+            self.reached = dict(step=trainer.global_step, seconds=seconds, tokens=self._tokens, loss=value)
             rank_zero_info(
-                f"Reached val/loss {loss:.4f} <= {self.target} at step {trainer.global_step}: "
+                f"Reached {self.monitor} {value:.4f} <= {self.target} at step {trainer.global_step}: "
                 f"{seconds:.1f} s of training, {self._tokens:,} tokens"
             )
             for logger in trainer.loggers:
@@ -143,7 +150,9 @@ class StopAtLoss(EarlyStopping):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.reached is None:
             best = float(self.best_score)
-            rank_zero_info(f"Did not reach val/loss <= {self.target} in {trainer.global_step} steps (best {best:.4f})")
+            rank_zero_info(
+                f"Did not reach {self.monitor} <= {self.target} in {trainer.global_step} steps (best {best:.4f})"
+            )
 
 
 class StepProgressBar(TQDMProgressBar):
