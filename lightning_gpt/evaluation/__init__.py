@@ -3,8 +3,9 @@ lm-evaluation-harness task.
 
     bpb.py              token_bytes (the per-token byte table), loss_and_bytes, token_losses_and_bytes,
                         bits_per_byte, evaluate_bpb
-    multiple_choice.py  Question, evaluate_multiple_choice, multiple_choice_counts (per process, to all-reduce),
-                        loglikelihoods: the one batched path from (context, continuation) text to scores
+    multiple_choice.py  Question, read_questions (HellaSwag's JSONL schema), evaluate_multiple_choice,
+                        multiple_choice_counts (per process, to all-reduce), loglikelihoods: the one batched
+                        path from (context, continuation) text to scores
     harness.py          LightningGPTLM (an lm_eval LM over our model and tokenizer), run_tasks, format_results
 
 Plain functions over a model, a tokenizer and text: no Lightning, Hydra or command-line keys. harness.py
@@ -25,6 +26,7 @@ from lightning_gpt.evaluation.multiple_choice import (
     evaluate_multiple_choice,
     loglikelihoods,
     multiple_choice_counts,
+    read_questions,
 )
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "loglikelihoods",
     "loss_and_bytes",
     "multiple_choice_counts",
+    "read_questions",
     "token_bytes",
     "token_losses_and_bytes",
 ]

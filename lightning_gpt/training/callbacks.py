@@ -1,5 +1,5 @@
-"""Callbacks specific to GPTs: token throughput, a text sample and attention maps at each validation, and a
-stop at a target validation loss."""
+"""Callbacks specific to GPTs: token throughput, a text sample, attention maps and a multiple-choice task's
+accuracy at each validation, and a stop at a target validation loss."""
 
 from __future__ import annotations
 
@@ -277,3 +277,73 @@ class AttentionMaps(L.Callback):
             folder = Path(trainer.default_root_dir) / "attention"
             folder.mkdir(parents=True, exist_ok=True)
             imsave(folder / f"step{step:06d}.png", image)
+
+
+class DownstreamEval(L.Callback):
+    """A multiple-choice task's accuracy during training, as lm-evaluation-harness scores HellaSwag (acc: the
+    choice with the highest log-likelihood; acc_norm: per character): `eval/<name>/acc` and
+    `eval/<name>/acc_norm` to every logger, at each validation (every_n_steps null) or every N optimizer steps.
+
+    The questions are the first `limit` of a JSONL file in HellaSwag's schema ({"ctx", "endings", "label"}),
+    read here rather than through the harness: training needs no lm_eval, no network and no dataset cache. Each
+    choice is scored as " " + ending after ctx, the harness's default; a hub task's own preprocessing (HellaSwag's
+    cleanup of its ctx) is lgpt-eval's job (`tasks=hellaswag`). Each process scores its share of the questions
+    and the counts are summed (`trainer.strategy.reduce`), so every process logs the same exact accuracy; under
+    FSDP each runs as many forwards as the busiest, which the sharded model needs.
+    """
+
+    def __init__(
+        self, path: str | None, name: str | None, limit: int | None, every_n_steps: int | None, batch_size: int
+    ):
+        from lightning_gpt.evaluation.multiple_choice import SHAKESPEARE_NEXT_LINE
+
+        for key, value in (("limit", limit), ("every_n_steps", every_n_steps), ("batch_size", batch_size)):
+            if value is not None and value < 1:
+                raise UserError(f"callbacks.downstream.{key} must be at least 1 (or null), got {value}")
+        self.path = Path(path).expanduser() if path else SHAKESPEARE_NEXT_LINE
+        self.name = name or self.path.stem
+        self.limit, self.every_n_steps, self.batch_size = limit, every_n_steps, batch_size
+        self.questions: list = []
+        self._last_step = -1
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Read and encode the questions now, so a bad file, text the tokenizer cannot read or an ending longer
+        than the model's context stops the run before it trains, not at its first validation."""
+        from lightning_gpt.evaluation.multiple_choice import encode_requests, read_questions
+
+        try:
+            self.questions = read_questions(self.path, self.limit)
+            requests = [(q.context, " " + choice) for q in self.questions for choice in q.choices]
+            encode_requests(pl_module.tokenizer, requests, pl_module.model.config.block_size)
+        except UserError as e:
+            raise UserError(f"callbacks.downstream ({self.path.name}): {e}") from e
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """acc and acc_norm over every process's share of the questions, the same on every process."""
+        from lightning_gpt.evaluation.multiple_choice import multiple_choice_counts
+
+        rank, world_size = trainer.global_rank, trainer.world_size
+        with trainer.precision_plugin.forward_context():
+            counts = multiple_choice_counts(
+                pl_module.model, pl_module.tokenizer, self.questions, self.batch_size, rank, world_size
+            )
+        correct, correct_norm, n = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        return {f"eval/{self.name}/acc": correct / n, f"eval/{self.name}/acc_norm": correct_norm / n}
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.every_n_steps is None and not trainer.sanity_checking and trainer.state.fn == "fit":
+            # Logged as val/loss is: at the validation's step, to every logger, and into callback_metrics (a
+            # checkpoint or early stop may monitor it). Already the same on every process.
+            pl_module.log_dict(self.evaluate(trainer, pl_module), sync_dist=True)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if self.every_n_steps is None or step % self.every_n_steps or step == self._last_step:
+            return  # not a multiple of N, or a micro-batch of the step already scored (gradient accumulation)
+        self._last_step = step
+        metrics = self.evaluate(trainer, pl_module)
+        if trainer.is_global_zero:  # straight to the loggers: Lightning flushes step metrics every log_every_n_steps
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step - 1)  # the completed step's index, as train/loss and val/loss

@@ -115,3 +115,12 @@ metric_list:
 """
     )
     return folder
+
+
+def shakespeare_next_line_rows() -> list[dict]:
+    """The downstream callback's default questions (lightning_gpt/evaluation/shakespeare_next_line.jsonl): 200
+    next-line questions, endings of at most 40 characters, from the last tenth of the embedded Shakespeare."""
+    from lightning_gpt.data.shakespeare import load_plays
+
+    text = "".join(load_plays())
+    return hellaswag_rows(200, seed=0, text=text[int(0.9 * len(text)) :], max_ending=40)
