@@ -248,3 +248,36 @@ def test_one_and_two_processes_give_the_same_loss_and_bits_per_byte(run, tmp_pat
     assert result["devices"] == 2 and result["windows"] == 17
     assert result["loss"] == pytest.approx(one["loss"], abs=1e-6)
     assert result["bpb"] == pytest.approx(one["bpb"], abs=1e-6)
+
+
+@needs_harness
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["baby", "llama_baby", "mamba_baby"])
+def test_harness_tasks_on_checkpoints_of_every_family_trained_by_lgpt_train(tmp_path, cache_dir, capsys, family):
+    """lgpt-train, then lgpt-eval tasks=<hellaswag-style>,<lambada-style> on its run folder: the table shows
+    acc, acc_norm and perplexity, the JSON lands in <run>/eval/, and acc is our own scorer's on that model."""
+    from lightning_gpt.apps.train import main as train_main
+    from lightning_gpt.evaluation import evaluate_multiple_choice
+
+    from .support.runs import train_args
+
+    args = train_args(tmp_path, cache_dir, "run", f"model={family}", "trainer.max_steps=10")
+    assert train_main([a for a in args if family != "mamba_baby" or not a.startswith("model.n_head")]) == 0
+    run = tmp_path / "run"
+    rows = hellaswag_rows(12, max_ending=24)
+    tasks = write_tasks(tmp_path / "tasks", rows, lambada_rows(8))
+    capsys.readouterr()
+    argv = [*eval_args(run, tmp_path, cache_dir), *TINY_SHAKESPEARE_DATA, "windows=4", "bootstrap_iters=0"]
+    assert main([*argv, f"tasks={HELLASWAG_TASK},{LAMBADA_TASK}", f"tasks_path={tasks}"]) == 0
+    out, path = written(capsys)
+    assert path.parent == run / "eval"
+    result = json.loads(path.read_text())
+    model, tokenizer = lightning_gpt.load(run)
+    assert result["harness"]["config"]["model_family"] == model.config.family
+    ours = evaluate_multiple_choice(model, tokenizer, questions(rows))
+    hellaswag, lambada = result["tasks"][HELLASWAG_TASK], result["tasks"][LAMBADA_TASK]
+    assert (hellaswag["acc"], hellaswag["acc_norm"]) == (ours["acc"], ours["acc_norm"])
+    assert lambada["perplexity"] > 1 and 0 <= lambada["acc"] <= 1
+    table = {line.split("|")[5].strip(): line for line in out.splitlines() if line.count("|") > 7}  # by metric
+    assert f"{hellaswag['acc_norm']:.4f}" in table["acc_norm"] and f"{lambada['perplexity']:.4f}" in table["perplexity"]
+    assert f"bits per byte  {result['bpb']:.4f}" in out
