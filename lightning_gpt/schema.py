@@ -199,7 +199,7 @@ class EvalAppConfig:
     num_fewshot: int | None = None  # examples in each prompt; null: each task's own (0 for most)
     batch_size: int = 16  # harness requests scored per forward
     max_gen_toks: int = 256  # generation tasks: at most this many new tokens
-    bootstrap_iters: int = 100_000  # the harness's resamples for the stderr of perplexity-like metrics; 0: none
+    bootstrap_iters: int = 100_000  # resamples for the stderr of perplexity-like metrics; 0: no stderr at all (faster)
     out_file: str | None = None  # null: <run>/eval/<stamp>.json, or outputs/eval/<stamp>.json outside a run folder
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING

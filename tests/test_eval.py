@@ -124,6 +124,10 @@ def test_bad_input_is_a_clear_error(run, tmp_path, cache_dir, overrides, message
         run_eval(run, tmp_path, cache_dir, *(o.format(tmp=tmp_path) for o in overrides))
 
 
+def slow(*values) -> pytest.param:
+    return pytest.param(*values, marks=pytest.mark.slow)
+
+
 def files(folder: Path) -> dict[str, float]:
     """Each file's modification time. Not train.log: the lgpt-train that made the run ran in this process, and
     Hydra's handler for its log file stays on the root logger after it returned (a new process has none)."""
@@ -135,12 +139,13 @@ def files(folder: Path) -> dict[str, float]:
     "overrides, message",
     [
         (["limit=0"], "limit must be at least 1 document per task (or null for all), got 0"),
-        (["lgpt.ckpt_path=x"], "unknown config key 'lgpt'"),
-        (["ckpt_path={tmp}/nothing"], "checkpoint not found: {tmp}/nothing"),
-        (["tasks_path={tmp}/nowhere"], "tasks_path '{tmp}/nowhere' is not a folder"),
-        (["data.path={tmp}/snowmen.txt"], "characters '\u2603' are not in the character vocabulary"),
         (["tasks=[snow]"], "the text holds 1 characters the model never saw in training ('\u2603')"),
-        (["tasks=[long]"], "the continuation ' long enough to outgrow the window' is 34 tokens, longer than"),
+        # Slow: a second or so each, and each reaches the same guarantee through another way of failing.
+        slow(["lgpt.ckpt_path=x"], "unknown config key 'lgpt'"),
+        slow(["ckpt_path={tmp}/nothing"], "checkpoint not found: {tmp}/nothing"),
+        slow(["tasks_path={tmp}/nowhere"], "tasks_path '{tmp}/nowhere' is not a folder"),
+        slow(["data.path={tmp}/snowmen.txt"], "characters '\u2603' are not in the character vocabulary"),
+        slow(["tasks=[long]"], "the continuation ' long enough to outgrow the window' is 34 tokens, longer than"),
     ],
 )
 def test_a_refused_or_failed_eval_is_one_line_and_writes_nothing(

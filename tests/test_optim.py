@@ -148,6 +148,7 @@ def test_stop_at_loss_ends_the_run_at_the_first_validation_at_the_target(lgpt_tr
     assert f"{step * 8 * 32:,} tokens" in console
 
 
+@pytest.mark.slow  # a launch that builds the data and model: over a second
 def test_stop_at_loss_monitors_val_loss_or_val_bpb_only(lgpt_train, capsys):
     lgpt_train(*TINY, "callbacks=[default,stop_at_loss]", "callbacks.stop_at_loss.monitor=val/ppl", code=2)
     assert (

@@ -87,6 +87,7 @@ def test_optuna_preset_can_minimize_bits_per_byte(tmp_path, cache_dir, capsys, m
     assert OmegaConf.load(sweep / "best_trial.yaml").metric == "val/bpb"
 
 
+@pytest.mark.slow  # a launch that imports Lightning: a second and a half
 def test_a_sweep_objective_other_than_val_loss_or_val_bpb_is_refused(tmp_path, capsys):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     args = ["hparams_search=optuna", "hparams_search.metric=val/ppl", f"paths.root_dir={tmp_path}", *TINY, *DATA]
