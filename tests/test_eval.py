@@ -12,6 +12,7 @@ import pytest
 import lightning_gpt
 from lightning_gpt.apps.evaluate import evaluate, main
 from lightning_gpt.errors import UserError
+from lightning_gpt.schema import EvalAppConfig
 
 from .support.config import TINY_SHAKESPEARE, TINY_SHAKESPEARE_DATA, compose
 from .support.eval_tasks import (
@@ -101,14 +102,7 @@ def test_other_text_is_read_in_the_checkpoints_own_tokens(run, tmp_path, cache_d
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["split=test"], "split must be val, train or null"),
-        (["split=null"], "nothing to evaluate: split=null scores no data; give tasks="),
-        (["windows=0"], "windows must be at least 1"),
-        (["tasks=[x]", "limit=0"], "limit must be at least 1 document per task"),
-        (["tasks=[x]", "limit=-3"], "limit must be at least 1 document per task"),
-        (["tasks=[x]", "num_fewshot=-1"], "num_fewshot must be 0 or more"),
-        (["tasks=[x]", "batch_size=0"], "batch_size must be at least 1"),
-        (["bootstrap_iters=-1"], "bootstrap_iters must be 0"),
+        (["split=test"], "split must be val, train or null"),  # the schema's checks (below) run in the app
         (["data.block_size=64"], r"data.block_size=64 is longer than the model's context \(32\)"),
         (
             ["data=local", "data.path={tmp}/snowmen.txt"],
@@ -122,6 +116,27 @@ def test_bad_input_is_a_clear_error(run, tmp_path, cache_dir, overrides, message
     (tmp_path / "snowmen.txt").write_text("\u2603 snow\n" * 500)
     with pytest.raises(UserError, match=message):
         run_eval(run, tmp_path, cache_dir, *(o.format(tmp=tmp_path) for o in overrides))
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"split": "test"}, "split must be val, train or null"),
+        ({"split": None, "tasks": []}, "nothing to evaluate: split=null scores no data; give tasks="),
+        ({"windows": 0}, "windows must be at least 1"),
+        ({"tasks": ["x", " "]}, r"tasks holds 1 empty name\(s\)"),
+        ({"limit": 0}, r"limit must be at least 1 document per task \(or null for all\), got 0"),
+        ({"limit": -3}, "limit must be at least 1 document per task"),
+        ({"num_fewshot": -1}, "num_fewshot must be 0 or more"),
+        ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+        ({"max_gen_toks": 0}, "max_gen_toks must be at least 1, got 0"),
+        ({"bootstrap_iters": -1}, "bootstrap_iters must be 0"),
+    ],
+)
+def test_the_schema_range_checks_its_keys(values, message):
+    with pytest.raises(UserError, match=message):
+        EvalAppConfig(ckpt_path="run", **{"tasks": ["hellaswag"], **values})
+    EvalAppConfig(ckpt_path="run", tasks=["hellaswag"], split=None, limit=1, num_fewshot=0, bootstrap_iters=0)
 
 
 def slow(*values) -> pytest.param:
@@ -180,6 +195,7 @@ def test_a_refused_or_failed_eval_is_one_line_and_writes_nothing(
 
 
 @needs_harness
+@pytest.mark.slow  # two launches through the harness
 def test_local_tasks_run_beside_the_split_and_land_in_the_run_folder(run, tmp_path, cache_dir, capsys, tasks):
     """tasks=a,b as the harness spells it; acc and acc_norm are the library's own scores; contexts longer than
     the model's window are cut on the left; each launch writes a new file, never replacing one."""
@@ -221,6 +237,7 @@ def test_an_unknown_task_names_close_ones(run, tmp_path, cache_dir, capsys, task
     assert "error: unknown task 'hellaswg' (did you mean hellaswag" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two launches
 def test_a_checkpoint_outside_a_run_folder_writes_under_outputs(run, tmp_path, cache_dir, capsys):
     loose = tmp_path / "model.ckpt"
     loose.write_bytes((run / "checkpoints" / "last.ckpt").read_bytes())
