@@ -1,31 +1,56 @@
-"""Run folders: one per launch, locked while training, resumed in place, their configs kept.
+"""Run folders: one per launch, named so that every process of a launch agrees, locked while training,
+resumed in place, their records kept; and the one value a resume is.
 
-A run folder holds config.yaml (the resolved config it started with, never rewritten), .hydra/, the logs,
-checkpoints/ and .lock. `lgpt-train ckpt_path=<run folder>` (or `latest`, `auto`) continues a run in its
-own folder from its saved config plus the new command line's overrides.
+A run folder holds config.yaml (the resolved config it started with, never rewritten), .hydra/ (the composed
+config and the command line's overrides), train.log, checkpoints/, csv/ and the other loggers' folders.
+`lgpt-train ckpt_path=<run folder>` (or `latest`, `auto`) continues a run in its own folder from its saved
+config plus the new command line's overrides: each such launch adds config-resumed.yaml (its config), an
+entry in resumes.yaml and .hydra/resume-<time>/.
+
+Nothing is written for a launch that is refused: the app checks everything first (`Resume`, the merged
+config, the model and data), then takes the folder's lock (`RunLock`) and only then writes the records
+(`write_records`). A refused launch removes only what it made itself: its lock file and the folders it
+created, if they are empty. Every file written here is written as a new file or through a descriptor opened
+without following symlinks, so a link planted in a run folder never redirects a write.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import hashlib
 import logging
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_gpt.apps.launch import CONF_DIR
-from lightning_gpt.checkpoints import LOCK, latest_run, resolve_ckpt_path
+from lightning_gpt.checkpoints import (
+    LOCK,
+    checkpoint_parts,
+    find_checkpoint,
+    is_hf_folder,
+    latest_run,
+    load_checkpoint,
+    newest_whole_checkpoint,
+)
 from lightning_gpt.errors import UserError
+from lightning_gpt.io import NO_FOLLOW, append_text, atomic_write
 
 log = logging.getLogger(__name__)
-CONFIG, RESUMED_CONFIG, RESUMES = "config.yaml", "config-resumed.yaml", "resumes.yaml"
+CONFIG, RESUMED_CONFIG, RESUMES, TRAIN_LOG = "config.yaml", "config-resumed.yaml", "resumes.yaml", "train.log"
+# Every name a training run writes in its folder: none may be a symlink there (see check_no_links).
+WRITTEN = (CONFIG, RESUMED_CONFIG, RESUMES, TRAIN_LOG, LOCK, ".hydra", "checkpoints", "csv", "tensorboard", "wandb")
+WRITTEN += ("samples.md", "attention", "explain.html", "fit-profile.txt", "eval")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Names: one folder per launch, the same for every process of it
 
 
 def run_stamp(overrides: list[str] | None = None) -> str:
@@ -91,36 +116,8 @@ def agree_on_stamp(fresh: str) -> str:
     return store.get(key).decode()
 
 
-@contextlib.contextmanager
-def run_lock(run: Path) -> Iterator[None]:
-    """Hold the run folder's lock while training. The kernel drops it when the process dies, even by
-    SIGKILL, so a lock is held exactly while a run is alive: ckpt_path=latest skips such runs, and a second
-    resume of a run that is still training is refused."""
-    import fcntl
-
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise UserError(f"cannot write to the run folder {run} ({e.strerror}); set paths.log_dir") from e
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        raise UserError(
-            f"{run} is in use by another lgpt-train (it holds {run / LOCK}); wait for it to end, "
-            "or train in another folder"
-        ) from e
-    try:
-        yield
-    finally:
-        os.close(fd)
-
-
-def run_folder_of(ckpt_path: str) -> Path | None:
-    """The run folder (one with a saved config) that a ckpt_path names or holds the checkpoint, else None."""
-    path = Path(ckpt_path).expanduser()
-    return next((run for run in (path, path.parent, path.parent.parent) if (run / CONFIG).is_file()), None)
+# ---------------------------------------------------------------------------------------------------
+# Saved configs
 
 
 # Where classes a saved config names by `_target_` live now (run folders of older versions name the old places).
@@ -133,8 +130,22 @@ MOVED = {
 }
 
 
+def run_config_file(run: Path) -> Path:
+    """The config a run folder's latest launch used: that of its latest resume, else the original."""
+    return run / RESUMED_CONFIG if (run / RESUMED_CONFIG).is_file() else run / CONFIG
+
+
 def load_run_config(path: Path) -> DictConfig:
-    """A run folder's saved config, with the `_target_`s of classes that have moved since pointing at them."""
+    """A run folder's saved config, read as possibly damaged (one line naming the file), with the `_target_`s
+    of classes that have moved since pointing at them."""
+    if path.is_symlink():
+        raise UserError(f"{path} is a symbolic link; a run's config is read only from a file of its own")
+    try:
+        saved = OmegaConf.load(path)
+    except Exception as e:
+        raise UserError(f"{path} is not a readable run config ({type(e).__name__}); restore it from a backup") from e
+    if not isinstance(saved, DictConfig) or "paths" not in saved:
+        raise UserError(f"{path} is not a run config of lgpt-train (no paths in it); restore it from a backup")
 
     def moved(value: Any) -> Any:
         if isinstance(value, str):
@@ -143,70 +154,168 @@ def load_run_config(path: Path) -> DictConfig:
                     return new + value[len(old) :]
         return value
 
-    return OmegaConf.create(_map_leaves(OmegaConf.to_container(OmegaConf.load(path)), moved))
+    saved = OmegaConf.create(_map_leaves(OmegaConf.to_container(saved), moved))
+    return _with_new_settings(saved)
 
 
-def run_config_file(run: Path) -> Path:
-    """The config a run folder's latest launch used: that of its latest resume, else the original."""
-    return run / RESUMED_CONFIG if (run / RESUMED_CONFIG).is_file() else run / CONFIG
+def _with_new_settings(saved: DictConfig) -> DictConfig:
+    """A config saved by an older version, given the settings added since, at the schema's defaults."""
+    import dataclasses
+
+    from lightning_gpt import schema
+
+    for f in dataclasses.fields(schema.TrainConfig):
+        node_type = getattr(schema, str(f.type).removesuffix(" | None"), None)
+        if isinstance(saved.get(f.name), DictConfig) and dataclasses.is_dataclass(node_type):
+            for setting in dataclasses.fields(node_type):
+                if setting.name not in saved[f.name] and setting.default is not dataclasses.MISSING:
+                    saved[f.name][setting.name] = setting.default
+    return saved
 
 
-def resume_in_place(args: list[str]) -> list[str]:
-    """`lgpt-train ckpt_path=<run folder>` (or `latest`) continues that run in its own folder: the command
-    line gains hydra.run.dir=<that folder>, and Hydra's record of this launch goes to .hydra/resume-<time>
-    (the original .hydra/ stays). Not for sweeps, nor when hydra.run.dir is given."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+def _map_leaves(node: Any, fn: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _map_leaves(v, fn) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_map_leaves(v, fn) for v in node]
+    return fn(node)
 
-    overrides = [a for a in args if "=" in a and not a.startswith("-")]
-    given = [a for a in overrides if a.startswith("ckpt_path=")]
-    if not given or {"-m", "--multirun"} & set(args) or any(a.startswith("hydra.run.dir=") for a in overrides):
-        return args
-    try:
-        value = str(OverridesParser.create().parse_override(given[-1]).value())
-    except Exception:
-        return args  # Hydra reports the mistake
-    if value == "latest":
-        try:
-            cfg = _compose([a for a in overrides if not a.startswith(("ckpt_path=", "hydra.", "hydra/"))])
-        except Exception:
-            return args
-        folder = latest_run(cfg.paths.log_dir, cfg.task_name)
-        args = [a for a in args if a not in given] + [f"ckpt_path={_quoted(folder.resolve())}"]
+
+# ---------------------------------------------------------------------------------------------------
+# The one resume value
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a launch resumes from, resolved once from ckpt_path (a file, a run folder, latest or auto): the
+    checkpoint file, verified and its header read once, and the run it belongs to."""
+
+    file: Path
+    step: int
+    hparams: dict[str, Any]  # the checkpoint's hyper_parameters: model, tokenizer, optim, config
+    run: Path | None  # the run folder it belongs to (one with a saved config), else None
+    in_place: bool  # ckpt_path named the run (a folder, latest, auto): it continues in that folder
+
+    @staticmethod
+    def resolve(ckpt_path: str | None, log_dir: str, task_name: str, output_dir: Path) -> Resume | None:
+        """None for a fresh start: ckpt_path null, or auto in a folder without a checkpoint."""
+        if ckpt_path is None:
+            return None
+        if ckpt_path == "auto":  # this folder's own checkpoint, if it has one (a requeued job)
+            file = newest_whole_checkpoint(output_dir) if output_dir.is_dir() else None
+            return None if file is None else Resume.read(file, _run_of(file), True)
+        if ckpt_path == "latest":
+            folder = latest_run(log_dir, task_name)
+            return Resume.read(find_checkpoint(folder), folder, True)
+        path = Path(ckpt_path).expanduser()
+        if is_hf_folder(path):
+            raise UserError(
+                f"ckpt_path={ckpt_path} is a transformers folder, not a training checkpoint; fine-tune it with "
+                f"model=pretrained model.init_from={ckpt_path}"
+            )
+        file = find_checkpoint(path)
+        run = _run_of(file)
+        return Resume.read(file, run, run is not None and path.is_dir())
+
+    @staticmethod
+    def read(file: Path, run: Path | None, in_place: bool) -> Resume:
+        checkpoint = load_checkpoint(file, mmap=True)  # checksums verified, tensors mapped, not read
+        _, _, hparams = checkpoint_parts(checkpoint, file)
+        return Resume(file, int(checkpoint.get("global_step", 0)), hparams, run, in_place)
+
+    def check(self, model: dict[str, Any], tokenizer: dict[str, Any], max_steps: int, optimizer: str) -> None:
+        """Refuse a resume that cannot continue: another model shape, tokenizer or optimizer, or nothing left to
+        train."""
+        from lightning_gpt.models import config_from_dict
+
+        saved_optimizer = (self.hparams.get("optim") or {}).get("name", "adamw")
+        if saved_optimizer != optimizer:
+            raise UserError(
+                f"cannot resume from {self.file}: it was trained with optim.name={saved_optimizer}, this run has "
+                f"optim.name={optimizer}; resume with the optimizer it was trained with (optim={saved_optimizer})"
+            )
+
+        saved_tokenizer = self.hparams["tokenizer"]
+        if saved_tokenizer["name"] != tokenizer["name"]:
+            raise UserError(
+                f"cannot resume from {self.file}: it was trained with tokenizer.name={saved_tokenizer['name']}, "
+                f"this run has tokenizer.name={tokenizer['name']}; use the checkpoint's tokenizer"
+            )
+        if saved_tokenizer != tokenizer and "chars" in tokenizer:
+            raise UserError(
+                f"cannot resume from {self.file}: its character vocabulary ({len(saved_tokenizer.get('chars', ''))} "
+                f"chars) differs from this run's data ({len(tokenizer.get('chars', ''))} chars); resume on the same "
+                "data"
+            )
+        if saved_tokenizer != tokenizer:
+            raise UserError(
+                f"cannot resume from {self.file}: its {tokenizer['name']} vocabulary, learned from its training "
+                "data, differs from this run's (the data or tokenizer.vocab_size changed); resume on the same data "
+                "and settings"
+            )
+        saved = config_from_dict(self.hparams["model"]).to_dict()  # from before families: no family key
+        for key in sorted(set(saved) | set(model), key=lambda k: k != "family"):  # another family says most
+            if key != "dropout" and saved.get(key) != model.get(key):  # dropout may change; the rest are shapes
+                raise UserError(
+                    f"cannot resume from {self.file}: it was trained with model.{key}={saved.get(key)}, this run has "
+                    f"model.{key}={model.get(key)}; use the checkpoint's value, or drop ckpt_path to start afresh"
+                )
+        if 0 <= max_steps <= self.step:
+            raise UserError(
+                f"{self.file} is already at step {self.step} and trainer.max_steps={max_steps}: nothing to train; "
+                f"raise trainer.max_steps above {self.step} to continue"
+            )
+
+
+def run_folder_containing(path: str | Path) -> Path | None:
+    """The run folder that path is, or lies inside (a folder with a saved config and checkpoints/ or .hydra/)."""
+    path = Path(path).expanduser().absolute()
+    for folder in [path, *path.parents]:
+        if (folder / CONFIG).is_file() and ((folder / "checkpoints").is_dir() or (folder / ".hydra").is_dir()):
+            return folder
+    return None
+
+
+def _run_of(file: Path) -> Path | None:
+    """The run folder (one with a saved config) a checkpoint file lies in, else None."""
+    return next((run for run in (file.parent, file.parent.parent) if (run / CONFIG).is_file()), None)
+
+
+def launch_config(
+    composed: DictConfig, resume: Resume | None, overrides: list[str], groups: set[str], run_dir: Path
+) -> DictConfig:
+    """This launch's resolved config: for a checkpoint of a run, that run's saved config with only this command
+    line's overrides applied; the run folder's paths point at run_dir; ckpt_path names the checkpoint file.
+
+    `composed` is the config Hydra built, not yet resolved: an override's value is taken from it, typed and
+    checked as usual, and a config group (`data=local`) replaces the whole node with its interpolations
+    (`${model.block_size}`) resolving against the resumed config.
+    """
+    if resume is None or resume.run is None:
+        cfg = composed.copy()
     else:
-        folder = Path(value).expanduser()
-        if not (folder / CONFIG).is_file():
-            return args  # a checkpoint file, or a folder that is no run: a new run folder
-    subdir = f".hydra/resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
-    return [*args, f"hydra.run.dir={_quoted(folder.resolve())}", f"hydra.output_subdir={subdir}"]
-
-
-def _quoted(path: Path) -> str:
-    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _compose(overrides: list[str]) -> DictConfig:
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=overrides)
+        cfg = resumed_config(resume.run, composed, overrides, groups)
+    old = cfg.paths.output_dir if resume is not None and resume.run is not None else None
+    cfg.paths.output_dir = str(run_dir)
+    if old and old != str(run_dir):  # a new folder (or a moved one): paths under the old folder point here
+        inside = lambda v: isinstance(v, str) and (v == old or v.startswith(old + "/"))
+        swap = lambda v: str(run_dir) + v[len(old) :] if inside(v) else v
+        cfg = OmegaConf.create(_map_leaves(OmegaConf.to_container(cfg), swap))
+    OmegaConf.resolve(cfg)
+    cfg.ckpt_path = str(resume.file) if resume is not None else None  # ckpt_path=auto with nothing to resume
+    if resume is not None:
+        keep_decay_horizon(cfg, resume, overrides)
+    return cfg
 
 
 def resumed_config(run: Path, composed: DictConfig, overrides: list[str], groups: set[str]) -> DictConfig:
-    """The run's saved config with only this command line's overrides applied on top.
-
-    Each override's value is taken from `composed` (the config Hydra built from the command line), so
-    it is typed and checked as usual; a config group (`trainer=ddp_cpu`) replaces the whole node.
-    """
+    """The run's saved config with only this command line's overrides applied on top (see launch_config)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     saved = load_run_config(run_config_file(run))
-    old, new = saved.paths.output_dir, composed.paths.output_dir
-    if old != new:  # a new folder (or a moved one): paths under the old run folder now point to this one
-        swap = lambda v: new + v[len(old) :] if isinstance(v, str) and v.startswith(old) else v  # noqa: E203
-        saved = OmegaConf.create(_map_leaves(OmegaConf.to_container(saved), swap))
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
-        if override.is_hydra_override():
+        if override.is_hydra_override() or key == "ckpt_path":
             continue
         if override.is_delete():
             parent, _, leaf = key.rpartition(".")
@@ -221,94 +330,212 @@ def resumed_config(run: Path, composed: DictConfig, overrides: list[str], groups
                 "once; override the keys themselves, or start a new run without ckpt_path"
             )
         else:
-            OmegaConf.update(saved, key, OmegaConf.select(composed, key), merge=False, force_add=True)
+            value = OmegaConf.select(composed, key, throw_on_resolution_failure=False)
+            node = composed._get_node(key) if "." not in key else OmegaConf.select(composed, key.rpartition(".")[0])
+            if isinstance(value, DictConfig) or node is None:
+                value = OmegaConf.to_container(value, resolve=False) if isinstance(value, DictConfig) else value
+            else:  # a leaf: its typed, resolved value
+                value = OmegaConf.to_container(OmegaConf.create({"v": value}), resolve=True)["v"]
+            OmegaConf.update(saved, key, value, merge=False, force_add=True)
     return saved
 
 
-def _map_leaves(node: Any, fn: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _map_leaves(v, fn) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_map_leaves(v, fn) for v in node]
-    return fn(node)
-
-
-def keep_decay_horizon(cfg: DictConfig, ckpt_path: str, overrides: list[str]) -> int:
+def keep_decay_horizon(cfg: DictConfig, resume: Resume, overrides: list[str]) -> None:
     """On a resume, the learning-rate schedule keeps the checkpoint's decay horizon, so a longer
     trainer.max_steps continues at min_lr instead of raising the learning rate again; an explicit
-    optim.decay_steps=N stretches it. Returns the checkpoint's step."""
-    import torch
-
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-        step, saved = checkpoint["global_step"], checkpoint["hyper_parameters"]["optim"]
-    except Exception:
-        return 0  # not one of ours, or damaged: check_resumable says so before training
+    optim.decay_steps=N stretches it."""
+    saved = resume.hparams.get("optim") or {}
     if any(o.split("=", 1)[0].lstrip("+") == "optim.decay_steps" for o in overrides):
         log.info(
-            f"resuming at step {step}: optim.decay_steps={cfg.optim.decay_steps} given, the cosine schedule "
+            f"resuming at step {resume.step}: optim.decay_steps={cfg.optim.decay_steps} given, the schedule "
             f"is stretched to it (it was {saved.get('decay_steps')})"
         )
     elif "decay_steps" in saved:
         cfg.optim.decay_steps = saved["decay_steps"]
         log.info(
-            f"resuming at step {step}: the learning rate keeps its schedule, decaying to optim.min_lr at "
+            f"resuming at step {resume.step}: the learning rate keeps its schedule, decaying to optim.min_lr at "
             f"step {cfg.optim.decay_steps} and staying there; optim.decay_steps=N stretches it"
         )
-    return step
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(text)
-    os.replace(partial, path)
+# ---------------------------------------------------------------------------------------------------
+# The lock, and what a launch writes once it is accepted
 
 
-def save_config(cfg: DictConfig, output_dir: Path, overrides: list[str], step: int | None) -> None:
-    """config.yaml: the resolved config a run started with, never rewritten. A launch in a folder that has
-    one (a resume in place) writes config-resumed.yaml instead and adds an entry to resumes.yaml."""
-    output_dir.mkdir(parents=True, exist_ok=True)  # for a process whose rank 0 is elsewhere
+class RunFolders(Callback):
+    """A Hydra callback noting the folders Hydra is about to create for this launch (the run or sweep folder
+    and its missing parents, before Hydra makes them), so that a refused launch removes exactly those."""
+
+    made: list[Path] = []  # shallowest first
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        RunFolders.made = _missing(Path(config.hydra.run.dir))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        RunFolders.made = _missing(Path(config.hydra.sweep.dir))
+
+    @staticmethod
+    def made_for(folder: Path) -> list[Path]:
+        """The folders this launch made up to `folder` (a sweep's job folder: when its sweep folder is new)."""
+        made = [p.absolute() for p in RunFolders.made]
+        folder = folder.absolute()
+        if made and folder not in made and made[-1] in folder.parents:
+            made += _missing_between(made[-1], folder)
+        return [p for p in made if p == folder or p in folder.parents]
+
+
+def _missing(path: Path) -> list[Path]:
+    return [p for p in reversed([path.absolute(), *path.absolute().parents]) if not p.exists()]
+
+
+def _missing_between(top: Path, folder: Path) -> list[Path]:
+    return [p for p in reversed([folder, *folder.parents]) if top in p.parents]
+
+
+def check_no_links(run: Path) -> None:
+    """Refuse a run folder where a name the run writes is a symbolic link: a write would land elsewhere."""
+    for name in WRITTEN:
+        if (run / name).is_symlink():
+            raise UserError(
+                f"{run / name} is a symbolic link; lgpt-train writes there only into a file or folder of its own: "
+                "remove the link, or train in another folder"
+            )
+    if (run / "csv" / "metrics.csv").is_symlink():
+        raise UserError(f"{run / 'csv' / 'metrics.csv'} is a symbolic link; remove it, or train in another folder")
+
+
+class RunLock:
+    """The run folder's lock, held while a launch trains there. The kernel drops it when the process dies, even
+    by SIGKILL, so a lock is held exactly while a run is alive: ckpt_path=latest skips such runs, and a second
+    lgpt-train on a folder that is training is refused.
+
+    `acquire` makes the folder if it is missing (remembering which folders it made) and a `.lock` file in it;
+    `release(refused=True)` undoes exactly that (the lock file, and the folders it made if they stayed empty),
+    `release()` at the end of a run removes the lock file if this launch made it.
+    """
+
+    def __init__(self, run: Path, made_by_launch: list[Path] | None = None):
+        self.run = run
+        self.made: list[Path] = list(made_by_launch or [])  # folders this launch created, deepest last
+        self.fd: int | None = None
+        self.made_lock = False
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        missing = [p for p in [self.run, *self.run.parents] if not p.exists()]
+        try:
+            self.run.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(
+                f"cannot write {self.run} ({e.strerror}); choose a writable folder: hydra.run.dir=..."
+            ) from e
+        self.made += reversed(missing)
+        path = self.run / LOCK
+        while True:  # a lock file removed by its maker between our open and flock is a new lock: retry
+            try:
+                self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | NO_FOLLOW, 0o644)
+                self.made_lock = True
+            except FileExistsError:
+                try:
+                    self.fd = os.open(path, os.O_RDWR | NO_FOLLOW)
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    self.release(refused=True)
+                    raise UserError(f"cannot open {path} ({e.strerror}); remove it if it is not a lock file") from e
+            except OSError as e:
+                self.release(refused=True)
+                raise UserError(f"cannot write {self.run} ({e.strerror}); choose a writable folder") from e
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(self.fd)
+                self.fd = None
+                self.made_lock = False
+                self.release(refused=True)
+                raise UserError(
+                    f"{self.run} is in use by another lgpt-train (it holds {path}); wait for it to end, "
+                    "or train in another folder"
+                ) from e
+            try:
+                same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(self.fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return self
+            os.close(self.fd)
+            self.fd, self.made_lock = None, False
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def release(self, refused: bool = False) -> None:
+        if self.made_lock:
+            (self.run / LOCK).unlink(missing_ok=True)  # before closing: no other launch holds it meanwhile
+        if self.fd is not None:
+            os.close(self.fd)
+        self.fd, self.made_lock = None, False
+        if refused:
+            for folder in reversed(self.made):  # deepest first, each only if nothing is in it
+                try:
+                    folder.rmdir()
+                except OSError as e:
+                    if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+                        raise
+                    break
+            self.made = []
+
+
+def write_records(
+    run: Path, cfg: DictConfig, composed: DictConfig, hydra_cfg: Any, overrides: list[str], resume: Resume | None
+) -> None:
+    """What an accepted launch records in its run folder: config.yaml and .hydra/ for the first launch; for a
+    resume in place, config-resumed.yaml, an entry in resumes.yaml and .hydra/resume-<time>/."""
+    first = not (run / CONFIG).is_file()
+    record = run / ".hydra" if first else run / ".hydra" / f"resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    record.mkdir(parents=True, exist_ok=not first)
+    atomic_write(record / "config.yaml", OmegaConf.to_yaml(composed))
+    atomic_write(record / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
+    atomic_write(record / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
     text = OmegaConf.to_yaml(cfg)
-    if not (output_dir / CONFIG).is_file():
-        _write_atomically(output_dir / CONFIG, text)
+    if first:
+        atomic_write(run / CONFIG, text)
         return
-    _write_atomically(output_dir / RESUMED_CONFIG, text)
+    atomic_write(run / RESUMED_CONFIG, text)
     entry = {
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "step": step,
+        "step": resume.step if resume is not None else None,
         "checkpoint": cfg.ckpt_path,
         "overrides": [o for o in overrides if not o.startswith("hydra.")],
     }
-    with open(output_dir / RESUMES, "a", encoding="utf-8") as f:
-        f.write(OmegaConf.to_yaml([entry]))
+    append_text(run / RESUMES, OmegaConf.to_yaml([entry]))
 
 
-def remove_if_unused(run: Path) -> None:
-    """After a failed start, delete what the launch wrote when the run folder holds no checkpoint or
-    metrics: no empty run folders pile up. Only names this app writes are removed."""
-    import shutil
+class RunLog(logging.Handler):
+    """train.log: every log line of the run, and what the app prints at its end, appended (never through a
+    symlink). Attached to the root logger once the launch is accepted."""
 
-    if any(run.glob("**/*.ckpt")) or (run / "csv" / "metrics.csv").is_file():
-        return
-    for name in (".hydra", "csv", "tensorboard", "wandb"):
-        shutil.rmtree(run / name, ignore_errors=True)
-    for name in ("train.log", CONFIG, LOCK, "samples.md"):
-        (run / name).unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        run.rmdir()  # only if nothing else is in it
+    def __init__(self, run: Path):
+        super().__init__(logging.INFO)
+        self.path = run / TRAIN_LOG
+        self.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
 
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
 
-def launch_config(cfg: DictConfig, overrides: list[str], groups: set[str]) -> tuple[DictConfig, int | None]:
-    """This launch's config, with ckpt_path resolved to a file (or None), and the step it resumes from.
+    def write(self, text: str) -> None:
+        append_text(self.path, text)
 
-    With ckpt_path=<run folder> (or latest, or a checkpoint in a run folder) the config is that run's saved
-    one plus this command line's overrides. For a run folder main() has already made it the Hydra run
-    folder, so the run continues there; a checkpoint file starts a new folder.
-    """
-    output_dir = cfg.paths.output_dir
-    value = str(latest_run(cfg.paths.log_dir, cfg.task_name)) if cfg.ckpt_path == "latest" else cfg.ckpt_path
-    run = run_folder_of(value) if value not in (None, "auto") else None
-    if run is not None:
-        cfg = resumed_config(run, cfg, overrides, groups)
-    cfg.ckpt_path = resolve_ckpt_path(value, cfg.paths.log_dir, output_dir, cfg.task_name)
-    return cfg, keep_decay_horizon(cfg, cfg.ckpt_path, overrides) if cfg.ckpt_path else None
+    def __enter__(self) -> RunLog:
+        logging.getLogger().addHandler(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        logging.getLogger().removeHandler(self)

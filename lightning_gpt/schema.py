@@ -1,17 +1,99 @@
-"""Typed schema behind the Hydra configs: a typo'd key or a wrong type fails at composition, naming the key.
+"""Typed schema behind the Hydra configs: a typo'd key or a wrong type fails at composition, naming the key;
+a number out of its range fails before a launch writes anything (`check_values`), naming the key and its range.
 
 The YAML files under conf/ fill these in; `register_configs` puts the schema in Hydra's ConfigStore
-as `lgpt_schema`, the first entry of every app's defaults list.
+as `lgpt_schema`, the first entry of every app's defaults list. Each numeric setting declares its range
+here, beside its default (`bounded`); the model families' dataclasses check theirs in `__post_init__`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from omegaconf import MISSING
 
 from lightning_gpt.errors import UserError
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A numeric setting's valid values: finite, within [low, high] (an end excluded when open)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None  # a type Hydra already checked, or another choice (a fraction, "auto")
+        if not math.isfinite(value):
+            return f"must be a finite number, got {value}"
+        below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        above = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        return f"must be {self.describe()}, got {value}" if below or above else None
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"{'<' if self.high_open else '<='} {self.high:g}"
+
+
+def bounded(default: Any, low: float | None = None, high: float | None = None, **open_ends: bool) -> Any:
+    """A dataclass field with its default and its range (see Bound), checked by check_values."""
+    return field(default=default, metadata={"bound": Bound(low, high, **open_ends)})
+
+
+def check_values(cfg: Any, node: type | None = None, prefix: str = "") -> None:
+    """Refuse a value outside the range its schema field declares (one line naming the key); and the few
+    rules that relate two settings. Call with a resolved config, before anything is written."""
+    from omegaconf import DictConfig
+
+    node = node or TrainConfig
+    first = ("trainer", "model", "seed")  # settings others interpolate (decay_steps, data.block_size): blame these
+    for f in sorted(dataclasses.fields(node), key=lambda f: f.name not in first):
+        if f.name not in cfg:
+            continue
+        value = cfg[f.name]
+        bound = f.metadata.get("bound")
+        if bound is not None:
+            for v in list(value) if isinstance(value, (list, tuple)) or _is_list(value) else [value]:
+                if problem := bound.problem(v):
+                    raise UserError(f"{prefix}{f.name} {problem}")
+        child = globals().get(str(f.type).removesuffix(" | None"))
+        if isinstance(value, DictConfig) and dataclasses.is_dataclass(child):
+            check_values(value, child, f"{prefix}{f.name}.")
+    if node is EvalAppConfig and cfg.get("split", "val") is None and not cfg.get("tasks"):
+        raise UserError("nothing to evaluate: split=null scores no data; give tasks=... or split=val")
+    if node is OptimConfig and cfg.min_lr > cfg.lr:
+        raise UserError(
+            f"{prefix}min_lr={cfg.min_lr} is above {prefix}lr={cfg.lr}: the learning rate would rise as it decays; "
+            f"set {prefix}min_lr to at most {prefix}lr"
+        )
+
+
+def in_range(key: str, value: Any) -> Any:
+    """The value of a config key, checked against the range its schema field declares: for a setting that a
+    plugin reads before lgpt-train's own checks (the Optuna sweeper reads hparams_search.n_trials)."""
+    node: type = TrainConfig
+    *parents, leaf = key.split(".")
+    for name in parents:
+        node = globals()[str({f.name: f for f in dataclasses.fields(node)}[name].type).removesuffix(" | None")]
+    bound = {f.name: f for f in dataclasses.fields(node)}[leaf].metadata.get("bound")
+    if bound is not None and (problem := bound.problem(value)):
+        raise UserError(f"{key} {problem}")
+    return value
+
+
+def _is_list(value: Any) -> bool:
+    from omegaconf import ListConfig
+
+    return isinstance(value, ListConfig)
 
 
 @dataclass
@@ -34,14 +116,21 @@ class DataConfig:
     revision: str | None = None
     text_column: str = "text"
     sample_by: str = "document"  # text files: document, paragraph or line
-    val_fraction: float = 0.1  # the last 10% of the token stream, as nanoGPT
-    block_size: int | None = "${model.block_size}"  # type: ignore[assignment]  # null: the model's context
-    batch_size: int = 12  # per device; the global batch is batch_size x devices x accumulate_grad_batches
-    val_batches: int = 20  # fixed validation windows: val_batches x batch_size
-    num_workers: int = 0
-    num_proc: int | None = None  # tokenizing processes; null: one per core
+    val_fraction: float = bounded(0.1, 0, 1, low_open=True, high_open=True)  # the last 10% of the stream
+    block_size: int | None = bounded("${model.block_size}", 1)  # null: the model's context
+    batch_size: int = bounded(12, 1)  # per device; the global batch is batch_size x devices x accumulation
+    val_batches: int = bounded(20, 1)  # fixed validation windows: val_batches x batch_size
+    num_workers: int = bounded(0, 0)  # loader processes; 0: load in the training process
+    num_proc: int | None = bounded(None, 1)  # tokenizing processes; null: one per core
     cache_dir: str = "${paths.cache_dir}"
     seed: int = "${seed}"  # type: ignore[assignment]
+    max_skipped_fraction: float = bounded(0.01, 0, 1)  # refuse a corpus where more rows lack text_column
+    packing: str = "random"  # random: nanoGPT's windows anywhere; bos_aligned: each window starts a document
+    doc_masking: bool = False  # attention never crosses a document boundary inside a window
+    sources: dict[str, Any] | None = None  # data=mixture: name -> {the keys above for one source, weight}
+    on_exhausted: str = "repeat"  # data=mixture: a source drawn to its end repeats, or (stop) ends the run
+    streaming: bool = False  # data=hub: tokenize the dataset as it streams, in the loader's workers
+    data_files: Any = None  # hub: the files of a builder such as json (a glob, a list, or split -> files)
 
 
 @dataclass
@@ -50,7 +139,7 @@ class PretrainedModelConfig:
 
     init_from: str = MISSING  # gpt2, gpt2-medium, ... (hub names) or a local transformers folder
     block_size: int | None = None  # null: the pretrained model's context; smaller crops it
-    dropout: float = 0.0
+    dropout: float = bounded(0.0, 0, 1, high_open=True)
     compile: bool = False  # torch.compile the model
 
 
@@ -67,18 +156,18 @@ def model_node(config_class: type) -> type:
 @dataclass
 class OptimConfig:
     name: str = "adamw"  # adamw, or muon: Muon for the blocks' weight matrices, AdamW for the rest
-    lr: float = 1e-3  # AdamW's
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    decay_steps: int = "${trainer.max_steps}"  # type: ignore[assignment]  # cosine from lr to min_lr
-    weight_decay: float = 0.1  # only on tensors of 2 or more dims
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    eps: float = 1e-8
+    lr: float = bounded(1e-3, 0, low_open=True)  # AdamW's
+    min_lr: float = bounded(1e-4, 0)  # at most lr
+    warmup_steps: int = bounded(100, 0)
+    decay_steps: int = bounded("${trainer.max_steps}", 1)  # the schedule reaches min_lr here
+    weight_decay: float = bounded(0.1, 0)  # only on tensors of 2 or more dims
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99], metadata={"bound": Bound(0, 1, high_open=True)})
+    eps: float = bounded(1e-8, 0, low_open=True)
     fused: bool | None = None  # null: the fused AdamW kernel wherever torch has one (CUDA and CPU)
     schedule: str = "cosine"  # cosine (nanoGPT's), or wsd: warmup, hold lr, decay linearly over cooldown_frac
-    cooldown_frac: float = 0.4  # wsd: the share of decay_steps spent decaying to min_lr
-    muon_lr: float = 0.02  # muon: its learning rate (the schedule scales it as it scales lr)
-    muon_momentum: float = 0.95
+    cooldown_frac: float = bounded(0.4, 0, 1)  # wsd: the share of decay_steps spent decaying to min_lr
+    muon_lr: float = bounded(0.02, 0, low_open=True)  # muon: its learning rate (the schedule scales it as lr)
+    muon_momentum: float = bounded(0.95, 0, 1, high_open=True)
 
 
 @dataclass
@@ -87,20 +176,20 @@ class TrainerConfig:
 
     accelerator: str = "auto"
     devices: Any = 1  # a number, a list of device indices, or "auto" (all of them)
-    num_nodes: int = 1
+    num_nodes: int = bounded(1, 1)
     strategy: Any = "auto"
     precision: str | None = None  # null: Lightning's default, 32-true (trainer=gpu sets bf16-mixed)
-    max_steps: int = 2000
+    max_steps: int = bounded(2000, 1)  # the run's length, and the schedule's horizon (optim.decay_steps)
     max_epochs: int = -1
-    val_check_interval: Any = 250
+    val_check_interval: Any = bounded(250, 0, low_open=True)  # optimizer steps (or a fraction of an epoch)
     check_val_every_n_epoch: int | None = None
     limit_val_batches: Any = None
     limit_train_batches: Any = None
     num_sanity_val_steps: int = 0
-    log_every_n_steps: int = 10
-    gradient_clip_val: float | None = 1.0
+    log_every_n_steps: int = bounded(10, 1)
+    gradient_clip_val: float | None = bounded(1.0, 0)  # the largest gradient norm (or value); null or 0: none
     gradient_clip_algorithm: str = "norm"
-    accumulate_grad_batches: int = 1
+    accumulate_grad_batches: int = bounded(1, 1)
     deterministic: Any = False
     benchmark: bool | None = None
     fast_dev_run: Any = False
@@ -127,26 +216,20 @@ class SampleConfig:
     """The sample printed at the end of training and logged at each validation."""
 
     prompt: str = ""
-    max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int | None = 200
+    max_new_tokens: int = bounded(200, 1)
+    temperature: float = bounded(0.8, 0)  # 0: greedy
+    top_k: int | None = bounded(200, 1)
 
 
-OBJECTIVES = ("val/loss", "val/bpb")  # what lgpt-train returns to a sweeper: a metric of the last validation
+OBJECTIVES = ("val/loss", "val/bpb")  # what lgpt-train can return to a sweeper: a metric of the last validation
 
 
 @dataclass
 class HparamsSearchConfig:
     """Set by a preset of conf/hparams_search/, which reads it into the sweeper's settings."""
 
-    n_trials: int = 20
+    n_trials: int = bounded(20, 1)
     metric: str = "val/loss"  # the objective the sweeper minimizes: val/loss, or val/bpb (compares tokenizers)
-
-    def __post_init__(self) -> None:  # OmegaConf.to_object runs it on a composed config
-        if self.metric not in OBJECTIVES:
-            raise UserError(f"hparams_search.metric must be one of {', '.join(OBJECTIVES)}, got {self.metric!r}")
-        if self.n_trials < 1:
-            raise UserError(f"hparams_search.n_trials must be at least 1, got {self.n_trials}")
 
 
 @dataclass
@@ -162,7 +245,7 @@ class TrainConfig:
     callbacks: dict[str, Any] = field(default_factory=dict)  # name -> {_target_: a Lightning callback, ...}
     task_name: str = "train"
     tags: list[str] = field(default_factory=list)
-    seed: int = 1337
+    seed: int = bounded(1337, 0)
     ckpt_path: str | None = None  # resume: a .ckpt file, a run folder, "latest" or "auto"
     hparams_search: HparamsSearchConfig | None = None  # hparams_search=optuna
 
@@ -192,14 +275,14 @@ class EvalAppConfig:
 
     ckpt_path: str = MISSING  # a .ckpt file, a run folder (its last.ckpt) or a Hugging Face GPT-2-vocabulary folder
     split: str | None = "val"  # val or train: the split of data scored as training validates; null: tasks only
-    windows: int | None = None  # evenly spaced windows of block_size tokens; null: all that fit without overlap
+    windows: int | None = bounded(None, 1)  # evenly spaced windows of block_size tokens; null: all, no overlap
     tasks: list[str] = field(default_factory=list)  # harness tasks: tasks=hellaswag,arc_easy (or tasks in tasks_path)
     tasks_path: str | None = None  # a folder of the harness's task YAMLs, added to its own tasks
-    limit: int | None = None  # at most this many documents per task; null: all
-    num_fewshot: int | None = None  # examples in each prompt; null: each task's own (0 for most)
-    batch_size: int = 16  # harness requests scored per forward
-    max_gen_toks: int = 256  # generation tasks: at most this many new tokens
-    bootstrap_iters: int = 100_000  # resamples for the stderr of perplexity-like metrics; 0: no stderr at all (faster)
+    limit: int | None = bounded(None, 1)  # at most this many documents per task; null: all
+    num_fewshot: int | None = bounded(None, 0)  # examples in each prompt; null: each task's own (0 for most)
+    batch_size: int = bounded(16, 1)  # harness requests scored per forward
+    max_gen_toks: int = bounded(256, 1)  # generation tasks: at most this many new tokens
+    bootstrap_iters: int = bounded(100_000, 0)  # resamples for perplexity-like metrics' stderr; 0: no stderr at all
     out_file: str | None = None  # null: <run>/eval/<stamp>.json, or outputs/eval/<stamp>.json outside a run folder
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
@@ -210,26 +293,7 @@ class EvalAppConfig:
     logger: dict[str, Any] = field(default_factory=dict)
     callbacks: dict[str, Any] = field(default_factory=dict)
     task_name: str = "eval"
-    seed: int = 1337
-
-    def __post_init__(self) -> None:  # OmegaConf.to_object runs it on a composed config
-        if self.split not in ("val", "train", None):
-            raise UserError(f"split must be val, train or null (tasks only), got {self.split!r}")
-        if self.split is None and not self.tasks:
-            raise UserError("nothing to evaluate: split=null scores no data; give tasks=... or split=val")
-        if self.windows is not None and self.windows < 1:
-            raise UserError(f"windows must be at least 1 (or null for every window of the split), got {self.windows}")
-        if empty := [t for t in self.tasks if not str(t).strip()]:
-            raise UserError(f"tasks holds {len(empty)} empty name(s); give task names: tasks=hellaswag,arc_easy")
-        if self.limit is not None and self.limit < 1:
-            raise UserError(f"limit must be at least 1 document per task (or null for all), got {self.limit}")
-        if self.num_fewshot is not None and self.num_fewshot < 0:
-            raise UserError(f"num_fewshot must be 0 or more (or null for each task's own), got {self.num_fewshot}")
-        for key in ("batch_size", "max_gen_toks"):
-            if getattr(self, key) < 1:
-                raise UserError(f"{key} must be at least 1, got {getattr(self, key)}")
-        if self.bootstrap_iters < 0:
-            raise UserError(f"bootstrap_iters must be 0 (no stderr) or more, got {self.bootstrap_iters}")
+    seed: int = bounded(1337, 0)
 
 
 @dataclass

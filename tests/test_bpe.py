@@ -99,7 +99,7 @@ def bpe_run(tmp_path_factory, cache_dir) -> Path:
 @pytest.mark.slow
 def test_the_checkpoint_holds_the_trained_tokenizer_and_sampling_decodes_with_it(bpe_run, cache_dir):
     model_config, saved, _ = read_checkpoint(bpe_run / "checkpoints" / "last.ckpt")
-    [meta] = [TokenCache(p.parent) for p in cache_dir.glob("*/meta.json") if '"bpe"' in p.read_text()[:200]]
+    [meta] = [TokenCache(p.parent) for p in cache_dir.glob("*/manifest.json") if '"name": "bpe"' in p.read_text()]
     assert saved == meta.meta["tokenizer"] and saved["name"] == "bpe"
     tokenizer = tokenizer_from_dict(saved)
     assert isinstance(tokenizer, BPETokenizer) and tokenizer.vocab_size == model_config["vocab_size"] == 4096

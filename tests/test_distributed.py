@@ -351,9 +351,10 @@ def test_two_trainings_in_one_slurm_job_get_two_folders(tmp_path, cache_dir):
     [
         ("trainer.precision=garbage", "bad trainer setting: Precision 'garbage' is invalid"),
         ("trainer.strategy=garbage", "bad trainer setting: You selected an invalid strategy name"),
-        ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps must be a positive integer"),
-        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be a positive integer"),
-        ("trainer.val_check_interval=0", "trainer.val_check_interval must be a positive number"),
+        ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps must be >= 1, got 0"),
+        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be >= 1, got 0"),
+        ("trainer.val_check_interval=0", r"trainer.val_check_interval must be > 0, got 0"),
+        ("trainer.val_check_interval=sometimes", "trainer.val_check_interval must be a positive number"),
         ("data.block_size=64", r"data.block_size=64 is longer than the model's context \(model.block_size=32\)"),
     ],
 )

@@ -8,11 +8,12 @@ import math
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 import lightning_gpt
 from lightning_gpt.apps.evaluate import evaluate, main
 from lightning_gpt.errors import UserError
-from lightning_gpt.schema import EvalAppConfig
+from lightning_gpt.schema import EvalAppConfig, check_values
 
 from .support.config import TINY_SHAKESPEARE, TINY_SHAKESPEARE_DATA, compose
 from .support.eval_tasks import (
@@ -91,10 +92,10 @@ def test_other_text_is_read_in_the_checkpoints_own_tokens(run, tmp_path, cache_d
     (tmp_path / "other.txt").write_text(text)
     result = run_eval(run, tmp_path, cache_dir, "data=local", f"data.path={tmp_path / 'other.txt'}", "split=train")
     _, tokenizer, _ = lightning_gpt.read_checkpoint(run)
-    caches = [json.loads(p.read_text()) for p in cache_dir.glob("*/meta.json")]
+    caches = [json.loads(p.read_text()) for p in cache_dir.glob("*/manifest.json")]
     mine = [m for m in caches if m["source"]["path"] == str(tmp_path / "other.txt")]
     assert len(mine) == 1 and mine[0]["tokenizer"] == tokenizer  # not a vocabulary built from this text
-    assert result["windows"] == (mine[0]["train_tokens"] - 1) // 32  # every non-overlapping window
+    assert result["windows"] == (mine[0]["splits"]["train"][1] - 1) // 32  # every non-overlapping window
     assert 0 < result["loss"] < math.log(len(tokenizer["chars"])) + 0.5
     assert result["bpb"] == pytest.approx(result["loss"] / math.log(2), rel=1e-6)
 
@@ -102,7 +103,9 @@ def test_other_text_is_read_in_the_checkpoints_own_tokens(run, tmp_path, cache_d
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["split=test"], "split must be val, train or null"),  # the schema's checks (below) run in the app
+        (["split=test"], "split must be val, train or null"),
+        (["tasks=[x]", "limit=0"], r"limit must be >= 1, got 0"),  # the schema's ranges (below) checked in the app
+        (["tasks=[x,' ']"], r"tasks holds 1 empty name\(s\)"),
         (["data.block_size=64"], r"data.block_size=64 is longer than the model's context \(32\)"),
         (
             ["data=local", "data.path={tmp}/snowmen.txt"],
@@ -121,22 +124,21 @@ def test_bad_input_is_a_clear_error(run, tmp_path, cache_dir, overrides, message
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"split": "test"}, "split must be val, train or null"),
         ({"split": None, "tasks": []}, "nothing to evaluate: split=null scores no data; give tasks="),
-        ({"windows": 0}, "windows must be at least 1"),
-        ({"tasks": ["x", " "]}, r"tasks holds 1 empty name\(s\)"),
-        ({"limit": 0}, r"limit must be at least 1 document per task \(or null for all\), got 0"),
-        ({"limit": -3}, "limit must be at least 1 document per task"),
-        ({"num_fewshot": -1}, "num_fewshot must be 0 or more"),
-        ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
-        ({"max_gen_toks": 0}, "max_gen_toks must be at least 1, got 0"),
-        ({"bootstrap_iters": -1}, "bootstrap_iters must be 0"),
+        ({"windows": 0}, r"windows must be >= 1, got 0"),
+        ({"limit": 0}, r"limit must be >= 1, got 0"),
+        ({"limit": -3}, r"limit must be >= 1, got -3"),
+        ({"num_fewshot": -1}, r"num_fewshot must be >= 0, got -1"),
+        ({"batch_size": 0}, r"batch_size must be >= 1, got 0"),
+        ({"max_gen_toks": 0}, r"max_gen_toks must be >= 1, got 0"),
+        ({"bootstrap_iters": -1}, r"bootstrap_iters must be >= 0, got -1"),
     ],
 )
-def test_the_schema_range_checks_its_keys(values, message):
+def test_the_schema_declares_the_ranges_of_its_keys(values, message):
     with pytest.raises(UserError, match=message):
-        EvalAppConfig(ckpt_path="run", **{"tasks": ["hellaswag"], **values})
-    EvalAppConfig(ckpt_path="run", tasks=["hellaswag"], split=None, limit=1, num_fewshot=0, bootstrap_iters=0)
+        check_values(OmegaConf.create({"tasks": ["hellaswag"], **values}), EvalAppConfig)
+    fine = {"split": None, "tasks": ["hellaswag"], "limit": 1, "num_fewshot": 0, "bootstrap_iters": 0}
+    check_values(OmegaConf.create(fine), EvalAppConfig)
 
 
 def slow(*values) -> pytest.param:
@@ -153,7 +155,7 @@ def files(folder: Path) -> dict[str, float]:
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["limit=0"], "limit must be at least 1 document per task (or null for all), got 0"),
+        (["limit=0"], "limit must be >= 1, got 0"),
         (["tasks=[snow]"], "the text holds 1 characters the model never saw in training ('\u2603')"),
         # Slow: a second or so each, and each reaches the same guarantee through another way of failing.
         slow(["lgpt.ckpt_path=x"], "unknown config key 'lgpt'"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import torch
 from lightning_gpt.data import GPTDataModule
 from lightning_gpt.data.cache import TokenCache, prepare_tokens
 from lightning_gpt.data.prepare import prepare_folder
-from lightning_gpt.data.shards import HEADER_BYTES, PreparedFolder, read_header
+from lightning_gpt.data.shards import HEADER_BYTES, PreparedFolder, damage, read_header
 from lightning_gpt.data.sources import Source, stream, token_boundary
 from lightning_gpt.data.windows import FixedWindows, RandomWindows
 from lightning_gpt.errors import UserError
@@ -84,11 +85,12 @@ def test_a_prepared_folder_holds_the_token_caches_stream_in_shards(shakespeare_c
     assert manifest["dtype"] == "uint16" and manifest["documents"] == 1
     for shard in manifest["shards"]:
         assert read_header(shakespeare_char / shard["file"]) == (2, shard["tokens"])
-    assert sorted(p.name for p in shakespeare_char.iterdir() if not p.name.startswith("shard_")) == [
+    assert sorted(p.name for p in shakespeare_char.iterdir() if not p.name.startswith(("shard_", "docs_"))) == [
         ".lock",
         "manifest.json",
         "tokenizer.json",
     ]  # no intermediate copies left
+    assert [s["documents"] for s in manifest["shards"]] == [1] + [0] * 11  # the file is one document
 
 
 def test_windows_over_shards_are_the_windows_over_the_single_file(shakespeare_char, cache_dir):
@@ -177,7 +179,7 @@ def test_bad_inputs_are_refused_and_nothing_of_the_users_is_touched(tmp_path, sh
     with pytest.raises(UserError, match=refused + ", or train with tokenizer.name=char to read this one"):
         datamodule(cache_dir, source="prepared", path=str(shakespeare_char), tokenizer="gpt2").load_cache()
     other_chars = {"name": "char", "chars": "abc"}  # a checkpoint's tokenizer with another vocabulary
-    with pytest.raises(UserError, match=r"tokenizer \(another vocabulary\)"):
+    with pytest.raises(UserError, match=r"holds char tokens of another vocabulary than the model.s .* data=local"):
         datamodule(cache_dir, source="prepared", path=str(shakespeare_char), tokenizer=other_chars).load_cache()
 
 
@@ -334,3 +336,179 @@ def test_a_bpe_learned_while_preparing_is_the_folders_and_a_run_asking_for_bpe_r
     assert data.tokenizer.to_dict() == manifest["tokenizer"]
     with pytest.raises(UserError, match="holds bpe tokens, but the run asks for the char tokenizer"):
         datamodule(cache_dir, tokenizer="char", source="prepared", path=str(folder)).load_cache()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Interruptions, full disks and settings that cannot apply
+
+
+def _app(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lightning_gpt.apps.prepare", *args]
+
+
+def _big_corpus(tmp_path: Path, copies: int = 8) -> Path:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TINY_SHAKESPEARE.read_text() * copies)
+    return corpus
+
+
+def _wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_complete_shards_and_the_same_command_resumes(tmp_path, caplog):
+    """Ctrl-C deleted the whole out_dir; now it keeps what SIGTERM and SIGKILL keep: the complete shards."""
+    corpus = _big_corpus(tmp_path)
+    out = tmp_path / "out"
+    command = _app("tokenizer=gpt2", "data=local", f"data.path={corpus}", "shard_tokens=50000", "memory_mb=16")
+    app = subprocess.Popen([*command, f"out_dir={out}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (out / "shard_00003.bin").exists(), app)
+    app.send_signal(signal.SIGINT)
+    _, stderr = app.communicate(timeout=60)
+    assert app.returncode == 130 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"interrupted: {out} keeps its complete shards; run the same command to go on from there"
+    )
+    assert len(list(out.glob("shard_*.bin"))) >= 4 and not (out / "manifest.json").exists()
+    # the shards progress.json records (a shard renamed just before the signal, not yet recorded, is redone)
+    recorded = [s["file"] for s in json.loads((out / "progress.json").read_text())["shards"]]
+    kept = {name: (out / name).stat().st_mtime_ns for name in recorded}
+    assert len(kept) >= 3
+    assert not [p.name for p in out.iterdir() if p.name.endswith((".partial", ".tmp"))]
+    source = Source("local", path=str(corpus))
+    with caplog.at_level("INFO", logger="lightning_gpt.data"):
+        prepare_folder(source, "gpt2", 0.1, str(out), shard_tokens=50_000, num_proc=2, memory_mb=16)
+    assert f"resuming after shard {len(kept) - 1}" in caplog.text
+    assert all((out / name).stat().st_mtime_ns == mtime for name, mtime in kept.items())
+    whole = prepare(source, tmp_path / "whole", "gpt2", shard_tokens=50_000)
+    assert np.array_equal(stream_tokens(out), stream_tokens(whole))
+    a, b = (json.loads((d / "manifest.json").read_text()) for d in (whole, out))
+    assert a["shards"] == b["shards"] and a["documents"] == b["documents"] == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_second_launch_waiting_for_the_folder_leaves_the_first_alone(tmp_path):
+    """The second launch waits on the lock; interrupted there, it deletes nothing (it used to delete the
+    first launch's shards, which then crashed)."""
+    corpus = _big_corpus(tmp_path, 16)
+    out = tmp_path / "out"
+    command = [*_app("tokenizer=gpt2", "data=local", f"data.path={corpus}", "shard_tokens=50000"), f"out_dir={out}"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (out / "shard_00001.bin").exists(), first)
+    second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def waiting() -> bool:  # the second has opened the lock file (and blocks on it)
+        fds = Path(f"/proc/{second.pid}/fd")
+        return any(os.path.realpath(fd) == str(out / ".lock") for fd in fds.iterdir() if fd.is_symlink())
+
+    _wait_for(waiting, second)
+    assert first.poll() is None
+    second.send_signal(signal.SIGINT)
+    second.communicate(timeout=60)
+    assert second.returncode == 130
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert PreparedFolder(out).num_tokens == manifest["num_tokens"] > 16 * 300_000
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_complete_shards(tmp_path):
+    """A real full disk (a 1.5 MB tmpfs): ENOSPC has no file name, and escaped as a traceback."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (a real full disk) needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        source = Source("local", path=str(_big_corpus(tmp_path)))
+        message = r"^no space left in out_dir .*/out while tokenizing \(No space left on device\); its complete shards"
+        with pytest.raises(UserError, match=message):
+            prepare(source, disk / "out", "gpt2", shard_tokens=100_000)
+        progress = json.loads((disk / "out" / "progress.json").read_text())
+        assert len(progress["shards"]) >= 3
+        assert damage(disk / "out", progress, checksums=True) is None  # the complete shards are whole
+        assert not [p.name for p in (disk / "out").iterdir() if p.name.endswith((".partial", ".tmp"))]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_an_unwritable_out_dir_names_out_dir(tmp_path, capsys):
+    """lgpt-prepare has no paths.log_dir to suggest."""
+    from lightning_gpt.apps.prepare import main
+
+    (tmp_path / "a_file").write_text("")
+    assert main(["data=local", f"data.path={TINY_SHAKESPEARE}", f"out_dir={tmp_path / 'a_file' / 'out'}"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.match(r"error: cannot create out_dir .*a_file/out \(Not a directory\); choose a writ", error)
+
+
+def test_a_tokenizer_setting_that_cannot_apply_is_refused(tmp_path, cache_dir):
+    """A folder prepared with tokenizer.vocab_size=500 trained a 500-token model under vocab_size=4000."""
+    (tmp_path / "a.txt").write_text(TINY_SHAKESPEARE.read_text()[:100_000])
+    folder = prepare(
+        Source("local", path=str(tmp_path / "a.txt")), tmp_path / "out", {"name": "bpe", "vocab_size": 500}
+    )
+    asked = {"name": "bpe", "vocab_size": 4000}
+    message = (
+        r"holds bpe tokens learned with tokenizer.vocab_size=500, but the run asks for tokenizer.vocab_size=4000; "
+        r"train with tokenizer.vocab_size=500 to read this folder"
+    )
+    with pytest.raises(UserError, match=message):
+        datamodule(cache_dir, tokenizer=asked, source="prepared", path=str(folder)).load_cache()
+    same = datamodule(cache_dir, tokenizer={"name": "bpe", "vocab_size": 500}, source="prepared", path=str(folder))
+    assert same.tokenizer.vocab_size == 500
+
+
+def test_documents_are_indexed_per_shard_and_may_span_shards(tmp_path):
+    """Every document start is in its shard's index; a document longer than a whole shard is fine."""
+    texts = ["short one", "x" * 2500, "a middle one " * 20, "y" * 1000, "end"]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    folder = prepare(Source("local", path=str(tmp_path / "docs.jsonl")), tmp_path / "out", "byte", shard_tokens=1000)
+    lengths = [len(t) + 1 for t in texts]  # byte tokens and end-of-text
+    starts = np.cumsum([0, *lengths[:-1]])
+    opened = PreparedFolder(folder)
+    assert opened.doc_starts().tolist() == starts.tolist()
+    tokens = stream_tokens(folder)
+    assert all(tokens[s - 1] == 256 for s in starts[1:])  # each follows an end-of-text
+    for i, shard in enumerate(opened.meta["shards"]):
+        mine = [s for s in starts if i * 1000 <= s < (i + 1) * 1000]
+        assert shard["documents"] == len(mine) and shard["docs"] == f"docs_{i:05d}.idx"
+    assert [s["documents"] for s in opened.meta["shards"]] == [2, 0, 2, 1]  # 3,777 tokens in 4 shards
+
+
+def test_rows_without_the_text_column_are_refused_by_lgpt_prepare_too(tmp_path):
+    rows = [{"text": "kept"} if i % 10 == 0 else {"body": "lost"} for i in range(3000)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(UserError, match="skipped 2,700 of 3,000 rows .* more than data.max_skipped_fraction=0.01"):
+        prepare(Source("local", path=str(tmp_path / "rows.jsonl")), tmp_path / "out", "byte")
+    assert not (tmp_path / "out").exists()  # nothing complete: this launch's files are gone
+    folder = prepare(
+        Source("local", path=str(tmp_path / "rows.jsonl")), tmp_path / "out", "byte", max_skipped_fraction=1
+    )
+    assert json.loads((folder / "manifest.json").read_text())["rows"]["train"]["skipped"] == 2700
+
+
+@pytest.mark.slow
+def test_the_first_runs_tokenization_is_bounded_in_memory_on_one_long_line(tmp_path):
+    """A 40 MB file without a newline, char tokenizer: lgpt-train's first run held it whole several times
+    over (6.2 GB at 200 MB); now it streams as lgpt-prepare does."""
+    from benchmarks.prepare import peak_rss_mb
+
+    line = TINY_SHAKESPEARE.read_text().replace("\n", " ")
+    corpus = tmp_path / "one_line.txt"
+    corpus.write_text(line * 36)
+    code = (
+        "import sys; from lightning_gpt.data.cache import prepare_tokens; from lightning_gpt.data.sources import "
+        "Source; prepare_tokens(Source('local', path=sys.argv[1]), 'char', 0.1, sys.argv[2])"
+    )
+    peak, returncode, _ = peak_rss_mb(
+        [sys.executable, "-c", code, str(corpus), str(tmp_path / "c")], env={**os.environ}
+    )
+    assert returncode == 0
+    assert peak < 400, peak

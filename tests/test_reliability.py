@@ -266,9 +266,9 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_checkpoint
 
 BAD_INPUTS = [
     (["model.n_embd=100", "model.n_head=3"], "model.n_embd (100) must be divisible by model.n_head (3)"),
-    (["model.block_size=0"], "block_size must be a positive integer, got 0"),
-    (["data.batch_size=0"], "data.batch_size must be a positive integer, got 0"),
-    (["optim.lr=0"], "optim.lr must be positive, got 0.0"),
+    (["model.block_size=0"], "model.block_size must be a positive integer, got 0"),
+    (["data.batch_size=0"], "data.batch_size must be >= 1, got 0"),
+    (["optim.lr=0"], "optim.lr must be > 0, got 0.0"),
     (["data=local", "data.path=/nonexistent/corpus.txt"], "matches no files"),
     (["tokenizer.name=sentencepiece"], "unknown tokenizer 'sentencepiece'"),
     pytest.param(
@@ -277,12 +277,13 @@ BAD_INPUTS = [
         marks=pytest.mark.slow,  # tokenizes the corpus with tiktoken first
     ),
     (["ckpt_path=/nonexistent/last.ckpt"], "checkpoint not found"),
-    (["optim.betas=[2,3]"], "optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.95]; got [2.0, 3.0]"),
+    (["optim.betas=[2,3]"], "optim.betas must be in [0, 1), got 2.0"),
+    (["optim.betas=[0.9]"], "optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.95]; got [0.9]"),
     (["optim.name=sgd"], "optim.name must be one of adamw, muon; got 'sgd'"),
     (["optim=muon", "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2"], "optim=muon needs whole"),
     (["optim.schedule=linear"], "optim.schedule must be one of cosine, wsd; got 'linear'"),
     (["model=llama_baby", "model.mlp=gelu"], "model.mlp must be swiglu or relu2, got 'gelu'"),
-    (["data.num_workers=-1"], "data.num_workers must be 0 (load in the training process) or more, got -1"),
+    (["data.num_workers=-1"], "data.num_workers must be >= 0, got -1"),
     (["data=local", "data.path=${paths.root_dir}/short.txt", "model.block_size=64"], "fewer than block_size + 1"),
 ]
 
@@ -380,52 +381,6 @@ def test_a_complete_read_only_cache_is_used_and_an_incomplete_one_names_lgpt_cac
             prepare_tokens(Source("local", path=str(corpus)), "byte", 0.1, str(disk))
 
 
-def _truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-
-def _randomize(path: Path) -> None:
-    path.write_bytes(os.urandom(path.stat().st_size))
-
-
-def _zero(path: Path) -> None:
-    path.write_bytes(bytes(path.stat().st_size))
-
-
-@pytest.mark.parametrize(
-    ("file", "damage"),
-    [("tokens.bin", _truncate), ("tokens.bin", _randomize), ("tokens.bin", _zero), ("meta.json", _truncate)],
-)
-def test_a_damaged_token_cache_is_detected_and_rebuilt(tmp_path, caplog, file, damage):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(TINY_SHAKESPEARE.read_text()[:20_000])
-    folder = prepare_tokens(Source("local", path=str(corpus)), "char", 0.1, str(tmp_path / "cache"))
-    tokens, meta = (folder / "tokens.bin").read_bytes(), (folder / "meta.json").read_text()
-    damage(folder / file)
-    with caplog.at_level("WARNING", logger="lightning_gpt.data.cache"):
-        assert prepare_tokens(Source("local", path=str(corpus)), "char", 0.1, str(tmp_path / "cache")) == folder
-    assert f"the token cache {folder} is damaged" in caplog.text and "rebuilding it" in caplog.text
-    assert (folder / "tokens.bin").read_bytes() == tokens and (folder / "meta.json").read_text() == meta
-
-
-@pytest.mark.slow
-def test_tokenizing_writes_nothing_outside_the_cache_folder(tmp_path):
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"text": f"line {i} of the corpus"}) + "\n" for i in range(500)))
-    hf = tmp_path / "hf"
-    code = (
-        "from lightning_gpt.data.cache import prepare_tokens; from lightning_gpt.data.sources import Source;"
-        f"prepare_tokens(Source('local', path={str(corpus)!r}), 'gpt2', 0.1, {str(tmp_path / 'cache')!r})"
-    )
-    env = {**os.environ, "HF_HOME": str(hf), "HF_DATASETS_CACHE": str(hf / "datasets"), "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert [p for p in hf.rglob("*") if p.is_file()] == []  # no Arrow copy of the corpus or of the token ids
-    [folder] = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
-    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "tokens.bin"]
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted([folder.name, folder.name + ".lock"])
-
-
 class NotWeights:
     """Pickled by reference: loading it would import and run code."""
 
@@ -511,30 +466,6 @@ def test_saves_never_follow_a_planted_symlink_and_stale_temporaries_go(tmp_path,
 
 # ---------------------------------------------------------------------------------------------------
 # Input that used to end in a traceback
-
-
-def test_the_char_vocabulary_holds_the_document_separator(tmp_path):
-    jsonl = tmp_path / "rows.jsonl"
-    jsonl.write_text("".join(json.dumps({"text": f"row {i} has no newline"}) + "\n" for i in range(50)))
-    folder = prepare_tokens(Source("local", path=str(jsonl)), "char", 0.1, str(tmp_path / "cache"))
-    assert "\n" in json.loads((folder / "meta.json").read_text())["tokenizer"]["chars"]
-    one_line = tmp_path / "one_line.txt"
-    one_line.write_text("a single line of text without an end " * 20)
-    for sample_by in ("document", "line"):
-        prepare_tokens(Source("local", path=str(one_line), sample_by=sample_by), "char", 0.1, str(tmp_path / "c2"))
-
-
-def test_null_texts_are_skipped_and_non_text_columns_are_one_line(tmp_path):
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(json.dumps({"text": None if i % 3 else f"text {i}\n"}) + "\n" for i in range(300)))
-    folder = prepare_tokens(Source("local", path=str(rows)), "char", 0.1, str(tmp_path / "cache"))
-    assert json.loads((folder / "meta.json").read_text())["num_tokens"] == sum(
-        len(f"text {i}\n") for i in range(0, 300, 3)
-    )
-    numbers = tmp_path / "numbers.jsonl"
-    numbers.write_text("".join(json.dumps({"text": i}) + "\n" for i in range(300)))
-    with pytest.raises(UserError, match="the column 'text' holds int64 values, not text; set data.text_column"):
-        prepare_tokens(Source("local", path=str(numbers)), "char", 0.1, str(tmp_path / "cache"))
 
 
 @pytest.mark.parametrize(

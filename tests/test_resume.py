@@ -11,9 +11,9 @@ import yaml
 
 import lightning_gpt
 from lightning_gpt.apps.train import main
-from lightning_gpt.checkpoints import latest_run, resolve_ckpt_path
+from lightning_gpt.checkpoints import latest_run
 from lightning_gpt.errors import UserError
-from lightning_gpt.runs import run_lock
+from lightning_gpt.runs import Resume, RunLock
 
 from .support.config import TINY, TINY_SHAKESPEARE
 
@@ -138,11 +138,11 @@ def test_latest_stays_in_its_task_and_skips_runs_still_training(lgpt_train, tmp_
             run_dir=runs / task_name / "runs" / name,
         )
     assert latest_run(str(runs), "train") == runs / "train" / "runs" / "new"
-    with run_lock(runs / "train" / "runs" / "new"):  # as a run still training holds it
+    with RunLock(runs / "train" / "runs" / "new"):  # as a run still training holds it
         assert latest_run(str(runs), "train") == runs / "train" / "runs" / "old"
-        with pytest.raises(UserError, match="in use by another lgpt-train"), run_lock(runs / "train" / "runs" / "new"):
+        with pytest.raises(UserError, match="in use by another lgpt-train"), RunLock(runs / "train" / "runs" / "new"):
             pass
-        with run_lock(runs / "train" / "runs" / "old"), pytest.raises(UserError, match=r"\(2 still training\)"):
+        with RunLock(runs / "train" / "runs" / "old"), pytest.raises(UserError, match=r"\(2 still training\)"):
             latest_run(str(runs), "train")
     lgpt_train(*TINY, *DATA, "ckpt_path=latest", "trainer.max_steps=8", run_dir=runs / "x")
     resumed_from = yaml.safe_load((runs / "x" / "config.yaml").read_text())["ckpt_path"]
@@ -168,14 +168,14 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_newest_whole_one(lgpt_train
     [p.unlink() for p in run.glob("checkpoints/best-*.ckpt")]
     step8 = run / "checkpoints" / "step000008.ckpt"
     assert lightning_gpt.find_checkpoint(run) == step8
-    assert resolve_ckpt_path("auto", str(tmp_path), str(run)) == str(step8)
-    assert resolve_ckpt_path(str(run), str(tmp_path), str(run)) == str(step8)
+    assert Resume.resolve("auto", str(tmp_path), "train", run).file == step8
+    assert Resume.resolve(str(run), str(tmp_path), "train", run).file == step8
     last.unlink()
     assert lightning_gpt.find_checkpoint(run) == step8
     assert lightning_gpt.find_checkpoint(last.parent) == step8
     for p in run.glob("checkpoints/*.ckpt"):
         p.unlink()
-    assert resolve_ckpt_path("auto", str(tmp_path), str(run)) is None  # nothing to resume: a fresh start
+    assert Resume.resolve("auto", str(tmp_path), "train", run) is None  # nothing to resume: a fresh start
     with pytest.raises(UserError, match="no checkpoint that loads in"):
         lightning_gpt.find_checkpoint(run)
 

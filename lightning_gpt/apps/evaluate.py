@@ -37,13 +37,18 @@ from lightning_gpt.errors import UserError
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate on every process of the trainer; the first process prints the tables and writes the JSON."""
     from lightning_gpt import find_checkpoint, read_checkpoint
+    from lightning_gpt.schema import EvalAppConfig, check_values
     from lightning_gpt.training.build import build_trainer
     from lightning_gpt.training.module import GPTLightningModule
 
     quiet_console()
     if note := fit_threads_to_load():
         warnings.warn(note, stacklevel=1)
-    OmegaConf.to_object(cfg)  # the schema's range checks (EvalAppConfig.__post_init__)
+    check_values(cfg, EvalAppConfig)  # the ranges the schema declares (limit >= 1, num_fewshot >= 0, ...)
+    if cfg.split not in ("val", "train", None):
+        raise UserError(f"split must be val, train or null (tasks only), got {cfg.split!r}")
+    if empty := [task for task in cfg.tasks if not task.strip()]:
+        raise UserError(f"tasks holds {len(empty)} empty name(s); give task names: tasks=hellaswag,arc_easy")
     if cfg.out_file is not None and Path(cfg.out_file).exists():
         raise UserError(f"out_file {cfg.out_file} already exists; lgpt-eval writes a new file: name another one")
     if cfg.tasks:

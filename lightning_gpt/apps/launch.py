@@ -103,12 +103,13 @@ def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     from lightning_gpt.runs import run_name, run_stamp, sweep_name
-    from lightning_gpt.schema import register_configs
+    from lightning_gpt.schema import in_range, register_configs
 
     register_configs()
     # conf/hydra/launcher/submitit_*.yaml replace the plugin's configs of the same name, which Hydra then
     # uses as their schema, warning that it will stop doing so: ours are complete without it.
     warnings.filterwarnings("ignore", message=r"\n'hydra/launcher/submitit_\w+' is validated against ConfigStore")
+    OmegaConf.register_new_resolver("lgpt_in_range", in_range, replace=True)
     OmegaConf.register_new_resolver("lgpt_run_stamp", run_stamp, replace=True)
     OmegaConf.register_new_resolver("lgpt_run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("lgpt_sweep_name", sweep_name, replace=True)

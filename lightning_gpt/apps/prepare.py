@@ -6,12 +6,12 @@ lgpt-train tokenizer=gpt2 data=prepared data.path=data/corpus-gpt2
 Reads the source as a stream, tokenizes with data.num_proc processes in about memory_mb of text and tokens,
 and writes shards of shard_tokens tokens (see lightning_gpt/data/prepare.py for the folder's layout).
 Running it again with the same settings finds the folder done, or resumes an interrupted run after its last
-complete shard.
+complete shard: Ctrl-C, SIGTERM and SIGKILL all keep the complete shards.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
+import sys
 from typing import Any
 
 from omegaconf import DictConfig
@@ -27,22 +27,33 @@ def task(cfg: DictConfig) -> dict[str, Any]:
 
     from lightning_gpt.data.prepare import prepare_folder
     from lightning_gpt.data.shards import MANIFEST
-    from lightning_gpt.data.sources import Source
+    from lightning_gpt.data.sources import source_from_config
     from lightning_gpt.tokenizers import tokenizer_spec
 
-    source = Source(**{f.name: cfg.data[f.name] for f in fields(Source) if f.name != "kind"}, kind=cfg.data.source)
-    tokenizer = tokenizer_spec(OmegaConf.to_container(cfg.tokenizer, resolve=True))
-    if source.kind == "prepared":
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    if data["source"] == "prepared":
         raise UserError("data=prepared is what lgpt-prepare makes; give it a source: data=local, hub or shakespeare")
-    folder, fresh = prepare_folder(
-        source,
-        tokenizer,
-        cfg.data.val_fraction,
-        cfg.out_dir,
-        cfg.shard_tokens,
-        cfg.data.num_proc,
-        cfg.memory_mb,
-    )
+    if data["source"] == "mixture":
+        raise UserError("lgpt-prepare prepares one source: prepare each source of a mixture on its own")
+    source = source_from_config(data)
+    tokenizer = tokenizer_spec(OmegaConf.to_container(cfg.tokenizer, resolve=True))
+    try:
+        folder, fresh = prepare_folder(
+            source,
+            tokenizer,
+            cfg.data.val_fraction,
+            cfg.out_dir,
+            cfg.shard_tokens,
+            cfg.data.num_proc,
+            cfg.memory_mb,
+            max_skipped_fraction=data.get("max_skipped_fraction", 0.01),
+        )
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: {cfg.out_dir} keeps its complete shards; run the same command to go on from there",
+            file=sys.stderr,
+        )
+        sys.exit(130)
     manifest = json.loads((folder / MANIFEST).read_text())
     (start, end), total = manifest["splits"]["train"], manifest["num_tokens"]
     status = "prepared" if fresh else "already prepared (same settings)"

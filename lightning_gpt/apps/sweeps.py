@@ -32,7 +32,12 @@ class BestTrial(Callback):
     optimization_results.yaml; this adds the job folder and the full command line."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Make the sweep folder before the sweeper opens its study storage there (Hydra makes it later)."""
+        """Make the sweep folder before the sweeper opens its study storage there (Hydra makes it later); not
+        for settings the sweeper will refuse (its n_trials is checked as it resolves): nothing is made then."""
+        try:
+            _ = config.hydra.sweeper.n_trials
+        except Exception:
+            return  # the sweeper reports it, in one line, as it starts
         Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -1,12 +1,16 @@
 """Data: text in, batches of token windows out.
 
-- `sources`: where the text comes from (embedded Shakespeare from `shakespeare`, local files, the hub);
-- `cache`: tokenize once into a token file per fingerprint, check it, open it;
-- `windows`: the torch datasets drawing training and validation windows from a split;
+- `sources`: where the text comes from (embedded Shakespeare from `shakespeare`, local files, the hub), read
+  as a stream of documents;
+- `prepare`: the one tokenization pipeline (worker processes, bounded memory, resumable) into `shards`,
+  the one on-disk format (token shards, document indexes, manifest);
+- `cache`: the first run's token cache, a shard folder per fingerprint; `mixture`: weighted sources;
+- `windows`: training batches (random or bos_aligned packing, document ids, mixtures) and fixed validation
+  windows; `streaming`: a hub dataset tokenized on the fly;
 - `module`: `GPTDataModule`, the only one that imports Lightning.
 
 `from lightning_gpt.data import GPTDataModule` loads `module` on first use, so code that only tokenizes
-(`lightning_gpt.data.cache`) never pays for Lightning.
+(`lightning_gpt.data.cache`, lgpt-prepare and its workers) never pays for torch or Lightning.
 """
 
 from __future__ import annotations

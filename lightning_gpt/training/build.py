@@ -30,7 +30,11 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
             f"data.block_size={datamodule.block_size} is longer than the model's context "
             f"(model.block_size={module.model.config.block_size}); drop the data.block_size override"
         )
-    return datamodule, module, build_trainer(cfg)
+    trainer = build_trainer(cfg)
+    for callback in trainer.callbacks:  # what a callback needs of the model (DownstreamEval's questions), checked
+        if hasattr(callback, "check"):  # now: lgpt-train writes nothing for a launch refused before it fits
+            callback.check(module)
+    return datamodule, module, trainer
 
 
 def build_module(cfg: DictConfig, tokenizer: Any) -> Any:
@@ -157,15 +161,26 @@ def build_trainer(cfg: DictConfig):
         raise UserError(f"bad trainer setting: {first_line(e)}") from e
 
 
+def check_model(cfg: DictConfig) -> None:
+    """The model node's values, checked by its family's dataclass before anything is built or written (the
+    vocabulary follows the tokenizer later; model=pretrained's shape comes from its folder)."""
+    from lightning_gpt.models import FAMILIES
+
+    model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if v is not None}
+    family = FAMILIES.get(model.get("family", "gpt2"))
+    if family is None or "init_from" in model:
+        return
+    fields = family.field_names()
+    try:
+        family(**{k: v for k, v in model.items() if k in fields})
+    except ValueError as e:
+        raise config_error(e, fields, "model.") from e
+
+
 def check_trainer(t: dict[str, Any]) -> None:
-    """What Lightning would only fail on mid-run (a division by zero, a crash at the first validation)."""
-    for key in ("log_every_n_steps", "accumulate_grad_batches"):
-        if t[key] < 1:
-            raise UserError(f"trainer.{key} must be a positive integer, got {t[key]}")
-    if t["max_steps"] == 0 or t["max_steps"] < -1:
-        raise UserError(f"trainer.max_steps must be a positive integer (or -1 with max_epochs), got {t['max_steps']}")
+    """What the schema's ranges cannot say and Lightning would only fail on mid-run."""
     interval = t["val_check_interval"]
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)):
         raise UserError(
             f"trainer.val_check_interval must be a positive number of optimizer steps (or a fraction of an "
             f"epoch), got {interval}"

@@ -3,11 +3,12 @@ accuracy at each validation, and a stop at a target validation loss."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -19,7 +20,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import complete, prompt_ids
+from lightning_gpt.io import append_text, temporary_name
 from lightning_gpt.training.strategies import full_parameters
+
+if TYPE_CHECKING:
+    from lightning_gpt.inspection import Trace
+    from lightning_gpt.tokenizers import Tokenizer
 
 
 def _sequences(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
@@ -218,13 +224,16 @@ class SampleText(L.Callback):
             elif isinstance(logger, MLFlowLogger):  # an artifact per validation: samples/step000250.txt
                 logger.experiment.log_text(logger.run_id, text, f"samples/step{step:06d}.txt")
         if trainer.default_root_dir:
-            with open(Path(trainer.default_root_dir) / "samples.md", "a", encoding="utf-8") as f:
-                f.write(f"## step {step}\n\n```\n{text}\n```\n\n")
+            append_text(Path(trainer.default_root_dir) / "samples.md", f"## step {step}\n\n```\n{text}\n```\n\n")
 
 
 class AttentionMaps(L.Callback):
-    """After each validation, the attention weights of a fixed prompt as one PNG (a row per layer, a column
-    per head): logged to TensorBoard, W&B and MLflow when those loggers are on, and written to
+    """After each validation, a picture of how the model mixes a fixed prompt's tokens, as one PNG: for
+    attention models (GPT-2, Llama) the attention weights, a row per layer and a column per head; for Mamba,
+    which has no attention, its equivalent: each layer's step size dt over the prompt's tokens (averaged over
+    channels) above the norm of each layer's state after each token. What a family shows comes from its
+    folder's inspect.py; a family without one is refused at setup. Logged as `attention` (whatever the family,
+    so dashboards keep one place) to TensorBoard, W&B and MLflow when those loggers are on, and written to
     <run>/attention/step<N>.png. A forward pass and a matplotlib figure per validation; its cost is in
     docs/benchmarks.md. Prompts longer than the context keep their first block_size tokens."""
 
@@ -233,9 +242,13 @@ class AttentionMaps(L.Callback):
         self.ids: list[int] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if pl_module.model.config.family != "gpt2":
-            raise UserError(f"callbacks.attention_maps draws GPT-2-family models, not {pl_module.model.config.family}")
-        try:  # now, not at the first validation: a prompt the tokenizer cannot encode stops the run at once
+        from lightning_gpt.inspection import inspector
+
+        try:  # now, not at the first validation: a family or prompt it cannot draw stops the run at once
+            inspector(pl_module.model)
+        except UserError as e:
+            raise UserError(f"callbacks.attention_maps: {e}") from e
+        try:
             ids = prompt_ids(pl_module.tokenizer, self.prompt)
         except UserError as e:
             raise UserError(f"callbacks.attention_maps.prompt: {e}") from e
@@ -244,21 +257,30 @@ class AttentionMaps(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
-        from lightning_gpt.inspection import attention_maps
+        from lightning_gpt.inspection import trace
 
         with full_parameters(pl_module.model):
-            maps = attention_maps(pl_module.model, torch.tensor([self.ids], device=pl_module.device))
+            seen = trace(pl_module.model, torch.tensor([self.ids], device=pl_module.device))
         if trainer.is_global_zero:
-            self.log_image(trainer, self.draw(maps, trainer.global_step), trainer.global_step)
+            self.log_image(trainer, self.draw(seen, pl_module.tokenizer, trainer.global_step), trainer.global_step)
 
-    def draw(self, maps: torch.Tensor, step: int):
-        """The figure as an RGB array (H, W, 3)."""
+    def draw(self, seen: Trace, tokenizer: Tokenizer, step: int):
+        """The figure of a Trace (attention maps, or a state-space model's step sizes and state norms) as an
+        RGB array (H, W, 3)."""
         import numpy as np
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-        from lightning_gpt.inspection import attention_figure
+        from lightning_gpt.inspection import attention_figure, state_space_figure, token_piece
 
-        canvas = FigureCanvasAgg(attention_figure(maps, f"attention at step {step}: {self.prompt!r}"))
+        if seen.attention is not None:
+            figure = attention_figure(seen.attention, f"attention at step {step}: {self.prompt!r}")
+        elif seen.step_sizes is None or seen.state_norms is None:
+            raise UserError("callbacks.attention_maps: this family's trace holds neither attention nor step sizes")
+        else:
+            pieces = [token_piece(tokenizer, i) for i in self.ids]
+            title = f"step sizes and state norms at step {step}: {self.prompt!r}"
+            figure = state_space_figure(seen.step_sizes.mean(dim=-1), seen.state_norms, pieces, title)
+        canvas = FigureCanvasAgg(figure)
         canvas.draw()
         return np.asarray(canvas.buffer_rgba())[..., :3]
 
@@ -276,7 +298,9 @@ class AttentionMaps(L.Callback):
         if trainer.default_root_dir:
             folder = Path(trainer.default_root_dir) / "attention"
             folder.mkdir(parents=True, exist_ok=True)
-            imsave(folder / f"step{step:06d}.png", image)
+            fresh = temporary_name(folder / f"step{step:06d}.png", ".png")  # a new name: nothing planted to follow
+            imsave(fresh, image)
+            os.replace(fresh, folder / f"step{step:06d}.png")
 
 
 class DownstreamEval(L.Callback):
@@ -306,9 +330,10 @@ class DownstreamEval(L.Callback):
         self.questions: list = []
         self._last_step = -1
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Read and encode the questions now, so a bad file, text the tokenizer cannot read or an ending longer
-        than the model's context stops the run before it trains, not at its first validation."""
+    def check(self, pl_module: L.LightningModule) -> None:
+        """Read and encode the questions, so that a bad file, text the tokenizer cannot read or an ending longer
+        than the model's context refuses the launch before it writes anything (training.build calls this), not at
+        the first validation."""
         from lightning_gpt.evaluation.multiple_choice import encode_requests, read_questions
 
         try:
@@ -317,6 +342,10 @@ class DownstreamEval(L.Callback):
             encode_requests(pl_module.tokenizer, requests, pl_module.model.config.block_size)
         except UserError as e:
             raise UserError(f"callbacks.downstream ({self.path.name}): {e}") from e
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self.questions:  # a Trainer built elsewhere than training.build
+            self.check(pl_module)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """acc and acc_norm over every process's share of the questions, the same on every process."""
