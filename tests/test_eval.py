@@ -252,6 +252,28 @@ def test_a_checkpoint_outside_a_run_folder_writes_under_outputs(run, tmp_path, c
     assert written(capsys)[1] == out_file and json.loads(out_file.read_text())["windows"] == 2
 
 
+def test_results_are_never_written_through_a_link(run, tmp_path, cache_dir, capsys):
+    copy = tmp_path / "copy"  # a run folder of its own, where a link is planted at eval/
+    (copy / "checkpoints").mkdir(parents=True)
+    (copy / "checkpoints" / "last.ckpt").write_bytes((run / "checkpoints" / "last.ckpt").read_bytes())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (copy / "eval").symlink_to(elsewhere)
+    assert main([*eval_args(copy, tmp_path, cache_dir), "windows=2"]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            f"{copy / 'eval'} is a symbolic link; lgpt-eval writes only into a folder of its own: remove the link, "
+            "or give out_file=..."
+        )
+    )
+    (tmp_path / "dangling.json").symlink_to(elsewhere / "target.json")
+    assert main([*eval_args(copy, tmp_path, cache_dir), f"out_file={tmp_path / 'dangling.json'}"]) == 2
+    assert "dangling.json already exists" in capsys.readouterr().err
+    assert list(elsewhere.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_one_and_two_processes_give_the_same_loss_and_bits_per_byte(run, tmp_path, cache_dir):
     """17 windows split over 2 processes are padded, never repeated: the sums are exact, the means the same."""

@@ -17,6 +17,7 @@ another, which must not exist yet). A refused or failed launch writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -49,11 +50,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"split must be val, train or null (tasks only), got {cfg.split!r}")
     if empty := [task for task in cfg.tasks if not task.strip()]:
         raise UserError(f"tasks holds {len(empty)} empty name(s); give task names: tasks=hellaswag,arc_easy")
-    if cfg.out_file is not None and Path(cfg.out_file).exists():
-        raise UserError(f"out_file {cfg.out_file} already exists; lgpt-eval writes a new file: name another one")
     if cfg.tasks:
         from lightning_gpt.evaluation import harness  # noqa: F401  # without lm_eval: say how to install it, now
     path = find_checkpoint(cfg.ckpt_path)
+    out_file = results_file(cfg, path)
     model_config, tokenizer_spec, state = read_checkpoint(path)
     module = GPTLightningModule(model=model_config, tokenizer=tokenizer_spec)  # no optimizer: it never steps
     module.model.load_state_dict(state)
@@ -87,7 +87,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         tables.insert(0, table({"ckpt_path": str(path), **scores}))
     result = {"ckpt_path": str(path), **scores, **tasks}
     if first_process():
-        out_file = write_result(result, cfg, path)
+        write_result(result, out_file)
         print("\n\n".join(tables))
         print(f"written to {out_file}")
     return result
@@ -177,20 +177,43 @@ def default_out_file(ckpt: Path, log_dir: str) -> Path:
     return root / "eval" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{secrets.token_hex(2)}.json"
 
 
-def write_result(result: dict[str, Any], cfg: DictConfig, ckpt: Path) -> Path:
-    """Write the results as JSON into a file that did not exist (never replacing one); its path."""
+def results_file(cfg: DictConfig, ckpt: Path) -> Path:
+    """Where this launch's results go, refused now if writing there could replace or follow anything."""
     out_file = Path(cfg.out_file) if cfg.out_file is not None else default_out_file(ckpt, cfg.paths.log_dir)
+    if out_file.exists() or out_file.is_symlink():
+        raise UserError(f"out_file {out_file} already exists; lgpt-eval writes a new file: name another one")
+    if out_file.parent.is_symlink():
+        raise UserError(
+            f"{out_file.parent} is a symbolic link; lgpt-eval writes only into a folder of its own: remove the link, "
+            "or give out_file=..."
+        )
+    return out_file
+
+
+def write_result(result: dict[str, Any], out_file: Path) -> None:
+    """The results as JSON in a file that did not exist, whole or not at all: written under a temporary name,
+    then linked to its own (which fails if anything is there by now), so no file is replaced or left half-written."""
+    from lightning_gpt.io import create_new, temporary_name
+
     default = None
     if "harness" in result:  # numpy numbers and sets in the harness's results, as its own CLI writes them
         from lm_eval.utils import handle_non_serializable as default
     text = json.dumps(result, indent=2, default=default) + "\n"
+    made = [p for p in [out_file.parent, *out_file.parent.parents] if not p.exists()]
     out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(out_file)
     try:
-        with open(out_file, "x", encoding="utf-8") as f:
-            f.write(text)
+        with create_new(tmp) as f:
+            f.write(text.encode())
+        os.link(tmp, out_file)  # FileExistsError if anything is at that name by now
     except FileExistsError as e:
         raise UserError(f"out_file {out_file} appeared while evaluating; lgpt-eval never replaces a file") from e
-    return out_file
+    finally:
+        tmp.unlink(missing_ok=True)
+        if not out_file.exists():  # it failed (a full disk): the folders made for it go, if they stayed empty
+            for folder in made:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 def training_data_hint(path: Path) -> str:
