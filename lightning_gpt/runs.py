@@ -122,6 +122,7 @@ def agree_on_stamp(fresh: str) -> str:
 
 # Where classes a saved config names by `_target_` live now (run folders of older versions name the old places).
 MOVED = {
+    "lightning_gpt.callbacks.StepProgressBar": "lightning_gpt.training.progress.StepProgressBar",
     "lightning_gpt.checkpointing.": "lightning_gpt.training.checkpoint_io.",
     "lightning_gpt.callbacks.": "lightning_gpt.training.callbacks.",
     "lightning_gpt.loggers.": "lightning_gpt.training.loggers.",
@@ -331,11 +332,8 @@ def resumed_config(run: Path, composed: DictConfig, overrides: list[str], groups
             )
         else:
             value = OmegaConf.select(composed, key, throw_on_resolution_failure=False)
-            node = composed._get_node(key) if "." not in key else OmegaConf.select(composed, key.rpartition(".")[0])
-            if isinstance(value, DictConfig) or node is None:
-                value = OmegaConf.to_container(value, resolve=False) if isinstance(value, DictConfig) else value
-            else:  # a leaf: its typed, resolved value
-                value = OmegaConf.to_container(OmegaConf.create({"v": value}), resolve=True)["v"]
+            if isinstance(value, DictConfig):  # a group (data=local): its interpolations resolve against saved
+                value = OmegaConf.to_container(value, resolve=False)
             OmegaConf.update(saved, key, value, merge=False, force_add=True)
     return saved
 

@@ -177,7 +177,7 @@ def test_the_cpu_commands_run_as_written_in_a_fresh_folder(tmp_path, cache_dir, 
     assert len(plots) == 2
     for plot in plots:
         run(as_written(plot))
-    assert (clone / "loss.png").is_file() and (clone / "val_bpb.png").is_file()
+    assert (clone / "loss.png").is_file() and (run_dir / "val_bpb.png").is_file()
     generate, explain = re.findall(r"```python\n(.*?)```", README, re.S)
     assert len(run(shlex.join(["python", "-c", as_written(generate)]))[0]) >= 100
     run(shlex.join(["python", "-c", as_written(explain)]))

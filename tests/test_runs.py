@@ -17,7 +17,7 @@ from .support.config import ROOT, TINY, TINY_SHAKESPEARE
 def test_two_launches_in_one_python_process_get_two_run_folders(tmp_path, cache_dir):
     args = [
         *TINY,
-        "debug=fast_dev_run",
+        "trainer.max_steps=1",
         "data=local",
         f"data.path={TINY_SHAKESPEARE}",
         f"paths.root_dir={tmp_path}",

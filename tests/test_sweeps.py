@@ -67,7 +67,11 @@ def test_optuna_preset_runs_its_trials_prints_the_best_and_resumes_from_its_stor
     # An interrupted study resumes from its storage: one more trial, in a new sweep folder, the same study.
     assert main([*args, "hparams_search.n_trials=1", f"hydra.sweeper.storage=sqlite:///{sweep}/optuna.db"]) == 0
     assert len(optuna.load_study(study_name="lgpt", storage=f"sqlite:///{sweep}/optuna.db").trials) == 4
-    assert len(list((tmp_path / "outputs" / "train" / "multiruns").iterdir())) == 2
+    sweeps = sorted((tmp_path / "outputs" / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 2
+    resumed = OmegaConf.load(sweeps[1] / "best_trial.yaml")
+    assert "trainer.max_steps=10" in resumed.overrides  # the best trial's fixed overrides too, wherever it ran
+    assert resumed.job_dir is not None and Path(resumed.job_dir).is_dir()  # found, in whichever sweep it ran
 
 
 @pytest.mark.slow

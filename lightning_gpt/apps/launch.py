@@ -8,6 +8,7 @@ as from its console script. A mistake in input or config is one line on stderr a
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 import warnings
@@ -28,6 +29,7 @@ def launch(task: Callable[[Any], Any], config_name: str, argv: Sequence[str] | N
     import hydra
 
     register_resolvers()
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the Optuna sweeper's database: a line per plugin
     app = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(one_line_errors(task))
     saved = {key: os.environ.get(key) for key in ("HYDRA_FULL_ERROR", "_LGPT_TRACEBACK")}
     # The user's choice, for this process and the DDP ranks it starts (they inherit the environment); Hydra

@@ -1,10 +1,11 @@
 """lgpt-plot: train and validation loss curves of one or more runs, from their CSV logs, as a PNG.
 
-lgpt-plot outputs/train/runs/<stamp>                  # one run folder (or its csv/metrics.csv) -> loss.png
+lgpt-plot outputs/train/runs/<stamp>                  # one run folder -> outputs/train/runs/<stamp>/loss.png
 lgpt-plot outputs/train/runs/* -o compare.png         # several runs, one colour each
-lgpt-plot outputs/train/multiruns/<stamp>             # a sweep: one line per job, labelled by its overrides
-lgpt-plot outputs/train/runs/* --metric val/bpb       # bits per byte (compares tokenizers) -> val_bpb.png
-With several runs, a table of each run's best val/loss (or --metric) is printed too.
+lgpt-plot outputs/train/multiruns/<stamp>             # a sweep: one line per job -> <sweep folder>/loss.png
+lgpt-plot outputs/train/runs/<stamp> --metric val/bpb # bits per byte (compares tokenizers) -> <run>/val_bpb.png
+With several runs, a table of each run's best val/loss (or --metric) is printed too. Without -o the chart goes
+into the run or sweep folder (the folder holding the runs), and its path is printed.
 """
 
 from __future__ import annotations
@@ -17,8 +18,18 @@ from pathlib import Path
 
 from lightning_gpt.apps.sweeps import job_overrides
 from lightning_gpt.errors import UserError
+from lightning_gpt.io import temporary_name
 
 METRICS = "metrics.csv"
+SOFTWARE = "lgpt-plot"  # in each chart's PNG metadata: how a chart of ours is told from another file
+
+
+def _is_our_chart(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return SOFTWARE.encode() in f.read(4096)
+    except OSError:
+        return False
 
 
 def find_logs(paths: list[str]) -> list[Path]:
@@ -120,12 +131,22 @@ def summary(logs: list[Path], overrides: list[str], curves: list[dict], metric: 
     return "\n".join(rows)
 
 
+def default_out(paths: list[str], logs: list[Path], metric: str = "val/loss") -> Path:
+    """loss.png (<metric>.png: val_bpb.png) in the one folder given (a run or a sweep folder), else in the folder
+    holding all the runs."""
+    name = "loss.png" if metric == "val/loss" else metric.replace("/", "_") + ".png"
+    given = [Path(p).expanduser() for p in paths]
+    if len(given) == 1 and given[0].is_dir():
+        return given[0] / name
+    return Path(os.path.commonpath([str(run_dir(log).absolute().parent) for log in logs])) / name
+
+
 def plot(
     paths: list[str], out: str | None = None, title: str | None = None, metric: str = "val/loss"
 ) -> tuple[Path, str]:
     """Draw every run's validation metric (dots on a line) and, for val/loss, its train loss (line) on one chart,
-    a sweep job labelled by its overrides; return the PNG's path (out, or <metric>.png: loss.png for val/loss)
-    and, for several runs, the summary table (else "")."""
+    a sweep job labelled by its overrides; return the PNG's path and, for several runs, the summary table (else
+    "")."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
     logs = find_logs(paths)
@@ -151,9 +172,13 @@ def plot(
     ax.set_title(f"{title or what}\n{legend}", fontsize="medium")
     ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", fontsize="small")
-    path = Path(out or ("loss.png" if metric == "val/loss" else metric.replace("/", "_") + ".png")).expanduser()
+    path = Path(out).expanduser() if out else default_out(paths, logs, metric)
+    if path.is_symlink() or path.exists() and not _is_our_chart(path):
+        raise UserError(f"{path} exists and is not a chart of lgpt-plot; choose another -o/--out (or move it)")
     try:
-        fig.savefig(path)
+        fresh = temporary_name(path, ".png")  # a new name beside it, then renamed: nothing planted is followed
+        fig.savefig(fresh, format="png", metadata={"Software": SOFTWARE})
+        os.replace(fresh, path)
     except OSError as e:
         raise UserError(f"cannot write {path} ({e.strerror}); choose another -o/--out") from e
     return path, summary(logs, overrides, curves, metric) if len(logs) > 1 else ""
@@ -167,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
     parser.add_argument("runs", nargs="+", help="run folders, metrics.csv files, or folders holding runs")
-    parser.add_argument("-o", "--out", help="the PNG to write (default: loss.png, or <metric>.png: val_bpb.png)")
+    parser.add_argument(
+        "-o", "--out", help="the PNG to write (default: loss.png, or <metric>.png, in the run or sweep folder)"
+    )
     parser.add_argument("--title", help="chart title (default: the run's name)")
     parser.add_argument(
         "--metric",

@@ -66,6 +66,8 @@ def fit(cfg: DictConfig, datamodule: Any, module: Any, trainer: Any, run_log: Ru
             if "wandb" in sys.modules:  # one W&B run per job of a multirun
                 sys.modules["wandb"].finish()
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if trainer.fast_dev_run and trainer.is_global_zero:
+            print("\nfast_dev_run: one training and one validation batch ran through the whole pipeline; nothing saved")
         if not trainer.fast_dev_run:  # every process generates: a sharded model needs them all
             with full_parameters(module.model):
                 text = complete(module.model, module.tokenizer, **cfg.sample, seed=0)[0]
@@ -133,14 +135,15 @@ def task(cfg: DictConfig) -> float | None:
     finally:
         if rank_zero and (lock is None or lock.run != hydra_dir):  # Hydra's folder, unused: a resume elsewhere
             RunLock(hydra_dir, made).release(refused=True)
+    smoke_test = bool(cfg.trainer.fast_dev_run)  # writes nothing: no records, no log, the folder goes after
     try:
-        if rank_zero:
+        if rank_zero and not smoke_test:
             write_records(run_dir, cfg, composed, hydra_cfg, overrides, resume)
-        with RunLog(run_dir) if rank_zero else contextlib.nullcontext() as run_log:
+        with RunLog(run_dir) if rank_zero and not smoke_test else contextlib.nullcontext() as run_log:
             metrics = fit(cfg, datamodule, module, trainer, run_log)
     finally:
         if lock is not None:
-            lock.release()
+            lock.release(refused=smoke_test)
     return metrics.get(metric)
 
 
@@ -157,7 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     run_dir = os.environ.get("LGPT_RUN_DIR")
     if run_dir and "LOCAL_RANK" in os.environ:  # a DDP rank launched by Lightning: same config as rank 0
-        return run(lambda: train(load_run_config(run_config_file(Path(run_dir)))), ["lgpt-train"])
+
+        def rank() -> None:
+            quiet_console()
+            train(load_run_config(run_config_file(Path(run_dir))))
+
+        return run(rank, ["lgpt-train"])
     try:
         return launch(task, "train", argv, "lgpt-train")
     finally:  # the next launch in this Python process (a notebook, a test) gets its own run folder

@@ -128,7 +128,9 @@ def build_model_config(cfg: DictConfig, tokenizer: Any) -> dict[str, Any]:
 def build_trainer(cfg: DictConfig):
     import lightning as L
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
+
+    from lightning_gpt.training.progress import StepProgressBar
 
     def instantiate_all(group: DictConfig) -> list:
         try:
@@ -152,6 +154,12 @@ def build_trainer(cfg: DictConfig):
     callbacks = instantiate_all(cfg.callbacks)
     if not trainer_kwargs["enable_progress_bar"]:  # trainer.enable_progress_bar=false wins over callbacks/
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    elif not any(isinstance(c, ProgressBar) for c in callbacks):  # lgpt-eval: ours, not Lightning's (Rich's) bar
+        callbacks.append(StepProgressBar())
+    if not trainer_kwargs["enable_model_summary"]:  # trainer.enable_model_summary=false wins over callbacks/
+        callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
+    elif not any(isinstance(c, ModelSummary) for c in callbacks):
+        trainer_kwargs["enable_model_summary"] = False  # no callback of ours (lgpt-eval): none of Lightning's
     if trainer_kwargs["fast_dev_run"]:  # a smoke test saves nothing (Lightning's ModelCheckpoint still saves last)
         callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         trainer_kwargs["enable_checkpointing"] = False  # nor the one Lightning would add

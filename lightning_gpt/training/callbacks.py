@@ -6,18 +6,17 @@ from __future__ import annotations
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ThroughputMonitor, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
-from lightning.pytorch.trainer.states import RunningStage
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_gpt.devices import compute_dtype, is_half
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import complete, prompt_ids
 from lightning_gpt.io import append_text, temporary_name
@@ -43,59 +42,73 @@ def h200_peak_flops(device_name: str, precision: str) -> float | None:
     name = device_name.lower()
     if "h200" not in name:
         return None
-    if "16" in precision:  # bf16 or fp16 tensor cores
+    if is_half(precision):  # bf16 or fp16 tensor cores
         return 835e12 if "nvl" in name else 989.4e12
     return 60e12 if "nvl" in name else 66.9e12  # float32 without TF32
 
 
-class TokenThroughputMonitor(ThroughputMonitor):
-    """Lightning's ThroughputMonitor counting sequences as samples and tokens as items: tokens/s per device
-    is `train/device/items_per_sec` (all devices: `train/items_per_sec`), MFU `train/device/mfu` on GPUs
-    Lightning knows. It waits for the GPU after each batch to time it; see docs/benchmarks.md.
+class TokenThroughputMonitor(L.Callback):
+    """Tokens per second and MFU at each logging step, measured over the optimizer steps since the previous
+    one (so the first logging step has a value too), validation's time left out: `train/items_per_sec` (all
+    processes), `train/device/items_per_sec` and `train/device/flops_per_sec` (one), `train/device/mfu` where
+    the device's peak FLOP/s is
+    known (Lightning's table, the H200's dense figures, or `peak_flops`), and `train/tokens` and
+    `train/samples` so far, which continue from the checkpoint's step after a resume.
 
-    By default each value is measured over the steps since the previous logging step, so the first logging
-    step has one too (Lightning's window of 100 batches left short runs without any); window_size=N measures
-    over the last N batches instead. `peak_flops` (one device's, at the training precision) sets MFU's
-    denominator for GPUs Lightning's table lacks or gets wrong."""
+    It reads the clock, not the device: a CUDA GPU is waited for once per logging step (a stream
+    synchronization there), never at the other steps, so the host keeps queuing work ahead of the GPU."""
 
-    def __init__(self, window_size: int | None = None, peak_flops: float | None = None, **kwargs: Any):
-        super().__init__(batch_size_fn=_sequences, length_fn=_tokens, **kwargs)
-        self.window_size = window_size
+    def __init__(self, peak_flops: float | None = None):
         self.peak_flops = peak_flops
+        self._last = 0.0  # when the current window started, in perf_counter seconds
+        self._last_step = 0
+        self._paused = 0.0  # validation time inside the current window
+        self._validation_start: float | None = None
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        logging_interval = trainer.log_every_n_steps * trainer.accumulate_grad_batches  # in batches
-        self.kwargs["window_size"] = self.window_size or logging_interval + 1  # + the reading before them
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         device = trainer.strategy.root_device
-        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-        peak = self.peak_flops or h200_peak_flops(gpu, trainer.precision)
-        with warnings.catch_warnings():
-            if peak:  # Lightning's "FLOPs not found for 'NVIDIA H200'" would be wrong: we know them
-                warnings.filterwarnings("ignore", "FLOPs not found")
-            super().setup(trainer, pl_module, stage)
-        if peak:
-            self.available_flops = peak
-            for throughput in self._throughputs.values():
-                throughput.available_flops = peak
+        self._peak = self.peak_flops
+        if self._peak is None and device.type == "cuda":
+            from lightning.fabric.utilities.throughput import get_available_flops
 
-    def _start(self, trainer: L.Trainer) -> None:
-        super()._start(trainer)
-        if trainer.state.stage == RunningStage.TRAINING:  # a reading of nothing at the start opens the first window
-            self._throughputs[RunningStage.TRAINING].update(time=0.0, batches=0, samples=0, lengths=0, flops=0)
+            name, half = torch.cuda.get_device_name(device), compute_dtype(trainer.precision)
+            self._peak = h200_peak_flops(name, trainer.precision) or get_available_flops(device, half)
+        self._last, self._last_step, self._paused = time.perf_counter(), trainer.global_step, 0.0
 
-    @rank_zero_only
-    def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *args: Any, **kwargs: Any
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validation_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._validation_start is not None:
+            self._paused += time.perf_counter() - self._validation_start
+            self._validation_start = None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Time validation, so its time is not counted as training's, but log nothing: Lightning would log
-        validation throughput on a step axis of its own (validation batches), beside training's steps."""
-        if not trainer.sanity_checking:
-            self._update(trainer, pl_module, batch, trainer._evaluation_loop.batch_progress.total.ready)
-
-    def _compute(self, trainer: L.Trainer, iter_num: int | None = None) -> None:
-        # Logged at the training step: Lightning logs validation tokens/s at a count of validation batches,
-        # which puts rows at unrelated steps into the same metrics.csv.
-        super()._compute(trainer)
+        if (batch_idx + 1) % trainer.accumulate_grad_batches or trainer.global_step % trainer.log_every_n_steps:
+            return  # not an optimizer step that logs
+        if pl_module.device.type == "cuda":
+            torch.cuda.current_stream(pl_module.device).synchronize()  # the window's work, done
+        now = time.perf_counter()
+        seconds = now - self._last - self._paused
+        steps = trainer.global_step - self._last_step
+        self._last, self._last_step, self._paused = now, trainer.global_step, 0.0
+        if steps <= 0 or seconds <= 0:
+            return
+        sequences = _sequences(batch) * trainer.accumulate_grad_batches * trainer.world_size  # per step
+        tokens = _tokens(batch) * trainer.accumulate_grad_batches * trainer.world_size
+        metrics = {
+            "train/items_per_sec": tokens * steps / seconds,
+            "train/device/items_per_sec": tokens * steps / seconds / trainer.world_size,
+            "train/tokens": float(tokens * trainer.global_step),
+            "train/samples": float(sequences * trainer.global_step),
+        }
+        flops_per_second = pl_module.model.flops_per_token() * tokens * steps / trainer.world_size / seconds
+        metrics["train/device/flops_per_sec"] = flops_per_second
+        if self._peak:
+            metrics["train/device/mfu"] = flops_per_second / self._peak
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
 
 
 class LearningRateLogger(L.Callback):
@@ -159,34 +172,6 @@ class StopAtLoss(EarlyStopping):
             rank_zero_info(
                 f"Did not reach {self.monitor} <= {self.target} in {trainer.global_step} steps (best {best:.4f})"
             )
-
-
-class StepProgressBar(TQDMProgressBar):
-    """Lightning's progress bar counting optimizer steps out of trainer.max_steps. A resumed run shows
-    300/400 and its own rate; Lightning's shows 400/? there (it skips the epoch start when resuming
-    mid-epoch) and counts micro-batches with gradient accumulation."""
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_start(trainer, pl_module)
-        self._count_steps(trainer)
-
-    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        super().on_train_epoch_start(trainer, *args)
-        self._count_steps(trainer)
-
-    def _count_steps(self, trainer: L.Trainer) -> None:
-        bar = self.train_progress_bar
-        if bar is None or bar.disable or trainer.max_steps < 1:
-            return
-        bar.reset(total=trainer.max_steps)
-        bar.initial = bar.n = bar.last_print_n = trainer.global_step  # the rate counts this run's steps only
-        bar.set_description(f"Epoch {trainer.current_epoch}")
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        step_idx = trainer.global_step - 1 if trainer.max_steps > 0 else batch_idx
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, step_idx)
 
 
 class SampleText(L.Callback):

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.fabric.utilities.logger import _flatten_dict
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
@@ -21,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_gpt.errors import UserError
 from lightning_gpt.io import append_text, atomic_write, temporary_name
+from lightning_gpt.library_internals import tensorboard_file_writer
 
 
 class MetricsFile:
@@ -162,7 +162,19 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         """The HPARAMS tab's summaries. They name the metrics only: TensorBoard shows each one's last value."""
         from torch.utils.tensorboard.summary import hparams
 
-        params = self._sanitize_params(_flatten_dict(dict(self.hparams)))
-        writer = self.experiment._get_file_writer()
+        params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(self.hparams).items()}
+        writer = tensorboard_file_writer(self.experiment)
         for summary in hparams(params, dict.fromkeys(self.hp_metrics, 0.0)):
             writer.add_summary(summary)
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"config": {"optim": {"lr": 1e-3}}} -> {"config/optim/lr": 1e-3}: nested settings as TensorBoard's HPARAMS
+    tab lists them."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

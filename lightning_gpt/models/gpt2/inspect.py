@@ -9,9 +9,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from lightning_gpt.inspection import Recorder, Trace
 from lightning_gpt.models.gpt2.config import GPTConfig
 from lightning_gpt.models.gpt2.model import GPT, CausalSelfAttention
+from lightning_gpt.models.tracing import Recorder, Trace
 
 
 def attention_weights(attn: CausalSelfAttention, x: torch.Tensor) -> torch.Tensor:

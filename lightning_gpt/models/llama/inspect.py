@@ -10,9 +10,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from lightning_gpt.inspection import Recorder, Trace
 from lightning_gpt.models.llama.config import LlamaConfig
 from lightning_gpt.models.llama.model import Attention, Llama, apply_rotary, rotary_cos_sin
+from lightning_gpt.models.tracing import Recorder, Trace
 
 
 def attention_weights(attn: Attention, x: torch.Tensor, rope: tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -11,9 +11,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lightning_gpt.inspection import Recorder, Trace
 from lightning_gpt.models.mamba.config import MambaConfig
 from lightning_gpt.models.mamba.model import Mamba, MambaMixer, linear_scan
+from lightning_gpt.models.tracing import Recorder, Trace
 
 
 def mixer_internals(mixer: MambaMixer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
