@@ -42,9 +42,11 @@ from lightning_gpt.generation import check_sampling, generate
 from lightning_gpt.inspection import evaluating, inspector, logit_lens, pca_2d, token_piece, trace
 from lightning_gpt.io import atomic_write
 from lightning_gpt.models.base import LanguageModel
+from lightning_gpt.schema import ExplainAppConfig
 from lightning_gpt.tokenizers import Tokenizer
 
 PAGE_TEMPLATE = Path(__file__).with_name("explainer_page.html")
+DEFAULTS = ExplainAppConfig  # lgpt-explain's settings: the schema holds their only defaults
 GENERATOR = '<meta name="generator" content="lgpt-explain">'  # how a page of ours is told from another file
 
 
@@ -137,15 +139,15 @@ def explain(
     model: LanguageModel,
     tokenizer: Tokenizer,
     prompt: str,
-    max_new_tokens: int = 40,
-    temperature: float = 0.8,
-    top_k: int | None = 200,
-    top_p: float | None = None,
-    seed: int = 1337,
-    max_prompt_tokens: int = 128,
-    lens_top: int = 5,
-    candidates: int = 100,
-    pca_points: int = 2000,
+    max_new_tokens: int = DEFAULTS.max_new_tokens,
+    temperature: float = DEFAULTS.temperature,
+    top_k: int | None = DEFAULTS.top_k,
+    top_p: float | None = DEFAULTS.top_p,
+    seed: int = DEFAULTS.seed,
+    max_prompt_tokens: int = DEFAULTS.max_prompt_tokens,
+    lens_top: int = DEFAULTS.lens_top,
+    candidates: int = DEFAULTS.candidates,
+    pca_points: int = DEFAULTS.pca_points,
     channels: int = 64,
 ) -> Explanation:
     """Everything the page shows for prompt, computed by model (any family with an inspect.py).

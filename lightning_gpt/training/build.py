@@ -130,8 +130,6 @@ def build_trainer(cfg: DictConfig):
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 
-    from lightning_gpt.training.progress import StepProgressBar
-
     def instantiate_all(group: DictConfig) -> list:
         try:
             return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
@@ -154,8 +152,6 @@ def build_trainer(cfg: DictConfig):
     callbacks = instantiate_all(cfg.callbacks)
     if not trainer_kwargs["enable_progress_bar"]:  # trainer.enable_progress_bar=false wins over callbacks/
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    elif not any(isinstance(c, ProgressBar) for c in callbacks):  # lgpt-eval: ours, not Lightning's (Rich's) bar
-        callbacks.append(StepProgressBar())
     if not trainer_kwargs["enable_model_summary"]:  # trainer.enable_model_summary=false wins over callbacks/
         callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
     elif not any(isinstance(c, ModelSummary) for c in callbacks):

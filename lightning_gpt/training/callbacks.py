@@ -58,7 +58,7 @@ class TokenThroughputMonitor(L.Callback):
     It reads the clock, not the device: a CUDA GPU is waited for once per logging step (a stream
     synchronization there), never at the other steps, so the host keeps queuing work ahead of the GPU."""
 
-    def __init__(self, peak_flops: float | None = None):
+    def __init__(self, peak_flops: float | None):
         self.peak_flops = peak_flops
         self._last = 0.0  # when the current window started, in perf_counter seconds
         self._last_step = 0
@@ -222,7 +222,7 @@ class AttentionMaps(L.Callback):
     <run>/attention/step<N>.png. A forward pass and a matplotlib figure per validation; its cost is in
     docs/benchmarks.md. Prompts longer than the context keep their first block_size tokens."""
 
-    def __init__(self, prompt: str = "ROMEO:\nBut, soft! what light through yonder window breaks?"):
+    def __init__(self, prompt: str):
         self.prompt = prompt
         self.ids: list[int] = []
 

@@ -122,7 +122,7 @@ class WandbLogger(LightningWandbLogger):
     folder (ckpt_path=<run folder>, auto or latest) continues the same W&B run (Lightning passes
     resume="allow"); a new run folder starts a new W&B run. An explicit id wins."""
 
-    def __init__(self, save_dir: str = ".", id: str | None = None, **kwargs: Any):
+    def __init__(self, save_dir: str, id: str | None, **kwargs: Any):
         self._id_file = Path(save_dir) / "wandb" / "run_id"
         if id is None and self._id_file.is_file():
             id = self._id_file.read_text().strip()

@@ -41,7 +41,7 @@ class StepProgressBar(TQDMProgressBar):
     its own rate; Lightning's counts micro-batches, and 400/? after a resume), with log lines above it; or, when
     stdout is no terminal (plain=None) or plain=true, plain lines instead of a bar."""
 
-    def __init__(self, refresh_rate: int = 10, plain: bool | None = None):
+    def __init__(self, refresh_rate: int, plain: bool | None):
         super().__init__(refresh_rate=refresh_rate)
         self.plain = plain if plain is not None else not sys.stdout.isatty()
         self._handlers: list[tuple[logging.Logger, logging.Handler, logging.Handler]] = []
