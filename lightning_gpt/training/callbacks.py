@@ -135,7 +135,7 @@ class StopAtLoss(EarlyStopping):
 
     MONITORS = ("val/loss", "val/bpb")
 
-    def __init__(self, target: float, monitor: str = "val/loss"):
+    def __init__(self, target: float, monitor: str):
         if monitor not in self.MONITORS:
             raise UserError(
                 f"callbacks.stop_at_loss.monitor must be one of {', '.join(self.MONITORS)}, got {monitor!r}"
