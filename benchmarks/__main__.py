@@ -18,7 +18,18 @@ from typing import Any
 
 from benchmarks import ROOT, Stopwatch, row
 
-MODULES = ("training", "startup", "data", "generation", "memory", "explain", "checkpoint", "threads", "tokenizers")
+MODULES = (
+    "training",
+    "startup",
+    "data",
+    "generation",
+    "memory",
+    "explain",
+    "evaluation",
+    "checkpoint",
+    "threads",
+    "tokenizers",
+)
 LONG = ("families", "prepare", "speedrun")  # 15-40 minutes each on 2 cores: only when named
 COLUMNS = ("benchmark", "case", "metric", "value", "unit", "ratio", "target", "met", "note")
 

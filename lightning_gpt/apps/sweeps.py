@@ -74,8 +74,14 @@ class BestTrial(Callback):
             fixed = [o for o in config.hydra.overrides.task if o.split("=", 1)[0] not in params]
             overrides = [*fixed, *(f"{k}={v}" for k, v in params.items())]
         overrides = [o for o in overrides if not o.startswith(("hparams_search", "hydra."))]
-        summary = {"best_value": best.best_value, "job_dir": str(job) if job else None, "overrides": overrides}
+        metric = OmegaConf.select(config, "hparams_search.metric", default="val/loss")  # what the trials returned
+        summary = {
+            "metric": metric,
+            "best_value": best.best_value,
+            "job_dir": str(job) if job else None,
+            "overrides": overrides,
+        }
         OmegaConf.save(OmegaConf.create(summary), sweep_dir / "best_trial.yaml")
-        print(f"\nbest trial: val/loss {best.best_value:.4f}" + (f" in {job}" if job else " (an earlier sweep)"))
+        print(f"\nbest trial: {metric} {best.best_value:.4f}" + (f" in {job}" if job else " (an earlier sweep)"))
         print("reproduce it with: lgpt-train " + shlex.join(overrides))
         print(f"saved in {sweep_dir / 'best_trial.yaml'}")

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lightning_gpt.apps.console import fit_threads_to_load, quiet_console
 from lightning_gpt.apps.launch import launch, run
@@ -30,6 +30,7 @@ from lightning_gpt.runs import (
     run_config_file,
     write_records,
 )
+from lightning_gpt.schema import OBJECTIVES
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,8 @@ def fit(cfg: DictConfig, datamodule: Any, module: Any, trainer: Any, run_log: Ru
             with full_parameters(module.model):
                 text = complete(module.model, module.tokenizer, **cfg.sample, seed=0)[0]
             if trainer.is_global_zero:
-                val_loss = f" val/loss {metrics['val/loss']:.4f} |" if "val/loss" in metrics else ""
-                end = f"\nstep {trainer.global_step}:{val_loss} run folder {output_dir}\n"
+                scores = "".join(f" {key} {metrics[key]:.4f}" for key in ("val/loss", "val/bpb") if key in metrics)
+                end = f"\nstep {trainer.global_step}:{scores}{' |' if scores else ''} run folder {output_dir}\n"
                 end += f"--- sample ---\n{text}\n--------------\n"
                 print(end, end="")
                 if run_log is not None:
@@ -82,7 +83,8 @@ def fit(cfg: DictConfig, datamodule: Any, module: Any, trainer: Any, run_log: Ru
 
 def task(cfg: DictConfig) -> float | None:
     """One Hydra job: check everything, take the run folder's lock, record the launch, train. Returns val/loss
-    for sweepers. A refused launch writes nothing and removes the folders Hydra made for it."""
+    (or hparams_search.metric) for sweepers. A refused launch writes nothing and removes the folders Hydra made
+    for it."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -108,6 +110,7 @@ def task(cfg: DictConfig) -> float | None:
         cfg = launch_config(composed, resume, overrides, set(hydra_cfg.runtime.choices), run_dir)
         check_model(cfg)
         check_values(cfg)
+        metric = objective(cfg)
         check_no_links(run_dir)
         if rank_zero:
             lock = RunLock(run_dir, made if run_dir == hydra_dir else []).acquire()
@@ -141,7 +144,15 @@ def task(cfg: DictConfig) -> float | None:
     finally:
         if lock is not None:
             lock.release(refused=smoke_test)
-    return metrics.get("val/loss")
+    return metrics.get(metric)
+
+
+def objective(cfg: DictConfig) -> str:
+    """What a sweeper minimizes: hparams_search.metric with a search preset, else val/loss."""
+    metric = OmegaConf.select(cfg, "hparams_search.metric", default=None) or "val/loss"
+    if metric not in OBJECTIVES:
+        raise UserError(f"hparams_search.metric must be one of {', '.join(OBJECTIVES)}, got {metric!r}")
+    return metric
 
 
 def main(argv: list[str] | None = None) -> int:

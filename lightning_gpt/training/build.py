@@ -30,7 +30,11 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
             f"data.block_size={datamodule.block_size} is longer than the model's context "
             f"(model.block_size={module.model.config.block_size}); drop the data.block_size override"
         )
-    return datamodule, module, build_trainer(cfg)
+    trainer = build_trainer(cfg)
+    for callback in trainer.callbacks:  # what a callback needs of the model (DownstreamEval's questions), checked
+        if hasattr(callback, "check"):  # now: lgpt-train writes nothing for a launch refused before it fits
+            callback.check(module)
+    return datamodule, module, trainer
 
 
 def build_module(cfg: DictConfig, tokenizer: Any) -> Any:

@@ -1,5 +1,5 @@
-"""Callbacks specific to GPTs: token throughput, a text sample and attention maps at each validation, and a
-stop at a target validation loss."""
+"""Callbacks specific to GPTs: token throughput, a text sample, attention maps and a multiple-choice task's
+accuracy at each validation, and a stop at a target validation loss."""
 
 from __future__ import annotations
 
@@ -128,12 +128,19 @@ class LearningRateLogger(L.Callback):
 
 
 class StopAtLoss(EarlyStopping):
-    """Ends the run at the first validation with val/loss at or below `target` (Lightning's EarlyStopping
-    with stopping_threshold and unlimited patience), and reports what reaching it took: printed, logged as
-    `target/seconds` and `target/tokens` (all processes, from this run's first step), and kept in `reached`."""
+    """Ends the run at the first validation with `monitor` (val/loss, or val/bpb) at or below `target`
+    (Lightning's EarlyStopping with stopping_threshold and unlimited patience), and reports what reaching it
+    took: printed, logged as `target/seconds` and `target/tokens` (all processes, from this run's first step),
+    and kept in `reached`."""
 
-    def __init__(self, target: float):
-        super().__init__(monitor="val/loss", stopping_threshold=target, patience=sys.maxsize, mode="min")
+    MONITORS = ("val/loss", "val/bpb")
+
+    def __init__(self, target: float, monitor: str):
+        if monitor not in self.MONITORS:
+            raise UserError(
+                f"callbacks.stop_at_loss.monitor must be one of {', '.join(self.MONITORS)}, got {monitor!r}"
+            )
+        super().__init__(monitor=monitor, stopping_threshold=target, patience=sys.maxsize, mode="min")
         self.target = target
         self.reached: dict[str, float] | None = None
         self._start, self._tokens = 0.0, 0
@@ -149,11 +156,11 @@ class StopAtLoss(EarlyStopping):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
         if self.reached is None and self.stopping_reason == EarlyStoppingReason.STOPPING_THRESHOLD:
-            loss = float(trainer.callback_metrics["val/loss"])
+            value = float(trainer.callback_metrics[self.monitor])
             seconds = time.perf_counter() - self._start
-            self.reached = dict(step=trainer.global_step, seconds=seconds, tokens=self._tokens, loss=loss)
+            self.reached = dict(step=trainer.global_step, seconds=seconds, tokens=self._tokens, loss=value)
             rank_zero_info(
-                f"Reached val/loss {loss:.4f} <= {self.target} at step {trainer.global_step}: "
+                f"Reached {self.monitor} {value:.4f} <= {self.target} at step {trainer.global_step}: "
                 f"{seconds:.1f} s of training, {self._tokens:,} tokens"
             )
             for logger in trainer.loggers:
@@ -162,7 +169,9 @@ class StopAtLoss(EarlyStopping):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.reached is None:
             best = float(self.best_score)
-            rank_zero_info(f"Did not reach val/loss <= {self.target} in {trainer.global_step} steps (best {best:.4f})")
+            rank_zero_info(
+                f"Did not reach {self.monitor} <= {self.target} in {trainer.global_step} steps (best {best:.4f})"
+            )
 
 
 class SampleText(L.Callback):
@@ -277,3 +286,78 @@ class AttentionMaps(L.Callback):
             fresh = temporary_name(folder / f"step{step:06d}.png", ".png")  # a new name: nothing planted to follow
             imsave(fresh, image)
             os.replace(fresh, folder / f"step{step:06d}.png")
+
+
+class DownstreamEval(L.Callback):
+    """A multiple-choice task's accuracy during training, as lm-evaluation-harness scores HellaSwag (acc: the
+    choice with the highest log-likelihood; acc_norm: per character): `eval/<name>/acc` and
+    `eval/<name>/acc_norm` to every logger, at each validation (every_n_steps null) or every N optimizer steps.
+
+    The questions are the first `limit` of a JSONL file in HellaSwag's schema ({"ctx", "endings", "label"}),
+    read here rather than through the harness: training needs no lm_eval, no network and no dataset cache. Each
+    choice is scored as " " + ending after ctx, the harness's default; a hub task's own preprocessing (HellaSwag's
+    cleanup of its ctx) is lgpt-eval's job (`tasks=hellaswag`). Each process scores its share of the questions
+    and the counts are summed (`trainer.strategy.reduce`), so every process logs the same exact accuracy; under
+    FSDP each runs as many forwards as the busiest, which the sharded model needs.
+    """
+
+    def __init__(
+        self, path: str | None, name: str | None, limit: int | None, every_n_steps: int | None, batch_size: int
+    ):
+        from lightning_gpt.evaluation.multiple_choice import SHAKESPEARE_NEXT_LINE
+
+        for key, value in (("limit", limit), ("every_n_steps", every_n_steps), ("batch_size", batch_size)):
+            if value is not None and value < 1:
+                raise UserError(f"callbacks.downstream.{key} must be at least 1 (or null), got {value}")
+        self.path = Path(path).expanduser() if path else SHAKESPEARE_NEXT_LINE
+        self.name = name or self.path.stem
+        self.limit, self.every_n_steps, self.batch_size = limit, every_n_steps, batch_size
+        self.questions: list = []
+        self._last_step = -1
+
+    def check(self, pl_module: L.LightningModule) -> None:
+        """Read and encode the questions, so that a bad file, text the tokenizer cannot read or an ending longer
+        than the model's context refuses the launch before it writes anything (training.build calls this), not at
+        the first validation."""
+        from lightning_gpt.evaluation.multiple_choice import encode_requests, read_questions
+
+        try:
+            self.questions = read_questions(self.path, self.limit)
+            requests = [(q.context, " " + choice) for q in self.questions for choice in q.choices]
+            encode_requests(pl_module.tokenizer, requests, pl_module.model.config.block_size)
+        except UserError as e:
+            raise UserError(f"callbacks.downstream ({self.path.name}): {e}") from e
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self.questions:  # a Trainer built elsewhere than training.build
+            self.check(pl_module)
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """acc and acc_norm over every process's share of the questions, the same on every process."""
+        from lightning_gpt.evaluation.multiple_choice import multiple_choice_counts
+
+        rank, world_size = trainer.global_rank, trainer.world_size
+        with trainer.precision_plugin.forward_context():
+            counts = multiple_choice_counts(
+                pl_module.model, pl_module.tokenizer, self.questions, self.batch_size, rank, world_size
+            )
+        correct, correct_norm, n = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        return {f"eval/{self.name}/acc": correct / n, f"eval/{self.name}/acc_norm": correct_norm / n}
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.every_n_steps is None and not trainer.sanity_checking and trainer.state.fn == "fit":
+            # Logged as val/loss is: at the validation's step, to every logger, and into callback_metrics (a
+            # checkpoint or early stop may monitor it). Already the same on every process.
+            pl_module.log_dict(self.evaluate(trainer, pl_module), sync_dist=True)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if self.every_n_steps is None or step % self.every_n_steps or step == self._last_step:
+            return  # not a multiple of N, or a micro-batch of the step already scored (gradient accumulation)
+        self._last_step = step
+        metrics = self.evaluate(trainer, pl_module)
+        if trainer.is_global_zero:  # straight to the loggers: Lightning flushes step metrics every log_every_n_steps
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step - 1)  # the completed step's index, as train/loss and val/loss

@@ -144,7 +144,9 @@ class TensorBoardLogger(LightningTensorBoardLogger):
     beside the last value of each of `hp_metrics`. Without Lightning's `epoch` scalar, which it adds to the
     metrics of every step and TensorBoard would show as the first card."""
 
-    def __init__(self, *args: Any, hp_metrics: tuple[str, ...] = ("val/loss", "val/ppl", "train/loss"), **kwargs: Any):
+    def __init__(
+        self, *args: Any, hp_metrics: tuple[str, ...] = ("val/loss", "val/ppl", "val/bpb", "train/loss"), **kwargs: Any
+    ):
         super().__init__(*args, default_hp_metric=False, **kwargs)
         self.hp_metrics = list(hp_metrics)
         self._hparams_written = False

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import Metric
 
 from lightning_gpt.errors import UserError
+from lightning_gpt.evaluation.bpb import token_bytes, token_losses_and_bytes
 from lightning_gpt.models import build
 from lightning_gpt.schema import OptimConfig
 from lightning_gpt.tokenizers import Tokenizer, tokenizer_from_dict
@@ -58,7 +59,11 @@ class GPTLightningModule(L.LightningModule):
         self.model = build(model)
         self.tokenizer_spec = tokenizer
         self.compile_model = compile
-        self.val_loss = SumRatio()
+        # Bits per byte beside the loss: each token's UTF-8 length, a buffer so it follows the module's device;
+        # not persistent, so checkpoints hold the same tensors as before (the tokenizer rebuilds it).
+        self.register_buffer("token_bytes", token_bytes(self.tokenizer), persistent=False)
+        self.val_loss = SumRatio()  # nats per target token
+        self.val_bpb = SumRatio()  # nats per byte of the targets that hold text (end-of-text holds none)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -138,17 +143,19 @@ class GPTLightningModule(L.LightningModule):
         x, y = batch
         logits, _ = self.model(x)
         # Summed over real targets: padding windows (targets -1, so every process runs as many batches)
-        # add nothing, and the mean over all processes is exact whatever their number.
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-1, reduction="sum"
-        )
-        self.val_loss.update(loss, weight=(y != -1).sum())
+        # add nothing, and the mean over all processes is exact whatever their number. val/loss counts every
+        # target, end-of-text included; val/bpb only those that hold bytes of text.
+        losses, nbytes = token_losses_and_bytes(logits, y, self.token_bytes)
+        self.val_loss.update(losses.sum(), weight=(y != -1).sum())
+        self.val_bpb.update((losses * (nbytes > 0)).sum(), weight=nbytes.sum())
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()  # sum of losses / number of targets, over every process
+        bpb = self.val_bpb.compute() / math.log(2)  # sum of losses in bits / bytes of text, over every process
         self.val_loss.reset()
+        self.val_bpb.reset()
         # Already the global mean; sync_dist only tells Lightning so (every process logs the same value).
-        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=True)
+        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss), "val/bpb": bpb}, prog_bar=True, sync_dist=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
