@@ -171,6 +171,13 @@ def _with_new_settings(saved: DictConfig) -> DictConfig:
             for setting in dataclasses.fields(node_type):
                 if setting.name not in saved[f.name] and setting.default is not dataclasses.MISSING:
                     saved[f.name][setting.name] = setting.default
+    for key, callback in (saved.get("callbacks") or {}).items():  # settings added to our callbacks since
+        conf = schema.CONF_DIR / "callbacks" / f"{key}.yaml"
+        default = OmegaConf.load(conf).get(key) if conf.is_file() else None
+        if isinstance(callback, DictConfig) and isinstance(default, DictConfig):
+            if callback.get("_target_") == default.get("_target_"):
+                for setting, value in OmegaConf.to_container(default).items():  # interpolations kept
+                    callback.setdefault(setting, value)
     return saved
 
 

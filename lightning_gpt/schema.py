@@ -11,11 +11,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field, make_dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING
 
 from lightning_gpt.errors import UserError
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# Inside an installed wheel the YAML files live in the package; in a source checkout, beside it.
+CONF_DIR = _PACKAGE_DIR / "conf" if (_PACKAGE_DIR / "conf").is_dir() else _PACKAGE_DIR.parent / "conf"
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning_gpt.module import GPTLightningModule
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lightning_gpt.module import GPTLightningModule
 from lightning_gpt.parallel.strategy import FSDPStrategy
 
 
@@ -66,6 +66,7 @@ class Module(GPTLightningModule):
         if self.optim.name != "muon" or not isinstance(self.trainer.strategy, FSDPStrategy):
             return configured
         from lightning_gpt.optim import param_groups, schedule
+
         from lightning_gpt.parallel.muon import DistMuonWithAdamW
 
         optimizer = DistMuonWithAdamW(

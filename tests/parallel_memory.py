@@ -68,8 +68,9 @@ def worker(rank: int, world: int, port: int, settings: dict, out: str) -> None:
 
 def measure(settings: dict, rank: int, world: int) -> dict[str, Any]:
     from lightning_gpt.config import OptimConfig
-    from lightning_gpt.models import build
     from lightning_gpt.optim import build_optimizer
+
+    from lightning_gpt.models import build
 
     config, strategy = settings["model"], settings.get("strategy", "ddp")
     batch, precision = settings["micro_batch"], settings.get("precision", "32-true")
@@ -107,6 +108,7 @@ def measure(settings: dict, rank: int, world: int) -> dict[str, Any]:
     optimizer = build_optimizer(model, o, fused=True)  # as the project's default: no foreach temporaries
     if o.name == "muon" and world > 1:
         from lightning_gpt.optim import param_groups
+
         from lightning_gpt.parallel.muon import DistMuonWithAdamW
 
         optimizer = DistMuonWithAdamW(param_groups(model, o))

@@ -249,6 +249,7 @@ def test_attention_maps_callback_refuses_a_prompt_the_tokenizer_cannot_encode(tm
     maps = ["callbacks=[default,attention_maps]", "callbacks.attention_maps.prompt='\u2603'"]
     assert main(train_args(tmp_path, cache_dir, "run", *maps)) == 2
     assert "callbacks.attention_maps.prompt: characters" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before lgpt-train made its folder
 
 
 def test_token_pieces_show_bytes_and_bpe_pieces_as_they_are():

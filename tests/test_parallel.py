@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from lightning_gpt.models.configs import GPTConfig, LlamaConfig, MambaConfig
+
 from lightning_gpt.parallel.mesh import MeshSizes, mesh_sizes
 from lightning_gpt.parallel.tensor import check_tensor_parallel
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from lightning_gpt.optim import Muon
+
 from lightning_gpt.parallel.muon import DistMuon, owners
 
 from .parallel_workers import LLAMA, muon_reference, muon_run, spawn

@@ -13,15 +13,13 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
+from lightning_gpt import schema
 from lightning_gpt.apps.messages import describe
 from lightning_gpt.errors import UserError
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
-# Inside an installed wheel the configs live in the package; in a source checkout, beside it.
-CONF_DIR = str(PACKAGE_DIR / "conf" if (PACKAGE_DIR / "conf").is_dir() else PACKAGE_DIR.parent / "conf")
+CONF_DIR = str(schema.CONF_DIR)
 
 
 def launch(task: Callable[[Any], Any], config_name: str, argv: Sequence[str] | None, prog: str) -> int:

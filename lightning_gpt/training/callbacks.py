@@ -226,10 +226,12 @@ class AttentionMaps(L.Callback):
         self.prompt = prompt
         self.ids: list[int] = []
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def check(self, pl_module: L.LightningModule) -> None:
+        """A family or prompt it cannot draw refuses the launch before lgpt-train writes anything (training.build
+        calls this), not at the first validation."""
         from lightning_gpt.inspection import inspector
 
-        try:  # now, not at the first validation: a family or prompt it cannot draw stops the run at once
+        try:
             inspector(pl_module.model)
         except UserError as e:
             raise UserError(f"callbacks.attention_maps: {e}") from e
@@ -238,6 +240,10 @@ class AttentionMaps(L.Callback):
         except UserError as e:
             raise UserError(f"callbacks.attention_maps.prompt: {e}") from e
         self.ids = ids[: pl_module.model.config.block_size]
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self.ids:  # a Trainer built elsewhere than training.build
+            self.check(pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
