@@ -16,7 +16,7 @@ import pytest
 
 from lightning_gpt.apps.train import main
 
-from .support.config import ROOT
+from .support.config import ROOT, TINY_SHAKESPEARE_DATA
 from .support.processes import child_env
 from .support.runs import train, train_args
 
@@ -146,3 +146,26 @@ def test_the_sweepers_library_noise_stays_out(tmp_path):
     console = done.stdout + done.stderr
     assert "setup plugin alembic" not in console and "\x1b[" not in console
     assert "A new study created" in console  # Optuna's line, as a plain one
+
+
+@pytest.mark.slow
+def test_lgpt_eval_says_the_cpus_are_busy_in_a_plain_line(tmp_path, cache_dir, capsys, monkeypatch):
+    import torch
+
+    from lightning_gpt.apps import console, evaluate
+
+    run = train(tmp_path, cache_dir)
+    capsys.readouterr()
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.5, 3.5, 3.5))  # two cores, held by other processes
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(console, "_threads_fitted", False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        args = [f"ckpt_path={run}", f"paths.cache_dir={cache_dir}", *TINY_SHAKESPEARE_DATA, "windows=2"]
+        assert evaluate.main([*args, "trainer.accelerator=cpu"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith("the CPUs are busy (load average 3.5 on 2 cores): using 1 torch thread(s)")

@@ -24,7 +24,6 @@ import os
 import secrets
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     quiet_console()
     if note := fit_threads_to_load():
-        warnings.warn(note, stacklevel=1)
+        print(note, file=sys.stderr)
     check_values(cfg, EvalAppConfig)  # the ranges the schema declares (limit >= 1, num_fewshot >= 0, ...)
     if cfg.split not in ("val", "train", None):
         raise UserError(f"split must be val, train or null (tasks only), got {cfg.split!r}")
