@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import Metric
 
+from lightning_gpt.devices import is_float16
 from lightning_gpt.errors import UserError
 from lightning_gpt.evaluation.bpb import token_bytes, token_losses_and_bytes
 from lightning_gpt.models import build
@@ -192,7 +193,7 @@ class GPTLightningModule(L.LightningModule):
         o = self.optim
         # Fused kernels wherever torch has them: on CPUs too, where steps ran 1.03-1.14x faster (benchmarks/).
         # fp16's scaler unscales a fused AdamW's gradients only inside its step: after clipping would.
-        fp16_clipped = str(self.trainer.precision).startswith("16") and bool(self.trainer.gradient_clip_val)
+        fp16_clipped = is_float16(self.trainer.precision) and bool(self.trainer.gradient_clip_val)
         fused = o.fused
         if fused is None:
             fused = self.device.type in ("cuda", "cpu") and not fp16_clipped
