@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -208,3 +209,20 @@ def test_a_busy_machine_gets_fewer_torch_threads_unless_omp_num_threads_is_set()
         [sys.executable, "-c", code], capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "2"}
     )
     assert chosen.stdout.strip() == "2 None"
+
+
+def test_the_training_step_reads_the_device_only_at_logging_steps(tmp_path, cache_dir):
+    """On a GPU every host read of a tensor waits for the device: a step that reads none queues the next one
+    while the device still works. Reads (the loss for the loggers and the bar, the finite check) happen after
+    every log_every_n_steps-th step, back to back, so only the first waits."""
+    run = train(
+        tmp_path,
+        cache_dir,
+        "run",
+        "trainer.max_steps=20",
+        "trainer.log_every_n_steps=5",
+        "trainer.val_check_interval=10",
+        "+callbacks.count_reads._target_=tests.support.callbacks.CountHostReads",
+    )
+    reads = json.loads((run / "host_reads.json").read_text())
+    assert sorted(map(int, reads)) == [5, 10, 15, 20]

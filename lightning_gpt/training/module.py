@@ -105,12 +105,13 @@ class GPTLightningModule(L.LightningModule):
         if self.flops_per_batch is None:
             self._flops_per_batch = self.model.flops_per_token() * x.numel()
         _, loss = self.model(x, y)
-        self.log("train/loss", loss, prog_bar=True)
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # read when the loss is logged anyway
-            self._stop_if_not_finite(loss)
+        self.log("train/loss", loss)  # not prog_bar: Lightning reads those on the host at every step
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        last_micro_batch = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
+        if last_micro_batch and self.global_step % self.trainer.log_every_n_steps == 0:
+            self._stop_if_not_finite(outputs["loss"])  # read after the step, with the loggers' reads: one wait
         if self.global_step >= self.trainer.max_steps > 0:  # the last step: validate even off the interval
             self.trainer.should_stop = True
 
@@ -132,7 +133,8 @@ class GPTLightningModule(L.LightningModule):
             torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
 
     def _stop_if_not_finite(self, loss: torch.Tensor) -> None:
-        """A nan/inf loss poisons the weights at the next step: stop, keeping the last good checkpoint."""
+        """A nan/inf loss has poisoned the weights: stop (on_save_checkpoint refuses to save them), keeping the
+        last good checkpoint."""
         if not torch.isfinite(loss):
             every = self.trainer.log_every_n_steps
             raise UserError(

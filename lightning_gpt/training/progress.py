@@ -103,6 +103,13 @@ class StepProgressBar(TQDMProgressBar):
         super().teardown(trainer, pl_module, stage)
         self._restore_logs()
 
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """The bar's figures, with the training loss read on the host here, at a refresh, not at every step."""
+        metrics = super().get_metrics(trainer, pl_module)
+        if "train/loss" in trainer.callback_metrics:
+            metrics["train/loss"] = f"{float(trainer.callback_metrics['train/loss']):.4f}"
+        return metrics
+
     # ----- plain lines (and the bar's count of optimizer steps)
 
     def on_train_batch_end(
