@@ -26,6 +26,7 @@ MODULES = (
     "generation",
     "memory",
     "explain",
+    "evaluation",
     "checkpoint",
     "threads",
     "tokenizers",

@@ -2,7 +2,8 @@
 
 - page: time to compute and write the page (`explain` + `write_page`) for the nanogpt_shakespeare_char shape
   (10.7M parameters, random weights) and a 64-token prompt, and the file's size; then how the size grows with
-  the prompt.
+  the prompt; then the same page for the llama_baby and mamba_baby shapes, 32 tokens of prompt and 32 new (Mamba's
+  page holds step sizes and state norms instead of attention).
 - callback: a real `lgpt-train experiment=nanogpt_baby` run with `callbacks=[default,attention_maps]` and
   TensorBoard on, timing each training step and each `AttentionMaps.on_validation_end` inside the run; the
   cost is one validation's maps over the 250 steps between validations (the preset's `val_check_interval`).
@@ -65,7 +66,10 @@ def page_rows() -> list[dict]:
     import torch
 
     from lightning_gpt.explainer import explain, write_page
+    from lightning_gpt.models import build
     from lightning_gpt.models.gpt2.model import GPT, GPTConfig
+    from lightning_gpt.models.llama.config import LlamaConfig
+    from lightning_gpt.models.mamba.config import MambaConfig
     from lightning_gpt.tokenizers import CharTokenizer
 
     text = TINY_SHAKESPEARE.read_text(encoding="utf-8")
@@ -82,6 +86,21 @@ def page_rows() -> list[dict]:
             if prompt_tokens == 64:
                 times.append(time.perf_counter() - start)
             sizes[prompt_tokens] = path.stat().st_size / 1e6
+        # The other families at their CPU presets' shapes (conf/model/llama_baby.yaml, mamba_baby.yaml): a context of
+        # 64, so half of it for the prompt and half for the continuation.
+        families, V = {}, tokenizer.vocab_size
+        for name, config in (
+            (
+                "llama_baby",
+                LlamaConfig(block_size=64, vocab_size=V, n_layer=4, n_head=4, n_kv_head=2, n_embd=128, multiple_of=64),
+            ),
+            ("mamba_baby", MambaConfig(block_size=64, vocab_size=V, n_layer=7, n_embd=128)),
+        ):
+            other = build(config).eval()
+            explain(other, tokenizer, text[:8], max_new_tokens=2)  # warm-up
+            start = time.perf_counter()
+            path = write_page(explain(other, tokenizer, text[:32], max_new_tokens=32), Path(tmp) / f"{name}.html")
+            families[name] = (time.perf_counter() - start, path.stat().st_size / 1e6)
     case = "nano_char shape (10.7M), 64-token prompt, CPU"
     rows.append(
         row(
@@ -105,6 +124,18 @@ def page_rows() -> list[dict]:
             note=f"16 tokens: {sizes[16]:.2f} MB, 128 tokens: {sizes[128]:.2f} MB",
         )
     )
+    for name, (seconds, size) in families.items():
+        rows.append(
+            row(
+                "explain",
+                f"{name} shape (random weights), 32-token prompt, CPU",
+                "page time and size",
+                round(seconds, 2),
+                "s",
+                target="< 5",
+                note=f"{size:.2f} MB; explain() + write_page(), 32 new tokens (the context is 64), one run",
+            )
+        )
     return rows
 
 

@@ -120,7 +120,6 @@ def check_preset(name: str, args: list[str], steps: int, root: Path, env: dict[s
         *LOCAL,
         *args,
         *QUIET,
-        "callbacks.throughput.window_size=5",
         f"hydra.run.dir={run}",
         "trainer.val_check_interval=1000",
     ]
@@ -165,7 +164,6 @@ def gpt2_speed(compile: bool, steps: int, root: Path, env: dict[str, str]) -> li
         f"hydra.run.dir={run}",
         "callbacks=none",
         "+callbacks.throughput._target_=lightning_gpt.training.callbacks.TokenThroughputMonitor",
-        "+callbacks.throughput.window_size=5",
     ]
     if ON_CPU:
         args.append("trainer.accelerator=cpu")

@@ -8,6 +8,8 @@ link we did not create. Shared by token caches, prepared folders, run folders, c
   share a temporary), fsynced, then renamed over the target: a reader sees the old file or the new one, and a
   link at the target is replaced by the file itself, never written through.
 - `append_text`: append to a file of ours; a symlink at the path is refused, not followed.
+- `write_folder`: a folder made as a whole, beside its place, then renamed into it: it replaces only a missing or
+  empty folder or one it made before for the same purpose, never a folder holding someone else's files.
 - `folder_lock`: an flock on a file, checked after it is taken to be the file still at that path, so a lock
   file removed by its holder is never held by two processes.
 
@@ -19,10 +21,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import secrets
+import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -126,11 +130,17 @@ def append_text(path: str | Path, text: str) -> None:
 
 
 def is_disk_full(e: BaseException) -> OSError | None:
-    """The OSError in e's chain that says the disk (or a quota, or a file-size limit) is full, if any."""
+    """The error in e's chain that says the disk (or a quota, or a file-size limit) is full, as an OSError, if
+    any: an OSError, or a library's error that quotes one (Rust libraries such as safetensors say "os error 28")."""
+    import re
+
     seen: list[BaseException] = []
     while e is not None and e not in seen:
         if isinstance(e, OSError) and e.errno in DISK_FULL:
             return e
+        quoted = re.search(r"os error (\d+)\)", str(e))
+        if quoted and int(quoted.group(1)) in DISK_FULL:
+            return OSError(int(quoted.group(1)), os.strerror(int(quoted.group(1))))
         seen.append(e)
         e = e.__cause__ or e.__context__  # type: ignore[assignment]
     return None
@@ -166,3 +176,73 @@ def folder_lock(path: Path, create_folder: bool = True) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the flock
+
+
+FOLDER_MARKER = ".lgpt-folder"  # in every folder write_folder made: what made it
+
+
+def made_by(folder: Path, kind: str) -> bool:
+    """Whether write_folder made this folder for `kind` (its marker file says so; a link is never trusted)."""
+    marker = folder / FOLDER_MARKER
+    if folder.is_symlink() or not marker.is_file() or marker.is_symlink():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("kind") == kind
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def write_folder(out: Path, kind: str, fill: Callable[[Path], object], what: str = "out_dir") -> None:
+    """Make the folder `out` as a whole: `fill(folder)` writes into a fresh folder beside it, which then takes its
+    place by rename. `out` may be missing, an empty folder, or one this function made before for `kind`
+    (replaced whole, so a reader never finds new files beside old ones); anything else is refused with one
+    line, as is a symlink at `out`. A kill leaves `out` as it was (or, between the two renames of a
+    replacement, the previous folder as `<out>.<random>.old`, which the next call removes with any temporary
+    folder of ours left by a killed run)."""
+    out = Path(out).expanduser().absolute()
+    if out.is_symlink():
+        raise UserError(f"{what} {out} is a symbolic link; give a folder of its own")
+    if out.exists():
+        if not out.is_dir():
+            raise UserError(f"{what} {out} is a file; give a new folder, or an empty one")
+        if any(out.iterdir()) and not made_by(out, kind):
+            raise UserError(
+                f"{what} {out} holds files lightning_gpt did not write there; give a new folder, or an empty one "
+                "(it never writes into a folder of someone else's)"
+            )
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for stale in [*parent.glob(f"{out.name}.*.tmp"), *parent.glob(f"{out.name}.*.old")]:
+            if stale.is_dir() and made_by(stale, kind):
+                shutil.rmtree(stale)
+        tmp = parent / f"{out.name}.{secrets.token_hex(8)}.tmp"
+        tmp.mkdir()
+    except OSError as e:
+        raise UserError(f"cannot write {what} {out} ({e.strerror}); choose another folder") from e
+    try:
+        atomic_write(tmp / FOLDER_MARKER, json.dumps({"kind": kind}) + "\n")  # first: a killed run's is ours
+        fill(tmp)
+        for path in tmp.iterdir():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        fsync_folder(tmp)
+        if out.exists() and not any(out.iterdir()):
+            out.rmdir()  # an empty folder: ours takes its place
+        if out.exists():
+            old = parent / f"{out.name}.{secrets.token_hex(8)}.old"
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, out)
+        fsync_folder(parent)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise UserError(
+                f"no space left to write {what} {out}; nothing of it was written: free space or choose another disk"
+            ) from e
+        if isinstance(e, OSError):
+            raise UserError(f"cannot write {what} {out} ({e.strerror}); choose another folder") from e
+        raise

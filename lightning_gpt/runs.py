@@ -122,6 +122,7 @@ def agree_on_stamp(fresh: str) -> str:
 
 # Where classes a saved config names by `_target_` live now (run folders of older versions name the old places).
 MOVED = {
+    "lightning_gpt.callbacks.StepProgressBar": "lightning_gpt.training.progress.StepProgressBar",
     "lightning_gpt.checkpointing.": "lightning_gpt.training.checkpoint_io.",
     "lightning_gpt.callbacks.": "lightning_gpt.training.callbacks.",
     "lightning_gpt.loggers.": "lightning_gpt.training.loggers.",
@@ -170,6 +171,13 @@ def _with_new_settings(saved: DictConfig) -> DictConfig:
             for setting in dataclasses.fields(node_type):
                 if setting.name not in saved[f.name] and setting.default is not dataclasses.MISSING:
                     saved[f.name][setting.name] = setting.default
+    for key, callback in (saved.get("callbacks") or {}).items():  # settings added to our callbacks since
+        conf = schema.CONF_DIR / "callbacks" / f"{key}.yaml"
+        default = OmegaConf.load(conf).get(key) if conf.is_file() else None
+        if isinstance(callback, DictConfig) and isinstance(default, DictConfig):
+            if callback.get("_target_") == default.get("_target_"):
+                for setting, value in OmegaConf.to_container(default).items():  # interpolations kept
+                    callback.setdefault(setting, value)
     return saved
 
 
@@ -223,9 +231,17 @@ class Resume:
         _, _, hparams = checkpoint_parts(checkpoint, file)
         return Resume(file, int(checkpoint.get("global_step", 0)), hparams, run, in_place)
 
-    def check(self, model: dict[str, Any], tokenizer: dict[str, Any], max_steps: int) -> None:
-        """Refuse a resume that cannot continue: another model shape or tokenizer, or nothing left to train."""
+    def check(self, model: dict[str, Any], tokenizer: dict[str, Any], max_steps: int, optimizer: str) -> None:
+        """Refuse a resume that cannot continue: another model shape, tokenizer or optimizer, or nothing left to
+        train."""
         from lightning_gpt.models import config_from_dict
+
+        saved_optimizer = (self.hparams.get("optim") or {}).get("name", "adamw")
+        if saved_optimizer != optimizer:
+            raise UserError(
+                f"cannot resume from {self.file}: it was trained with optim.name={saved_optimizer}, this run has "
+                f"optim.name={optimizer}; resume with the optimizer it was trained with (optim={saved_optimizer})"
+            )
 
         saved_tokenizer = self.hparams["tokenizer"]
         if saved_tokenizer["name"] != tokenizer["name"]:
@@ -246,7 +262,7 @@ class Resume:
                 "and settings"
             )
         saved = config_from_dict(self.hparams["model"]).to_dict()  # from before families: no family key
-        for key in sorted(set(saved) | set(model)):
+        for key in sorted(set(saved) | set(model), key=lambda k: k != "family"):  # another family says most
             if key != "dropout" and saved.get(key) != model.get(key):  # dropout may change; the rest are shapes
                 raise UserError(
                     f"cannot resume from {self.file}: it was trained with model.{key}={saved.get(key)}, this run has "
@@ -292,6 +308,15 @@ def _first_difference(key: str, a: Any, b: Any) -> tuple[str, Any, Any] | None:
                 return different
         return None
     return None if a == b else (key, a, b)
+
+
+def run_folder_containing(path: str | Path) -> Path | None:
+    """The run folder that path is, or lies inside (a folder with a saved config and checkpoints/ or .hydra/)."""
+    path = Path(path).expanduser().absolute()
+    for folder in [path, *path.parents]:
+        if (folder / CONFIG).is_file() and ((folder / "checkpoints").is_dir() or (folder / ".hydra").is_dir()):
+            return folder
+    return None
 
 
 def _run_of(file: Path) -> Path | None:
@@ -349,11 +374,8 @@ def resumed_config(run: Path, composed: DictConfig, overrides: list[str], groups
             )
         else:
             value = OmegaConf.select(composed, key, throw_on_resolution_failure=False)
-            node = composed._get_node(key) if "." not in key else OmegaConf.select(composed, key.rpartition(".")[0])
-            if isinstance(value, DictConfig) or node is None:
-                value = OmegaConf.to_container(value, resolve=False) if isinstance(value, DictConfig) else value
-            else:  # a leaf: its typed, resolved value
-                value = OmegaConf.to_container(OmegaConf.create({"v": value}), resolve=True)["v"]
+            if isinstance(value, DictConfig):  # a group (data=local): its interpolations resolve against saved
+                value = OmegaConf.to_container(value, resolve=False)
             OmegaConf.update(saved, key, value, merge=False, force_add=True)
     return saved
 

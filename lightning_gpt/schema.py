@@ -11,11 +11,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field, make_dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING
 
 from lightning_gpt.errors import UserError
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# Inside an installed wheel the YAML files live in the package; in a source checkout, beside it.
+CONF_DIR = _PACKAGE_DIR / "conf" if (_PACKAGE_DIR / "conf").is_dir() else _PACKAGE_DIR.parent / "conf"
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,8 @@ def check_values(cfg: Any, node: type | None = None, prefix: str = "") -> None:
     from omegaconf import DictConfig
 
     node = node or TrainConfig
-    for f in dataclasses.fields(node):
+    first = ("trainer", "model", "seed")  # settings others interpolate (decay_steps, data.block_size): blame these
+    for f in sorted(dataclasses.fields(node), key=lambda f: f.name not in first):
         if f.name not in cfg:
             continue
         value = cfg[f.name]
@@ -67,11 +73,26 @@ def check_values(cfg: Any, node: type | None = None, prefix: str = "") -> None:
         child = globals().get(str(f.type).removesuffix(" | None"))
         if isinstance(value, DictConfig) and dataclasses.is_dataclass(child):
             check_values(value, child, f"{prefix}{f.name}.")
+    if node is EvalAppConfig and cfg.get("split", "val") is None and not cfg.get("tasks"):
+        raise UserError("nothing to evaluate: split=null scores no data; give tasks=... or split=val")
     if node is OptimConfig and cfg.min_lr > cfg.lr:
         raise UserError(
             f"{prefix}min_lr={cfg.min_lr} is above {prefix}lr={cfg.lr}: the learning rate would rise as it decays; "
             f"set {prefix}min_lr to at most {prefix}lr"
         )
+
+
+def in_range(key: str, value: Any) -> Any:
+    """The value of a config key, checked against the range its schema field declares: for a setting that a
+    plugin reads before lgpt-train's own checks (the Optuna sweeper reads hparams_search.n_trials)."""
+    node: type = TrainConfig
+    *parents, leaf = key.split(".")
+    for name in parents:
+        node = globals()[str({f.name: f for f in dataclasses.fields(node)}[name].type).removesuffix(" | None")]
+    bound = {f.name: f for f in dataclasses.fields(node)}[leaf].metadata.get("bound")
+    if bound is not None and (problem := bound.problem(value)):
+        raise UserError(f"{key} {problem}")
+    return value
 
 
 def _is_list(value: Any) -> bool:
@@ -207,11 +228,15 @@ class SampleConfig:
     top_k: int | None = bounded(200, 1)
 
 
+OBJECTIVES = ("val/loss", "val/bpb")  # what lgpt-train can return to a sweeper: a metric of the last validation
+
+
 @dataclass
 class HparamsSearchConfig:
     """Set by a preset of conf/hparams_search/, which reads it into the sweeper's settings."""
 
     n_trials: int = bounded(20, 1)
+    metric: str = "val/loss"  # the objective the sweeper minimizes: val/loss, or val/bpb (compares tokenizers)
 
 
 @dataclass
@@ -253,10 +278,19 @@ class SampleAppConfig:
 
 @dataclass
 class EvalAppConfig:
-    ckpt_path: str = MISSING
-    split: str = "val"  # val or train
-    windows: int | None = None  # evenly spaced windows of block_size tokens; null: all that fit without overlap
-    out_file: str = "${paths.output_dir}/eval.json"
+    """lgpt-eval: loss, perplexity and bits per byte on a split of `data`, and lm-evaluation-harness tasks."""
+
+    ckpt_path: str = MISSING  # a .ckpt file, a run folder (its last.ckpt) or a Hugging Face GPT-2-vocabulary folder
+    split: str | None = "val"  # val or train: the split of data scored as training validates; null: tasks only
+    windows: int | None = bounded(None, 1)  # evenly spaced windows of block_size tokens; null: all, no overlap
+    tasks: list[str] = field(default_factory=list)  # harness tasks: tasks=hellaswag,arc_easy (or tasks in tasks_path)
+    tasks_path: str | None = None  # a folder of the harness's task YAMLs, added to its own tasks
+    limit: int | None = bounded(None, 1)  # at most this many documents per task; null: all
+    num_fewshot: int | None = bounded(None, 0)  # examples in each prompt; null: each task's own (0 for most)
+    batch_size: int = bounded(16, 1)  # harness requests scored per forward
+    max_gen_toks: int = bounded(256, 1)  # generation tasks: at most this many new tokens
+    bootstrap_iters: int = bounded(100_000, 0)  # resamples for perplexity-like metrics' stderr; 0: no stderr at all
+    out_file: str | None = None  # null: <run>/eval/<stamp>.json, or outputs/eval/<stamp>.json outside a run folder
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
     paths: PathsConfig = MISSING
@@ -266,7 +300,7 @@ class EvalAppConfig:
     logger: dict[str, Any] = field(default_factory=dict)
     callbacks: dict[str, Any] = field(default_factory=dict)
     task_name: str = "eval"
-    seed: int = 1337
+    seed: int = bounded(1337, 0)
 
 
 @dataclass

@@ -105,16 +105,41 @@ def test_presets_state_only_what_differs(path):
     assert restated == [], f"conf/{path} sets {restated} to what its groups already give"
 
 
+def second_copies(function, names) -> list[str]:
+    """The parameters of function named in names that have a default of their own."""
+    params = inspect.signature(function).parameters.values()
+    return [p.name for p in params if p.name in names and p.default is not inspect.Parameter.empty]
+
+
 def test_classes_built_from_the_config_take_its_values_without_defaults_of_their_own():
     """A default written on the Python side too would drift from the schema's (it did: batch 12 vs 8)."""
     from lightning_gpt.data import GPTDataModule
+    from lightning_gpt.explainer import explain
     from lightning_gpt.training.callbacks import SampleText
 
-    for cls, node in ((GPTDataModule, schema.DataConfig), (SampleText, schema.SampleConfig)):
-        names = {f.name for f in dataclasses.fields(node)}
-        params = inspect.signature(cls.__init__).parameters.values()
-        second_copies = [p.name for p in params if p.name in names and p.default is not inspect.Parameter.empty]
-        assert second_copies == [], f"{cls.__name__} has its own defaults for {second_copies}"
+    for target, node in ((GPTDataModule, schema.DataConfig), (SampleText, schema.SampleConfig)):
+        copies = second_copies(target, {f.name for f in dataclasses.fields(node)})
+        assert copies == [], f"{target.__name__} has its own defaults for {copies}"
+    # explain() is also a Python API, so its keywords have defaults: the schema's own values, by reference
+    defaults = defaults_of(schema.ExplainAppConfig)
+    params = inspect.signature(explain).parameters.values()
+    assert all(p.default == defaults[p.name] for p in params if p.name in defaults and p.default is not p.empty)
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p.relative_to(CONF) for g in ("callbacks", "logger") for p in (CONF / g).glob("*.yaml"))
+)
+def test_our_callbacks_and_loggers_take_their_settings_from_their_config_file(path):
+    """conf/callbacks/*.yaml and conf/logger/*.yaml hold the only copy of each of our classes' settings."""
+    from hydra.utils import get_class
+
+    for node in (values(CONF / path) or {}).values():
+        if isinstance(node, dict) and str(node.get("_target_", "")).startswith("lightning_gpt."):
+            cls = get_class(node["_target_"])
+            if getattr(cls.__init__, "__module__", None) != cls.__module__:
+                continue  # the library's own __init__ (our CSVLogger's is Lightning's): its defaults are its own
+            copies = second_copies(cls.__init__, set(node) - {"_target_"})
+            assert copies == [], f"{cls.__name__} has its own defaults for {copies}, which {path} sets"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -16,8 +16,10 @@ import pytest
 import torch
 
 import lightning_gpt
+from lightning_gpt.evaluation import evaluate_multiple_choice, read_questions
 
 from .support.config import ROOT, TINY, TINY_SHAKESPEARE
+from .support.eval_tasks import hellaswag_rows, write_jsonl
 from .support.processes import kill_group, run_app, start_app, wait_for_step
 from .support.runs import saved_step
 
@@ -127,7 +129,8 @@ def test_ddp_preset_on_two_cpu_processes_trains_and_resumes(tmp_path, cache_dir)
         GRAD_NORMS,
         "+callbacks.record._target_=tests.support.callbacks.RecordFirstBatch",
     ]
-    cli(tmp_path, cache_dir, *common, "trainer.max_steps=4")
+    done = cli(tmp_path, cache_dir, *common, "trainer.max_steps=4")
+    assert "LeafSpec" not in done.stdout + done.stderr  # Lightning's _pytree deprecation, in the ranks too
     run = the_run(tmp_path)  # both processes wrote into rank 0's folder
     assert last_step(run) == 4 and max(grad_norms(run)) <= 1.0 + 1e-6
     first = [(run / f"first_batch_rank{r}.txt").read_text() for r in (0, 1)]
@@ -148,7 +151,15 @@ def test_fsdp_on_two_cpu_processes_shards_clips_checkpoints_and_resumes_exactly(
         "trainer.gradient_clip_val=0.05",
         GRAD_NORMS,
     ]
-    cli(tmp_path / "whole", cache_dir, *common, "trainer.max_steps=6")
+    # The whole run also scores 9 questions at each validation, 5 and 4 per process (the downstream callback):
+    # the sharded model needs every process to run as many forwards, and the summed counts must be exact.
+    questions = write_jsonl(tmp_path / "questions.jsonl", hellaswag_rows(9, max_ending=24))
+    downstream = [
+        "callbacks=[default,downstream]",
+        f"callbacks.downstream.path={questions}",
+        "callbacks.downstream.batch_size=4",
+    ]
+    cli(tmp_path / "whole", cache_dir, *common, *downstream, "trainer.max_steps=6")
     cli(tmp_path / "half", cache_dir, *common, "trainer.max_steps=3")
     half = the_run(tmp_path / "half")
     cli(
@@ -168,6 +179,10 @@ def test_fsdp_on_two_cpu_processes_shards_clips_checkpoints_and_resumes_exactly(
     # It loads anywhere (lgpt-sample, lgpt-export and lgpt-eval load through lightning_gpt.load too).
     model, tokenizer = lightning_gpt.load(whole / "checkpoints" / "last.ckpt")
     assert model.num_params() > 0 and tokenizer.name == "char"
+    one_process = evaluate_multiple_choice(model, tokenizer, read_questions(questions))
+    assert [s for s, _ in values(whole, "eval/questions/acc")] == [2, 5]
+    assert values(whole, "eval/questions/acc")[-1][1] == pytest.approx(one_process["acc"])
+    assert values(whole, "eval/questions/acc_norm")[-1][1] == pytest.approx(one_process["acc_norm"])
     from lightning_gpt.apps import sample
 
     assert sample.main([f"ckpt_path={whole}", "max_new_tokens=10", "prompt=KING", "device=cpu"]) == 0

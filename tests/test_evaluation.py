@@ -331,7 +331,7 @@ def test_harness_input_errors_are_one_line(tmp_path, tokenizers):
         with pytest.raises(UserError, match=match) as error:
             run_tasks(model, tokenizer, [HELLASWAG_TASK], **{"tasks_path": folder, **kwargs})
         assert "\n" not in str(error.value)
-    (tmp_path / "tasks" / "hellaswag.jsonl").unlink()  # a task YAML whose data file is gone
+    (tmp_path / "tasks" / f"{HELLASWAG_TASK}.jsonl").unlink()  # a task YAML whose data file is gone
     with pytest.raises(UserError, match=f"task '{HELLASWAG_TASK}' reads data that could not be read"):
         run_tasks(model, tokenizer, [HELLASWAG_TASK], tasks_path=folder)
 
@@ -353,7 +353,7 @@ def test_local_tasks_run_through_the_harness(tmp_path, tokenizers):
     table = format_results(results)
     assert HELLASWAG_TASK in table and "acc_norm" in table and "perplexity" in table
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["hellaswag.jsonl", "lambada.jsonl", f"{HELLASWAG_TASK}.yaml", f"{LAMBADA_TASK}.yaml"]
+        [f"{HELLASWAG_TASK}.jsonl", f"{LAMBADA_TASK}.jsonl", f"{HELLASWAG_TASK}.yaml", f"{LAMBADA_TASK}.yaml"]
     )  # nothing written beside the tasks
 
 

@@ -1,5 +1,5 @@
-"""lgpt-explain: the page's numbers are the model's, it is quick and small, a browser draws it without
-errors; the attention-maps callback logs its PNG."""
+"""lgpt-explain for GPT-2: the page's numbers are the model's, it is quick and small, a browser draws it without
+errors; the attention-maps callback logs its PNG. Llama and Mamba: tests/test_explain_families.py."""
 
 from __future__ import annotations
 
@@ -128,6 +128,7 @@ def test_the_app_writes_the_page_into_the_run_folder(run, capsys):
     assert capsys.readouterr().out.strip() == str(run / "explain.html")
     html = (run / "explain.html").read_text(encoding="utf-8")
     assert "https://" not in html and "http://" not in html  # nothing to fetch: it opens from disk offline
+    assert "no Mamba family yet" not in html and page_data(html)["model"]["positions"] == "learned"
     assert page_data(html)["prompt"] == "ROMEO:"
 
 
@@ -191,6 +192,8 @@ def test_chromium_draws_every_panel_without_console_errors(run, tmp_path):
     assert "data-error" not in dom
     for panel in PANELS:
         assert re.search(rf'id="panel-{panel}"[^>]*data-drawn="ok"', dom), panel
+    assert re.search(r'id="panel-ssm" data-drawn="" hidden', dom)  # Mamba's panel: not a GPT-2's
+    assert '<div id="emb-learned">' in dom and '<div id="emb-rotary" hidden' in dom  # learned positions, added
     assert 'data-selftest="ok"' in dom
     # The bars are the page script's: the same probabilities and cutoff as the model's, after top-k went 5 -> 3.
     logits = torch.from_numpy(data.logits) / 0.7
@@ -246,6 +249,7 @@ def test_attention_maps_callback_refuses_a_prompt_the_tokenizer_cannot_encode(tm
     maps = ["callbacks=[default,attention_maps]", "callbacks.attention_maps.prompt='\u2603'"]
     assert main(train_args(tmp_path, cache_dir, "run", *maps)) == 2
     assert "callbacks.attention_maps.prompt: characters" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before lgpt-train made its folder
 
 
 def test_token_pieces_show_bytes_and_bpe_pieces_as_they_are():

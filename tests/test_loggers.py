@@ -3,6 +3,7 @@ learning rate and tokens/s."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,10 @@ from .support.config import TINY, TINY_SHAKESPEARE
 DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
 
 
-def wandb_runs(run: Path) -> list:
-    """The run record of each offline W&B run in a run folder, oldest first. W&B writes it near the start of
-    offline-run-*/run-<id>.wandb, a log of protobuf records after a 7-byte file header, each record behind a
-    7-byte header of its own (checksum, length, kind; kind 1: a whole record)."""
+def wandb_records(run: Path, field: str) -> list:
+    """The records of one kind ("run", "history") of each offline W&B run in a run folder, oldest first. W&B
+    writes them to offline-run-*/run-<id>.wandb, a log of protobuf records after a 7-byte file header, each
+    record behind a 7-byte header of its own (checksum, length, kind; kind 1: a whole record)."""
     from wandb.proto import wandb_internal_pb2
 
     found = []
@@ -24,11 +25,22 @@ def wandb_runs(run: Path) -> list:
         while pos + 7 <= len(data):
             length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
             record = wandb_internal_pb2.Record()
-            if kind == 1 and record.ParseFromString(data[pos + 7 : pos + 7 + length]) and record.HasField("run"):
-                found.append(record.run)
-                break
+            if kind == 1 and record.ParseFromString(data[pos + 7 : pos + 7 + length]) and record.HasField(field):
+                found.append(getattr(record, field))
             pos += 7 + length
     return found
+
+
+def wandb_runs(run: Path) -> list:
+    """The run record of each offline W&B run in a run folder, oldest first."""
+    return wandb_records(run, "run")
+
+
+def wandb_history(run: Path) -> list[dict[str, str]]:
+    """Each logged row of every offline W&B run in a run folder: {metric: its value as JSON} (W&B keeps a name
+    with slashes, val/loss, as its parts)."""
+    rows = wandb_records(run, "history")
+    return [{item.key or "/".join(item.nested_key): item.value_json for item in row.item} for row in rows]
 
 
 @pytest.mark.slow
@@ -41,6 +53,9 @@ def test_a_wandb_run_is_named_after_its_run_folder_and_a_resume_continues_it(lgp
     assert (first.display_name, first.run_group, list(first.tags)) == ("run", "", ["baseline"])
     assert resumed.run_id == first.run_id == (tmp_path / "run" / "wandb" / "run_id").read_text()
     assert resumed.display_name == "run"
+    validations = [row for row in wandb_history(tmp_path / "run") if "val/loss" in row]  # steps 4 and 6
+    assert len(validations) == 2  # bits per byte beside the loss: a char model on ASCII text, one byte a target
+    assert all(float(r["val/bpb"]) == pytest.approx(float(r["val/loss"]) / math.log(2)) for r in validations)
 
 
 @pytest.mark.slow
@@ -70,7 +85,7 @@ def test_tensorboard_has_the_config_as_hparams_one_learning_rate_and_tokens_per_
     assert start.hparams["config/model/n_layer"].number_value == 2
     assert start.hparams["config/tags"].string_value == "['baseline']"
     experiment = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    assert [m.name.tag for m in experiment.metric_infos] == ["val/loss", "val/ppl", "train/loss"]
+    assert [m.name.tag for m in experiment.metric_infos] == ["val/loss", "val/ppl", "val/bpb", "train/loss"]
     assert len(events.Scalars("val/loss")) == 1  # the final value, which the HPARAMS tab shows
 
 

@@ -121,13 +121,15 @@ def test_a_muon_run_learns_and_resumes_exactly(lgpt_train, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_stop_at_loss_ends_the_run_at_the_first_validation_at_the_target(lgpt_train, tmp_path, capsys):
+@pytest.mark.parametrize(("monitor", "target"), [("val/loss", 3.3), ("val/bpb", 4.8)])
+def test_stop_at_loss_ends_the_run_at_the_first_validation_at_the_target(lgpt_train, tmp_path, capsys, monitor, target):
     lgpt_train(
         *TINY,
         "data=local",
         f"data.path={TINY_SHAKESPEARE}",
         "callbacks=[default,stop_at_loss]",
-        "callbacks.stop_at_loss.target=3.3",
+        f"callbacks.stop_at_loss.target={target}",
+        f"callbacks.stop_at_loss.monitor={monitor}",
         "optim.lr=1e-2",
         "optim.warmup_steps=0",
         "trainer.max_steps=200",
@@ -137,9 +139,20 @@ def test_stop_at_loss_ends_the_run_at_the_first_validation_at_the_target(lgpt_tr
     step = ckpt["global_step"]
     assert 5 <= step < 200 and step % 5 == 0
     rows = read_metrics(tmp_path / "run")
-    val = {int(r["step"]) + 1: float(r["val/loss"]) for r in rows if r.get("val/loss")}  # csv: the step's index
-    assert val[step] <= 3.3 and all(v > 3.3 for s, v in val.items() if s < step) and len(val) > 1
+    val = {int(r["step"]) + 1: float(r[monitor]) for r in rows if r.get(monitor)}  # csv: the step's index
+    assert val[step] <= target and all(v > target for s, v in val.items() if s < step) and len(val) > 1
     [reached] = [r for r in rows if r.get("target/tokens")]
     assert int(float(reached["target/tokens"])) == step * 8 * 32 and float(reached["target/seconds"]) > 0
     console = capsys.readouterr().out
-    assert f"<= 3.3 at step {step}: " in console and f"{step * 8 * 32:,} tokens" in console
+    assert f"Reached {monitor} {val[step]:.4f} <= {target} at step {step}: " in console
+    assert f"{step * 8 * 32:,} tokens" in console
+
+
+@pytest.mark.slow  # a launch that builds the data and model: over a second
+def test_stop_at_loss_monitors_val_loss_or_val_bpb_only(lgpt_train, capsys):
+    lgpt_train(*TINY, "callbacks=[default,stop_at_loss]", "callbacks.stop_at_loss.monitor=val/ppl", code=2)
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("callbacks.stop_at_loss.monitor must be one of val/loss, val/bpb, got 'val/ppl'")
+    )

@@ -41,6 +41,7 @@ def test_the_wheel_carries_the_configs_and_runs_from_any_folder(tmp_path):
     in_repo = {p.relative_to(ROOT / "conf").as_posix() for p in (ROOT / "conf").rglob("*.yaml")}
     assert shipped == in_repo
     assert "lightning_gpt/explainer_page.html" in wheel.namelist()  # lgpt-explain's page template
+    assert "lightning_gpt/evaluation/shakespeare_next_line.jsonl" in wheel.namelist()  # the downstream callback's
     assert "lightning_gpt/data/module.py" in wheel.namelist()  # subpackages ship too
     site = tmp_path / "site"
     wheel.extractall(site)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from lightning_gpt.apps.plot import main, read_curves
@@ -77,3 +79,21 @@ def test_runs_without_a_log_are_skipped_among_others(run, tmp_path, capsys):
     assert main([str(run), str(tmp_path / "failed"), "-o", str(out)]) == 0
     assert out.is_file()
     assert capsys.readouterr().err == f"skipping {tmp_path / 'failed'}: no metrics.csv in it\n"
+
+
+def test_bits_per_byte_is_a_metric_away_and_a_metric_not_logged_is_named(run, tmp_path, capsys):
+    curves = read_curves(run / "csv" / "metrics.csv", "val/bpb")
+    loss = read_curves(run / "csv" / "metrics.csv")["val/loss"]
+    assert list(curves) == ["val/bpb"]  # no train line: training logs no train/bpb
+    assert curves["val/bpb"] == [(s, pytest.approx(v / math.log(2), rel=1e-6)) for s, v in loss]  # char, ASCII
+    assert main([str(run), str(run / "csv" / "metrics.csv"), "--metric", "val/bpb", "-o", str(tmp_path / "a.png")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[-2:] == ["best", "val/bpb"] and lines[-1] == str(tmp_path / "a.png")
+    assert main([str(run), "--metric", "val/bpb"]) == 0  # without -o: named after the metric, in the run folder
+    assert capsys.readouterr().out.strip() == str(run / "val_bpb.png")
+    assert (run / "val_bpb.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main([str(run), "--metric", "val/accuracy"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {run / 'csv' / 'metrics.csv'} holds no val/accuracy; plot one of its columns: "
+        "val/bpb, val/loss, val/ppl"
+    )

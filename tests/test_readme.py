@@ -3,13 +3,17 @@ in a fresh folder (with a tiny model and few steps where the README's would take
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import sys
 
 import pytest
 
+from lightning_gpt.apps.evaluate import task_list
+
 from .support.config import ROOT, SHARED, TINY, compose
+from .support.eval_tasks import hellaswag_rows, write_jsonl
 
 README = (ROOT / "README.md").read_text()
 NEEDS_A_GPU_OR_NETWORK = re.compile(r"trainer=(gpu|ddp |ddp$|fsdp|multinode)|gpt2_|init_from|tokenizer=gpt2|devices=8")
@@ -140,22 +144,40 @@ def test_the_cpu_commands_run_as_written_in_a_fresh_folder(tmp_path, cache_dir, 
     ]
     assert (clone / "outputs" / "myrun" / "checkpoints" / "last.ckpt").is_file()
 
+    # The local task of the Evaluate section: its YAML as written there, questions short enough for the tiny model.
+    [task_yaml] = re.findall(r"```yaml\n# my_tasks/next_line.yaml\n(.*?)```", README, re.S)
+    (clone / "my_tasks").mkdir()
+    (clone / "my_tasks" / "next_line.yaml").write_text(task_yaml)
+    write_jsonl(clone / "my_tasks" / "next_line.jsonl", hellaswag_rows(8, max_ending=24))
     sampling = [c for c in commands if re.match(r"(echo .*\| )?lgpt-(sample|eval|export) ", c)]
-    assert len(sampling) == 5
+    hub_tasks = [c for c in sampling if "tasks=" in c and "tasks_path=" not in c]  # the harness's: need the network
+    sampling = [c for c in sampling if c not in hub_tasks]
+    assert len(sampling) == 7 and len(hub_tasks) == 2
     done = [run(as_written(command)) for command in sampling]
     for command, (_, err) in zip(sampling, done):
         if "lgpt-sample" in command:
             assert f"loaded outputs/train/runs/{stamp}/checkpoints/last.ckpt" in err
     assert "ROMEO: Nay, I'll go." in done[2][0]
     assert (clone / "my-gpt2" / "model.safetensors").is_file()
+    # One file per lgpt-eval launch, in the run folder, as the Evaluate section says.
+    results = [json.loads(p.read_text()) for p in (run_dir / "eval").glob("*.json")]
+    assert len(results) == 3 and sum("bpb" in r for r in results) == 2
+    [tasks] = [r["tasks"] for r in results if "tasks" in r]
+    assert set(tasks["next_line"]) == {"acc", "acc_norm"}
+    for command in hub_tasks:  # composed as they would run
+        words = shlex.split(as_written(command), comments=True)[1:]
+        cfg = compose("eval", *task_list(words), "paths.output_dir=.")
+        assert cfg.tasks == [w for w in words if w.startswith("tasks=")][0][6:].split(",")
 
     infos = [c for c in commands if c.startswith("lgpt-info ")]
     assert len(infos) == 2 and "8,030,261,248 parameters" in run(infos[0])[0]
     run(infos[1])
 
-    [plot] = [c for c in commands if c.startswith("lgpt-plot outputs/train/runs/<stamp>")]
-    run(as_written(plot))
-    assert (clone / "loss.png").is_file()
+    plots = [c for c in commands if c.startswith("lgpt-plot outputs/train/runs/<stamp>")]
+    assert len(plots) == 2
+    for plot in plots:
+        run(as_written(plot))
+    assert (clone / "loss.png").is_file() and (run_dir / "val_bpb.png").is_file()
     generate, explain = re.findall(r"```python\n(.*?)```", README, re.S)
     assert len(run(shlex.join(["python", "-c", as_written(generate)]))[0]) >= 100
     run(shlex.join(["python", "-c", as_written(explain)]))

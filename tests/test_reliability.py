@@ -199,7 +199,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
         "+callbacks.poison._target_=tests.support.callbacks.PoisonWeights",
         "+callbacks.poison.step=12",
     )
-    assert refused(capsys, args).startswith("the training loss is nan at step 14")
+    assert refused(capsys, args).startswith("the training loss is nan at step 15")
     assert saved_step(tmp_path / "run" / "checkpoints" / "last.ckpt") == 10
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())

@@ -188,6 +188,7 @@ def test_the_progress_bar_of_a_resumed_run_counts_steps_out_of_max_steps(lgpt_tr
         f"ckpt_path={tmp_path / 'a'}",
         "trainer.max_steps=20",
         "trainer.enable_progress_bar=true",
+        "callbacks.progress_bar.plain=false",  # the bar, as a terminal shows it
         run_dir=tmp_path / "b",
     )
     bars = capfd.readouterr().out.replace("\r", "\n")

@@ -17,7 +17,7 @@ from .support.config import ROOT, TINY, TINY_SHAKESPEARE
 def test_two_launches_in_one_python_process_get_two_run_folders(tmp_path, cache_dir):
     args = [
         *TINY,
-        "debug=fast_dev_run",
+        "trainer.max_steps=1",
         "data=local",
         f"data.path={TINY_SHAKESPEARE}",
         f"paths.root_dir={tmp_path}",
@@ -45,3 +45,22 @@ def test_a_run_from_before_the_reshape_loads_samples_and_resumes(tmp_path, cache
         == 0
     )
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+
+
+def test_a_saved_callback_gets_the_settings_added_to_it_since(tmp_path):
+    """A run saved before StopAtLoss had `monitor` resumes with the conf file's value, interpolations kept."""
+    from omegaconf import OmegaConf
+
+    from lightning_gpt.runs import load_run_config
+
+    saved = OmegaConf.load(ROOT / "tests" / "data" / "run_before_families" / "config.yaml")
+    saved.callbacks.stop_at_loss = {"_target_": "lightning_gpt.callbacks.StopAtLoss", "target": 1.5}
+    saved.callbacks.sample_text.pop("max_new_tokens", None)
+    OmegaConf.save(saved, tmp_path / "config.yaml")
+    loaded = load_run_config(tmp_path / "config.yaml")
+    assert loaded.callbacks.stop_at_loss == {
+        "_target_": "lightning_gpt.training.callbacks.StopAtLoss",
+        "target": 1.5,
+        "monitor": "val/loss",
+    }
+    assert OmegaConf.to_container(loaded.callbacks.sample_text)["max_new_tokens"] == "${sample.max_new_tokens}"

@@ -67,7 +67,39 @@ def test_optuna_preset_runs_its_trials_prints_the_best_and_resumes_from_its_stor
     # An interrupted study resumes from its storage: one more trial, in a new sweep folder, the same study.
     assert main([*args, "hparams_search.n_trials=1", f"hydra.sweeper.storage=sqlite:///{sweep}/optuna.db"]) == 0
     assert len(optuna.load_study(study_name="lgpt", storage=f"sqlite:///{sweep}/optuna.db").trials) == 4
-    assert len(list((tmp_path / "outputs" / "train" / "multiruns").iterdir())) == 2
+    sweeps = sorted((tmp_path / "outputs" / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 2
+    resumed = OmegaConf.load(sweeps[1] / "best_trial.yaml")
+    assert "trainer.max_steps=10" in resumed.overrides  # the best trial's fixed overrides too, wherever it ran
+    assert resumed.job_dir is not None and Path(resumed.job_dir).is_dir()  # found, in whichever sweep it ran
+
+
+@pytest.mark.slow
+def test_optuna_preset_can_minimize_bits_per_byte(tmp_path, cache_dir, capsys, monkeypatch):
+    optuna = pytest.importorskip("optuna")
+    tiny = [o for o in TINY if not o.startswith("data.batch_size")]
+    args = ["-m", "hparams_search=optuna", "hparams_search.n_trials=2", "hparams_search.metric=val/bpb"]
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "trainer.max_steps=4", *tiny, *DATA, f"paths.cache_dir={cache_dir}"]) == 0
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    study = optuna.load_study(study_name="lgpt", storage=f"sqlite:///{sweep}/optuna.db")
+    for trial in study.trials:  # each trial's value: its job's last val/bpb, not its val/loss
+        with open(sweep / str(trial.number) / "csv" / "metrics.csv") as f:
+            last = [r for r in csv.DictReader(f) if r.get("val/bpb")][-1]
+        assert trial.value == pytest.approx(float(last["val/bpb"])) and trial.value != float(last["val/loss"])
+    assert f"best trial: val/bpb {study.best_value:.4f}" in capsys.readouterr().out
+    assert OmegaConf.load(sweep / "best_trial.yaml").metric == "val/bpb"
+
+
+@pytest.mark.slow  # a launch that imports Lightning: a second and a half
+def test_a_sweep_objective_other_than_val_loss_or_val_bpb_is_refused(tmp_path, capsys):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    args = ["hparams_search=optuna", "hparams_search.metric=val/ppl", f"paths.root_dir={tmp_path}", *TINY, *DATA]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: hparams_search.metric must be one of val/loss, val/bpb, got 'val/ppl'"
+    ]
+    assert [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()] == []  # the run folder went too
 
 
 @pytest.mark.slow
@@ -86,7 +118,7 @@ def test_mlflow_logger_writes_metrics_params_and_sample_artifacts_that_mlflow_re
     assert run.data.tags["baseline"] == "true"  # tags=[...]
     with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    for key in "val/loss", "train/loss":  # the same points as the CSV log
+    for key in "val/loss", "val/bpb", "train/loss":  # the same points as the CSV log
         logged = [(m.step, pytest.approx(m.value)) for m in client.get_metric_history(run.info.run_id, key)]
         assert logged == [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
     assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -62,12 +64,19 @@ def test_a_short_run_learns_checkpoints_logs_and_samples(tmp_path, cache_dir, ca
     )
     val = column(read_metrics(run), "val/loss")
     assert len(val) == 2 and val[1] < val[0] < 4.2  # ln(65) = 4.17 at the start
+    # Bits per byte beside it: a char model on ASCII text, without end-of-text, scores one byte per target.
+    bpb = column(read_metrics(run), "val/bpb")
+    assert bpb == pytest.approx([loss / math.log(2) for loss in val], rel=1e-6)
     out = capsys.readouterr().out
-    assert f"step 60: val/loss {val[-1]:.4f}" in out
+    assert f"step 60: val/loss {val[-1]:.4f} val/bpb {bpb[-1]:.4f} | run folder {run}" in out
     names = {p.name for p in (run / "checkpoints").iterdir()}
     best = f"best-step000060-val{val[-1]:.4f}.ckpt"
     assert names == {"last.ckpt", "step000020.ckpt", "step000040.ckpt", "step000060.ckpt", best}
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    assert [e.value for e in events.Scalars("val/bpb")] == pytest.approx(bpb)
     assert list((run / "wandb").glob("offline-run-*"))  # offline W&B run, syncable with `wandb sync`
     assert (run / "samples.md").read_text().count("## step") == 2
     assert "--- sample ---" in out  # the run ends by printing a sample
@@ -200,3 +209,20 @@ def test_a_busy_machine_gets_fewer_torch_threads_unless_omp_num_threads_is_set()
         [sys.executable, "-c", code], capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "2"}
     )
     assert chosen.stdout.strip() == "2 None"
+
+
+def test_the_training_step_reads_the_device_only_at_logging_steps(tmp_path, cache_dir):
+    """On a GPU every host read of a tensor waits for the device: a step that reads none queues the next one
+    while the device still works. Reads (the loss for the loggers and the bar, the finite check) happen after
+    every log_every_n_steps-th step, back to back, so only the first waits."""
+    run = train(
+        tmp_path,
+        cache_dir,
+        "run",
+        "trainer.max_steps=20",
+        "trainer.log_every_n_steps=5",
+        "trainer.val_check_interval=10",
+        "+callbacks.count_reads._target_=tests.support.callbacks.CountHostReads",
+    )
+    reads = json.loads((run / "host_reads.json").read_text())
+    assert sorted(map(int, reads)) == [5, 10, 15, 20]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 
-_ADVERTISEMENTS = ("💡 Tip:", "`weights_only` was not set")  # Lightning's ads; its note on a full save
+# Lightning's ads; its note on a full save; its note that our own model summary replaces its default one
+_ADVERTISEMENTS = ("💡 Tip:", "`weights_only` was not set", "Trainer already configured with model summary")
 
 
 def quiet_console() -> None:

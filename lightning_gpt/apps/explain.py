@@ -1,4 +1,5 @@
-"""lgpt-explain: follow one prompt through a trained model and write what happens as one HTML page.
+"""lgpt-explain: follow one prompt through a trained model (GPT-2, Llama, Mamba, or any family whose folder has
+an inspect.py) and write what happens as one HTML page.
 
 lgpt-explain ckpt_path=outputs/train/runs/<stamp> prompt="ROMEO:"        # -> <run>/explain.html
 lgpt-explain ckpt_path=<run or .ckpt> prompt=@prompt.txt out=page.html max_new_tokens=80
@@ -17,7 +18,6 @@ from omegaconf import DictConfig
 from lightning_gpt.apps.launch import launch
 from lightning_gpt.apps.prompts import read_prompt
 from lightning_gpt.devices import pick_device
-from lightning_gpt.errors import UserError
 
 
 def default_out(ckpt_path: str | Path) -> Path:
@@ -38,8 +38,6 @@ def task(cfg: DictConfig) -> Path:
     prompt = read_prompt(cfg.prompt)
     device, _ = pick_device(cfg.device, "32-true")
     model, tokenizer = load(cfg.ckpt_path, device)
-    if model.config.family != "gpt2":
-        raise UserError(f"lgpt-explain reads GPT-2-family models; {cfg.ckpt_path} holds a {model.config.family} model")
     data = explain(
         model,
         tokenizer,

@@ -13,13 +13,20 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from lightning_gpt.apps.launch import launch
+from lightning_gpt.errors import UserError
 
 
 def task(cfg: DictConfig) -> None:
     from lightning_gpt import find_checkpoint, load
     from lightning_gpt.hf import export
     from lightning_gpt.hf.tokenizer import has_hf_tokenizer
+    from lightning_gpt.runs import run_folder_containing
 
+    if run := run_folder_containing(cfg.out_dir):
+        raise UserError(
+            f"out_dir={cfg.out_dir} is inside the run folder {run}; an export goes into a folder of its own (a run "
+            "folder must stay one: sample, eval and resume read it)"
+        )
     path = find_checkpoint(cfg.ckpt_path)
     model, tokenizer = load(path)
     files = export(model, tokenizer, cfg.out_dir)

@@ -8,19 +8,18 @@ as from its console script. A mistake in input or config is one line on stderr a
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
+from lightning_gpt import schema
 from lightning_gpt.apps.messages import describe
 from lightning_gpt.errors import UserError
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
-# Inside an installed wheel the configs live in the package; in a source checkout, beside it.
-CONF_DIR = str(PACKAGE_DIR / "conf" if (PACKAGE_DIR / "conf").is_dir() else PACKAGE_DIR.parent / "conf")
+CONF_DIR = str(schema.CONF_DIR)
 
 
 def launch(task: Callable[[Any], Any], config_name: str, argv: Sequence[str] | None, prog: str) -> int:
@@ -28,6 +27,7 @@ def launch(task: Callable[[Any], Any], config_name: str, argv: Sequence[str] | N
     import hydra
 
     register_resolvers()
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the Optuna sweeper's database: a line per plugin
     app = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(one_line_errors(task))
     saved = {key: os.environ.get(key) for key in ("HYDRA_FULL_ERROR", "_LGPT_TRACEBACK")}
     # The user's choice, for this process and the DDP ranks it starts (they inherit the environment); Hydra
@@ -103,12 +103,13 @@ def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     from lightning_gpt.runs import run_name, run_stamp, sweep_name
-    from lightning_gpt.schema import register_configs
+    from lightning_gpt.schema import in_range, register_configs
 
     register_configs()
     # conf/hydra/launcher/submitit_*.yaml replace the plugin's configs of the same name, which Hydra then
     # uses as their schema, warning that it will stop doing so: ours are complete without it.
     warnings.filterwarnings("ignore", message=r"\n'hydra/launcher/submitit_\w+' is validated against ConfigStore")
+    OmegaConf.register_new_resolver("lgpt_in_range", in_range, replace=True)
     OmegaConf.register_new_resolver("lgpt_run_stamp", run_stamp, replace=True)
     OmegaConf.register_new_resolver("lgpt_run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("lgpt_sweep_name", sweep_name, replace=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import errno
+import re
 from typing import Any
 
 from lightning_gpt.errors import UserError, first_line
@@ -36,6 +37,10 @@ def describe(e: BaseException) -> str | None:
             return f"W&B: {first_line(err).rstrip('.')}; or log offline: logger.wandb.offline=true (then `wandb sync`)"
         if isinstance(err, OverrideParseException) and "=" in err.override:
             return _quoting_hint(err.override)
+        if ambiguous := re.match(r"Ambiguous value for argument '([^']+=.*)'\n", str(err)):  # a comma in a value
+            return _quoting_hint(ambiguous.group(1))
+        if missing := _missing_option(str(err)):
+            return missing
         if isinstance(err, OSError) and err.filename and err.errno in _CANNOT_WRITE:
             return (
                 f"cannot write {err.filename} ({err.strerror}); choose a writable folder: "
@@ -65,7 +70,7 @@ _PLUGINS = {
 def _missing_plugin(text: str) -> str | None:
     """Hydra's errors for a sweeper or launcher (hparams_search=optuna, hydra/launcher=submitit_slurm) whose
     plugin is not installed: at composition for the sweeper, when it loads our config's _target_ for a launcher."""
-    import re
+    import importlib.util
 
     found = re.search(
         r"Could not find 'hydra/(?:sweeper|launcher)/([a-z]+)|Unknown plugin class : 'hydra_plugins\.hydra_([a-z]+)",
@@ -75,7 +80,22 @@ def _missing_plugin(text: str) -> str | None:
     if name not in _PLUGINS:
         return None
     what, package = _PLUGINS[name]
+    if importlib.util.find_spec(f"hydra_plugins.{package.replace('-', '_')}") is not None:
+        return None  # installed: the name is misspelt (hydra/launcher=submitit_slurn)
     return f'Hydra\'s {what} is not installed: pip install "lgpt[sweeps]" (or pip install {package})'
+
+
+def _missing_option(text: str) -> str | None:
+    """Hydra's 'Could not find 'model/lama_baby' ... Available options in 'model': ...' as one line with the
+    closest option."""
+    found = re.search(r"Could not find '([\w/]+)/([^']+)'\n\nAvailable options in '[\w/]+':\n((?:\t.*\n?)*)", text)
+    if not found:
+        return None
+    group, wanted, listed = found.group(1), found.group(2), found.group(3)
+    options = [line.strip() for line in listed.splitlines() if line.strip()]
+    match = difflib.get_close_matches(wanted, options, n=1)
+    hint = f"did you mean {group}={match[0]}?" if match else f"choose one of: {', '.join(options)}"
+    return f"{group}={wanted} is not an option of {group}/; {hint}"
 
 
 def _quoting_hint(override: str) -> str:

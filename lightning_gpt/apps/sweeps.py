@@ -11,9 +11,17 @@ from omegaconf import DictConfig, OmegaConf
 
 
 def job_overrides(job_dir: Path) -> list[str]:
-    """The command-line overrides Hydra saved for one job of a multirun (empty if it saved none)."""
-    path = job_dir / ".hydra" / "overrides.yaml"
-    return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+    """The command-line overrides a run folder's launches recorded (.hydra/overrides.yaml, then each resume's in
+    .hydra/resume-<time>/, a key given again taking its new value); empty if it recorded none."""
+    launches = [job_dir / ".hydra", *sorted((job_dir / ".hydra").glob("resume-*"))]
+    merged: dict[str, str] = {}
+    for launch in launches:
+        path = launch / "overrides.yaml"
+        for override in OmegaConf.load(path) if path.is_file() else []:
+            key = str(override).split("=", 1)[0]
+            if key != "ckpt_path":
+                merged[key] = str(override)
+    return list(merged.values())
 
 
 def find_job(sweep_dir: Path, params: dict[str, Any]) -> Path | None:
@@ -31,8 +39,22 @@ class BestTrial(Callback):
     in <sweep folder>/best_trial.yaml. The sweeper has already written the best parameters and value to
     optimization_results.yaml; this adds the job folder and the full command line."""
 
+    def __init__(self) -> None:
+        """Optuna's own log lines, coloured even in a file, go through Hydra's logging as plain lines."""
+        try:
+            import optuna
+        except ImportError:
+            return
+        optuna.logging.disable_default_handler()
+        optuna.logging.enable_propagation()
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Make the sweep folder before the sweeper opens its study storage there (Hydra makes it later)."""
+        """Make the sweep folder before the sweeper opens its study storage there (Hydra makes it later); not
+        for settings the sweeper will refuse (its n_trials is checked as it resolves): nothing is made then."""
+        try:
+            _ = config.hydra.sweeper.n_trials
+        except Exception:
+            return  # the sweeper reports it, in one line, as it starts
         Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -42,11 +64,24 @@ class BestTrial(Callback):
             return
         best = OmegaConf.load(results)
         params = OmegaConf.to_container(best.best_params)
-        job = find_job(sweep_dir, params)  # None when the best trial ran in an earlier sweep of a resumed study
-        overrides = job_overrides(job) if job else [f"{k}={v}" for k, v in params.items()]
-        overrides = [o for o in overrides if not o.startswith("hparams_search")]
-        summary = {"best_value": best.best_value, "job_dir": str(job) if job else None, "overrides": overrides}
+        job = find_job(sweep_dir, params)
+        storage = str(config.hydra.sweeper.get("storage") or "")
+        if job is None and storage.startswith("sqlite:///"):  # a resumed study: the sweep folder it was stored in
+            job = find_job(Path(storage.removeprefix("sqlite:///")).parent, params)
+        if job is not None:  # the job's own overrides: the search's values and the sweep's fixed ones
+            overrides = job_overrides(job)
+        else:  # not found: the values, with this sweep's fixed overrides
+            fixed = [o for o in config.hydra.overrides.task if o.split("=", 1)[0] not in params]
+            overrides = [*fixed, *(f"{k}={v}" for k, v in params.items())]
+        overrides = [o for o in overrides if not o.startswith(("hparams_search", "hydra."))]
+        metric = OmegaConf.select(config, "hparams_search.metric", default="val/loss")  # what the trials returned
+        summary = {
+            "metric": metric,
+            "best_value": best.best_value,
+            "job_dir": str(job) if job else None,
+            "overrides": overrides,
+        }
         OmegaConf.save(OmegaConf.create(summary), sweep_dir / "best_trial.yaml")
-        print(f"\nbest trial: val/loss {best.best_value:.4f}" + (f" in {job}" if job else " (an earlier sweep)"))
+        print(f"\nbest trial: {metric} {best.best_value:.4f}" + (f" in {job}" if job else " (an earlier sweep)"))
         print("reproduce it with: lgpt-train " + shlex.join(overrides))
         print(f"saved in {sweep_dir / 'best_trial.yaml'}")

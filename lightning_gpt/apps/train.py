@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lightning_gpt.apps.console import fit_threads_to_load, quiet_console
 from lightning_gpt.apps.launch import launch, run
@@ -30,6 +30,7 @@ from lightning_gpt.runs import (
     run_config_file,
     write_records,
 )
+from lightning_gpt.schema import OBJECTIVES
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,14 @@ def fit(cfg: DictConfig, datamodule: Any, module: Any, trainer: Any, run_log: Ru
             if "wandb" in sys.modules:  # one W&B run per job of a multirun
                 sys.modules["wandb"].finish()
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if trainer.fast_dev_run and trainer.is_global_zero:
+            print("\nfast_dev_run: one training and one validation batch ran through the whole pipeline; nothing saved")
         if not trainer.fast_dev_run:  # every process generates: a sharded model needs them all
             with full_parameters(module.model):
                 text = complete(module.model, module.tokenizer, **cfg.sample, seed=0)[0]
             if trainer.is_global_zero:
-                val_loss = f" val/loss {metrics['val/loss']:.4f} |" if "val/loss" in metrics else ""
-                end = f"\nstep {trainer.global_step}:{val_loss} run folder {output_dir}\n"
+                scores = "".join(f" {key} {metrics[key]:.4f}" for key in ("val/loss", "val/bpb") if key in metrics)
+                end = f"\nstep {trainer.global_step}:{scores}{' |' if scores else ''} run folder {output_dir}\n"
                 end += f"--- sample ---\n{text}\n--------------\n"
                 print(end, end="")
                 if run_log is not None:
@@ -80,7 +83,8 @@ def fit(cfg: DictConfig, datamodule: Any, module: Any, trainer: Any, run_log: Ru
 
 def task(cfg: DictConfig) -> float | None:
     """One Hydra job: check everything, take the run folder's lock, record the launch, train. Returns val/loss
-    for sweepers. A refused launch writes nothing and removes the folders Hydra made for it."""
+    (or hparams_search.metric) for sweepers. A refused launch writes nothing and removes the folders Hydra made
+    for it."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -108,6 +112,8 @@ def task(cfg: DictConfig) -> float | None:
         check_values(cfg)
         if resume is not None:
             resume.check_data(cfg.data)
+        metric = objective(cfg)
+        check_no_links(run_dir)
         if rank_zero:
             lock = RunLock(run_dir, made if run_dir == hydra_dir else []).acquire()
         if resume is None and any((run_dir / "checkpoints").glob("*.ckpt")):
@@ -115,14 +121,13 @@ def task(cfg: DictConfig) -> float | None:
                 f"the run folder {run_dir} already holds another run's checkpoints; resume it with ckpt_path=auto, "
                 "or start this one in a new folder"
             )
-        check_no_links(run_dir)
         check_wandb(cfg)
         import lightning as L
 
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule, module, trainer = build(cfg)
         if resume is not None:
-            resume.check(module.hparams.model, module.hparams.tokenizer, cfg.trainer.max_steps)
+            resume.check(module.hparams.model, module.hparams.tokenizer, cfg.trainer.max_steps, cfg.optim.name)
     except BaseException:
         if lock is not None:
             lock.release(refused=True)
@@ -132,15 +137,24 @@ def task(cfg: DictConfig) -> float | None:
     finally:
         if rank_zero and (lock is None or lock.run != hydra_dir):  # Hydra's folder, unused: a resume elsewhere
             RunLock(hydra_dir, made).release(refused=True)
+    smoke_test = bool(cfg.trainer.fast_dev_run)  # writes nothing: no records, no log, the folder goes after
     try:
-        if rank_zero:
+        if rank_zero and not smoke_test:
             write_records(run_dir, cfg, composed, hydra_cfg, overrides, resume)
-        with RunLog(run_dir) if rank_zero else contextlib.nullcontext() as run_log:
+        with RunLog(run_dir) if rank_zero and not smoke_test else contextlib.nullcontext() as run_log:
             metrics = fit(cfg, datamodule, module, trainer, run_log)
     finally:
         if lock is not None:
-            lock.release()
-    return metrics.get("val/loss")
+            lock.release(refused=smoke_test)
+    return metrics.get(metric)
+
+
+def objective(cfg: DictConfig) -> str:
+    """What a sweeper minimizes: hparams_search.metric with a search preset, else val/loss."""
+    metric = OmegaConf.select(cfg, "hparams_search.metric", default=None) or "val/loss"
+    if metric not in OBJECTIVES:
+        raise UserError(f"hparams_search.metric must be one of {', '.join(OBJECTIVES)}, got {metric!r}")
+    return metric
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     run_dir = os.environ.get("LGPT_RUN_DIR")
     if run_dir and "LOCAL_RANK" in os.environ:  # a DDP rank launched by Lightning: same config as rank 0
-        return run(lambda: train(load_run_config(run_config_file(Path(run_dir)))), ["lgpt-train"])
+
+        def rank() -> None:
+            quiet_console()
+            train(load_run_config(run_config_file(Path(run_dir))))
+
+        return run(rank, ["lgpt-train"])
     try:
         return launch(task, "train", argv, "lgpt-train")
     finally:  # the next launch in this Python process (a notebook, a test) gets its own run folder

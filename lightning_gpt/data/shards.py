@@ -252,10 +252,15 @@ class PreparedFolder:
                 f"{' '.join(f'tokenizer.{k}={asked.get(k)}' for k in differ)}; train with {given} to read this "
                 "folder, or prepare it again with the settings you want"
             )
-        same_name = " (another vocabulary)" if name == have["name"] else ""
+        if name == have["name"]:  # a checkpoint's learned vocabulary (char, bpe), not the folder's
+            raise UserError(
+                f"the prepared folder {self.folder} holds {name} tokens of another vocabulary than the model's (its "
+                f"{name} tokenizer was learned from another corpus), so the ids would mean other text; use a folder "
+                "prepared from the model's training corpus, or give the text itself: data=local data.path=..."
+            )
         raise UserError(
             f"the prepared folder {self.folder} holds {have['name']} tokens, but the run asks for the {name} "
-            f"tokenizer{same_name}; use a folder prepared with tokenizer.name={name}, or train with "
+            f"tokenizer; use a folder prepared with tokenizer.name={name}, or train with "
             f"tokenizer.name={have['name']} to read this one"
         )
 

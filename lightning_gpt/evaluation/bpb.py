@@ -13,6 +13,9 @@ Tokens with no bytes (end-of-text, padding) are left out of the loss as well as 
     table = token_bytes(tokenizer)                          # once
     loss, nbytes = loss_and_bytes(logits, targets, table)   # each step: sums, reduce them across processes
     bits_per_byte(loss, nbytes)                             # at the end
+
+`token_losses_and_bytes` gives the per-target values instead, for a step that also needs the mean loss over
+every target (training's validation: val/loss counts end-of-text targets, val/bpb cannot).
 """
 
 from __future__ import annotations
@@ -86,6 +89,20 @@ def bits_per_byte(loss_sum_nats: float | torch.Tensor, num_bytes: int | torch.Te
     return float(loss_sum_nats) / (math.log(2) * num_bytes)
 
 
+def token_losses_and_bytes(
+    logits: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each target's cross-entropy (nats, float32; 0 where ignored) and UTF-8 bytes (int64; 0 where ignored or
+    special), flattened to (B*T,). One cross-entropy pass serves both the loss per token and bits per byte.
+
+    logits (B, T, V), targets (B, T) with -1 where ignored (padding).
+    """
+    targets = targets.reshape(-1)  # (B*T,)
+    losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets, ignore_index=-1, reduction="none")
+    nbytes = torch.where(targets >= 0, token_bytes.to(targets.device)[targets.clamp(min=0)], 0)  # (B*T,)
+    return losses, nbytes
+
+
 def loss_and_bytes(
     logits: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,12 +111,7 @@ def loss_and_bytes(
     logits (B, T, V), targets (B, T) with -1 where ignored (padding). Targets of 0 bytes (end-of-text) count in
     neither sum, as in nanochat. Both are sums, so processes all-reduce them and the ratio stays exact.
     """
-    logits = logits.reshape(-1, logits.size(-1))  # (B*T, V)
-    targets = targets.reshape(-1)  # (B*T,)
-    valid = targets >= 0
-    safe = torch.where(valid, targets, 0)
-    nbytes = torch.where(valid, token_bytes.to(targets.device)[safe], 0)  # (B*T,)
-    losses = F.cross_entropy(logits.float(), safe, reduction="none")  # (B*T,)
+    losses, nbytes = token_losses_and_bytes(logits, targets, token_bytes)
     return (losses * (nbytes > 0)).sum(), nbytes.sum()
 
 

@@ -14,6 +14,7 @@ share of the questions and returns sums to all-reduce, for validation under DDP.
 
     questions = [Question("The cat sat on the", ["mat.", "moon."], label=0), ...]
     evaluate_multiple_choice(model, tokenizer, questions)   # {"acc": ..., "acc_norm": ..., "n": ...}
+    read_questions("hellaswag_val.jsonl", limit=100)        # questions from a JSONL file in HellaSwag's schema
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -35,6 +37,10 @@ if TYPE_CHECKING:
     from lightning_gpt.tokenizers import Tokenizer
 
 Pair = tuple[list[int], list[int]]  # (context ids, continuation ids)
+# 200 HellaSwag-style questions shipped with the package: a line of a speech from the last tenth of the embedded
+# Shakespeare (its validation text), its next line among three other lines of that text (tests/test_downstream.py
+# rebuilds the file from the corpus). The downstream callback's default task.
+SHAKESPEARE_NEXT_LINE = Path(__file__).with_name("shakespeare_next_line.jsonl")
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,21 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> Pair:
     return ctx, cont
 
 
+def encode_requests(tokenizer: Tokenizer, requests: Sequence[tuple[str, str]], block_size: int) -> list[Pair]:
+    """Each (context, continuation) as ids (`encode_pair`), refusing text the tokenizer cannot read and a
+    continuation longer than block_size (a context that long is cut on the left when scored, not refused).
+    Cheap: a caller can check its requests long before it scores them."""
+    check_encodable(tokenizer, (text for request in requests for text in request))
+    pairs = [encode_pair(tokenizer, context, continuation) for context, continuation in requests]
+    for (_, continuation), (_, cont) in zip(requests, pairs):
+        if len(cont) > block_size:
+            raise UserError(
+                f"the continuation {_excerpt(continuation)} is {len(cont)} tokens, longer than the model's context "
+                f"(block_size {block_size}): it cannot be scored in one window; shorten it"
+            )
+    return pairs
+
+
 def loglikelihoods(
     model: LanguageModel,
     tokenizer: Tokenizer,
@@ -123,15 +144,7 @@ def loglikelihoods(
     """For each (context, continuation): log P(continuation | context) in nats, and whether greedy decoding
     would produce exactly the continuation. A context too long for the model is cut on the left."""
     check_batch_size(batch_size)
-    check_encodable(tokenizer, (text for request in requests for text in request))
-    pairs = [encode_pair(tokenizer, context, continuation) for context, continuation in requests]
-    block = model.config.block_size
-    for (_, continuation), (_, cont) in zip(requests, pairs):
-        if len(cont) > block:
-            raise UserError(
-                f"the continuation {_excerpt(continuation)} is {len(cont)} tokens, longer than the model's context "
-                f"(block_size {block}): it cannot be scored in one window; shorten it"
-            )
+    pairs = encode_requests(tokenizer, requests, model.config.block_size)
     return score_pairs(model, pairs, batch_size, min_batches)
 
 
@@ -180,7 +193,43 @@ def score_pairs(
     return results
 
 
-def _check_questions(questions: Sequence[Question]) -> None:
+def read_questions(path: str | Path, limit: int | None = None) -> list[Question]:
+    """The first `limit` (None: all) questions of a JSONL file in HellaSwag's schema, one object a line:
+    {"ctx": "...", "endings": ["...", ...], "label": 0} (label: the right ending's index, or its digit as a
+    string, as the Hugging Face copy of HellaSwag has it). Checked as `check_questions` checks them."""
+    import json
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"no questions file at {path}; give a JSONL file of {{ctx, endings, label}} objects")
+    questions = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if limit is not None and len(questions) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                ctx, endings, label = row["ctx"], row["endings"], int(row["label"])
+                if (
+                    not isinstance(ctx, str)
+                    or not isinstance(endings, list)
+                    or not all(isinstance(e, str) for e in endings)
+                ):
+                    raise TypeError("ctx must be text and endings a list of texts")
+            except (ValueError, KeyError, TypeError) as e:
+                raise UserError(
+                    f"{path}, line {n}: not a question in HellaSwag's schema ({type(e).__name__}: {e}); each line "
+                    'must be {"ctx": "...", "endings": ["...", "..."], "label": 0}'
+                ) from e
+            questions.append(Question(ctx, endings, label))
+    check_questions(questions)
+    return questions
+
+
+def check_questions(questions: Sequence[Question]) -> None:
+    """Refuse no questions, a question without choices or with an empty one, and a label out of range."""
     if not questions:
         raise UserError("no questions to score: give at least one Question")
     for n, q in enumerate(questions):
@@ -211,7 +260,7 @@ def multiple_choice_counts(
     """
     if not 0 <= rank < world_size:
         raise UserError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
-    _check_questions(questions)
+    check_questions(questions)
     check_batch_size(batch_size)
     mine = questions[rank::world_size]
     requests = [(q.context, delimiter + choice) for q in mine for choice in q.choices]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lightning_gpt.errors import UserError
+from lightning_gpt.io import atomic_write, write_folder
 
 if TYPE_CHECKING:
     from lightning_gpt.models.base import LanguageModel
@@ -86,7 +87,9 @@ def import_model(source: str, block_size: int | None = None, dropout: float = 0.
 def export(model: LanguageModel, tokenizer: Tokenizer | None, out_dir: str | Path) -> list[Path]:
     """Write a folder that transformers' AutoModelForCausalLM loads; return the files written.
 
-    Tokenizer files come along when the tokenizer has a transformers equivalent (GPT-2's, a trained BPE).
+    Tokenizer files come along when the tokenizer has a transformers equivalent (GPT-2's, a trained BPE). The
+    folder is written whole beside out_dir and renamed into place (lightning_gpt.io.write_folder): out_dir may
+    be new, empty or an earlier export, never a folder holding other files.
     """
     from safetensors.torch import save_file
 
@@ -99,19 +102,20 @@ def export(model: LanguageModel, tokenizer: Tokenizer | None, out_dir: str | Pat
     eot = tokenizer.eot_id if has_hf_tokenizer(tokenizer) else None
     config = family.config_to_hf(model.config, eot)  # refuses what transformers cannot hold, before any write
     out = Path(out_dir).expanduser()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the export folder {out} ({e.strerror}); choose another out_dir") from e
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    state = {k: v.float().contiguous() for k, v in family.state_to_hf(model).items()}
-    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
-    # safetensors writes through a private temporary file (mode 0600): share it as config.json is shared.
-    (out / "model.safetensors").chmod((out / "config.json").stat().st_mode & 0o777)
-    files = [out / "config.json", out / "model.safetensors"]
-    if eot is not None:
-        files += write_tokenizer(out, tokenizer, model_max_length=model.config.block_size)
-    return files
+    written: list[str] = []
+
+    def fill(folder: Path) -> None:
+        atomic_write(folder / "config.json", json.dumps(config, indent=2))
+        state = {k: v.float().contiguous() for k, v in family.state_to_hf(model).items()}
+        save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+        # safetensors writes through a private temporary file (mode 0600): share it as config.json is shared.
+        (folder / "model.safetensors").chmod((folder / "config.json").stat().st_mode & 0o777)
+        written.extend(["config.json", "model.safetensors"])
+        if eot is not None:
+            written.extend(p.name for p in write_tokenizer(folder, tokenizer, model_max_length=model.config.block_size))
+
+    write_folder(out, "transformers export", fill)
+    return [out / name for name in written]
 
 
 def read_json(path: Path) -> dict:

@@ -6,7 +6,8 @@ A family is a folder `lightning_gpt/models/<family>/`:
     model.py    the model, a `LanguageModel` subclass named by the config's `model_class`
     hf.py       optional: the transformers mapping (MODEL_TYPE, config_from_hf, state_from_hf, config_to_hf,
                 state_to_hf); without it lgpt-export refuses the family
-    inspect.py  optional: what lgpt-explain and the attention-maps callback read (`trace`)
+    inspect.py  optional: what lgpt-explain and the attention-maps callback read (`trace`, `final_norm`,
+                `token_table`, `describe`: see lightning_gpt/inspection.py); without it they refuse the family
 
 Nothing outside the folder names a family: `lightning_gpt.models` imports every folder's config.py, and
 everything else reaches the folder's modules through `family_module`. Hydra reads the dataclasses while

@@ -31,7 +31,11 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
             f"data.block_size={datamodule.block_size} is longer than the model's context "
             f"(model.block_size={module.model.config.block_size}); drop the data.block_size override"
         )
-    return datamodule, module, build_trainer(cfg)
+    trainer = build_trainer(cfg)
+    for callback in trainer.callbacks:  # what a callback needs of the model (DownstreamEval's questions), checked
+        if hasattr(callback, "check"):  # now: lgpt-train writes nothing for a launch refused before it fits
+            callback.check(module)
+    return datamodule, module, trainer
 
 
 def build_module(cfg: DictConfig, tokenizer: Any) -> Any:
@@ -125,7 +129,7 @@ def build_model_config(cfg: DictConfig, tokenizer: Any) -> dict[str, Any]:
 def build_trainer(cfg: DictConfig):
     import lightning as L
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 
     def instantiate_all(group: DictConfig) -> list:
         try:
@@ -149,6 +153,10 @@ def build_trainer(cfg: DictConfig):
     callbacks = instantiate_all(cfg.callbacks)
     if not trainer_kwargs["enable_progress_bar"]:  # trainer.enable_progress_bar=false wins over callbacks/
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if not trainer_kwargs["enable_model_summary"]:  # trainer.enable_model_summary=false wins over callbacks/
+        callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
+    elif not any(isinstance(c, ModelSummary) for c in callbacks):
+        trainer_kwargs["enable_model_summary"] = False  # no callback of ours (lgpt-eval): none of Lightning's
     if trainer_kwargs["fast_dev_run"]:  # a smoke test saves nothing (Lightning's ModelCheckpoint still saves last)
         callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         trainer_kwargs["enable_checkpointing"] = False  # nor the one Lightning would add

@@ -7,17 +7,19 @@ batches also say which source they are from, for a loss per source beside the ov
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import Metric
 
 from lightning_gpt.data.windows import unpack
+from lightning_gpt.devices import is_float16
 from lightning_gpt.errors import UserError
+from lightning_gpt.evaluation.bpb import token_bytes, token_losses_and_bytes
 from lightning_gpt.models import build
 from lightning_gpt.schema import OptimConfig
 from lightning_gpt.tokenizers import Tokenizer, tokenizer_from_dict
@@ -66,10 +68,14 @@ class GPTLightningModule(L.LightningModule):
         self.model = build(model)
         self.tokenizer_spec = tokenizer
         self.compile_model = compile
-        # What validation sums, as quantity -> SumRatio, each per source: `validation_sums` says how (val/bpb,
-        # bits per byte, joins here). A mixture's source names come from the data module in setup.
+        # Bits per byte beside the loss: each token's UTF-8 length, a buffer so it follows the module's device;
+        # not persistent, so checkpoints hold the same tensors as before (the tokenizer rebuilds it).
+        self.register_buffer("token_bytes", token_bytes(self.tokenizer), persistent=False)
+        # What validation sums, as quantity -> SumRatio, each per source (`validation_sums` says how): val/loss,
+        # nats per target token; val/bpb, bits per byte of the targets that hold text (end-of-text holds none).
+        # A mixture's source names come from the data module in setup.
         self.sources: list[str] = []
-        self.val_metrics = torch.nn.ModuleDict({"loss": SumRatio()})
+        self.val_metrics = torch.nn.ModuleDict({"loss": SumRatio(), "bpb": SumRatio()})
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -121,16 +127,17 @@ class GPTLightningModule(L.LightningModule):
         if self.flops_per_batch is None:
             self._flops_per_batch = self.model.flops_per_token() * x.numel()
         _, loss = self.model(x, y, doc_ids=doc_ids)
-        self.log("train/loss", loss, prog_bar=True)
-        if self.sources:  # a mixture: the tokens drawn from each source so far, by every process
+        self.log("train/loss", loss)  # not prog_bar: Lightning reads those on the host at every step
+        if self.sources:  # a mixture: the tokens drawn from each source so far, by every process (CPU numbers)
             drawn = self.trainer.datamodule.tokens_drawn
             # float64: exact counts (Lightning keeps a step-only value as given); loggers write them at logging steps
             self.log_dict({f"train/tokens/{n}": torch.tensor(drawn[n], dtype=torch.float64) for n in self.sources})
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # read when the loss is logged anyway
-            self._stop_if_not_finite(loss)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        last_micro_batch = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
+        if last_micro_batch and self.global_step % self.trainer.log_every_n_steps == 0:
+            self._stop_if_not_finite(outputs["loss"])  # read after the step, with the loggers' reads: one wait
         if self.global_step >= self.trainer.max_steps > 0:  # the last step: validate even off the interval
             self.trainer.should_stop = True
 
@@ -152,7 +159,8 @@ class GPTLightningModule(L.LightningModule):
             torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
 
     def _stop_if_not_finite(self, loss: torch.Tensor) -> None:
-        """A nan/inf loss poisons the weights at the next step: stop, keeping the last good checkpoint."""
+        """A nan/inf loss has poisoned the weights: stop (on_save_checkpoint refuses to save them), keeping the
+        last good checkpoint."""
         if not torch.isfinite(loss):
             every = self.trainer.log_every_n_steps
             raise UserError(
@@ -169,11 +177,13 @@ class GPTLightningModule(L.LightningModule):
     def validation_sums(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Each validation quantity as (its sum over the batch, what that sum is divided by). Sums over real
         targets: padding windows (targets -1, so every process runs as many batches) add nothing, and the
-        means over all processes, and over a mixture's sources, are exact whatever their number."""
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-1, reduction="sum"
-        )
-        return {"loss": (loss, (y != -1).sum())}
+        means over all processes, and over a mixture's sources, are exact whatever their number. val/loss
+        counts every target, end-of-text included; val/bpb only those that hold bytes of text."""
+        losses, nbytes = token_losses_and_bytes(logits, y, self.token_bytes)
+        return {
+            "loss": (losses.sum(), (y != -1).sum()),
+            "bpb": ((losses * (nbytes > 0)).sum().double() / math.log(2), nbytes.sum()),  # bits, per byte
+        }
 
     def on_validation_epoch_end(self) -> None:
         overall, per_source = {}, {}
@@ -224,7 +234,7 @@ class GPTLightningModule(L.LightningModule):
         o = self.optim
         # Fused kernels wherever torch has them: on CPUs too, where steps ran 1.03-1.14x faster (benchmarks/).
         # fp16's scaler unscales a fused AdamW's gradients only inside its step: after clipping would.
-        fp16_clipped = str(self.trainer.precision).startswith("16") and bool(self.trainer.gradient_clip_val)
+        fp16_clipped = is_float16(self.trainer.precision) and bool(self.trainer.gradient_clip_val)
         fused = o.fused
         if fused is None:
             fused = self.device.type in ("cuda", "cpu") and not fp16_clipped

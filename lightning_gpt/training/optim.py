@@ -8,8 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.optim._muon import _adjust_lr
 
+from lightning_gpt.library_internals import muon_group_state, muon_lr_scale
 from lightning_gpt.models.base import LanguageModel
 from lightning_gpt.schema import OptimConfig
 
@@ -110,17 +110,14 @@ class Muon(torch.optim.Muon):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params: list[torch.Tensor] = []
-            grads: list[torch.Tensor] = []
-            buffers: list[torch.Tensor] = []
-            self._init_group(group, params, grads, buffers)
+            params, grads, buffers = muon_group_state(self, group)
             lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
             for param, grad, buffer in zip(params, grads, buffers):
                 buffer.lerp_(grad, 1 - momentum)  # the momentum, as torch's
                 update = grad.lerp(buffer, momentum) if group["nesterov"] else buffer
                 update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
                 param.mul_(1 - lr * decay)
-                param.add_(update, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], param.shape))
+                param.add_(update, alpha=-muon_lr_scale(lr, group["adjust_lr_fn"], param.shape))
         return loss
 
 

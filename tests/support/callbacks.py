@@ -103,3 +103,40 @@ class RecordBatches(L.Callback):
         ids = " ".join(map(str, batch[0].flatten().tolist()))
         with open(Path(trainer.default_root_dir) / f"batches_rank{trainer.global_rank}.txt", "a") as f:
             f.write(f"{trainer.global_step} {ids}\n")
+
+
+class CountHostReads(L.Callback):
+    """Counts, per optimizer step, the training-stage calls that read a tensor's value on the host (`.item()`,
+    `float(t)`, `bool(t)`, `.tolist()`, ...): on a GPU each one waits for the device. Seen through a
+    TorchFunctionMode, torch's public hook for every call on a tensor. Reads inside the DataLoader's fetch are of
+    the batch before it moves to the device, and validation has its own interval: neither is counted. Writes
+    {step: [names]} to <root>/host_reads.json when training ends."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import traceback
+
+        import torch
+        from torch.overrides import TorchFunctionMode
+
+        reads = {
+            torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu,
+            torch.Tensor.__bool__, torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.__index__,
+        }  # fmt: skip
+        self.seen: dict[int, list[str]] = {}
+        seen = self.seen
+
+        class Count(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                if func in reads and trainer.training:
+                    if not any("torch/utils/data/" in frame.filename for frame in traceback.extract_stack()):
+                        seen.setdefault(trainer.global_step, []).append(func.__name__)
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Count()
+        self.mode.__enter__()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import json
+
+        self.mode.__exit__(None, None, None)
+        (Path(trainer.default_root_dir) / "host_reads.json").write_text(json.dumps(self.seen))

@@ -3,7 +3,7 @@
 HellaSwag-style: context = a line of a speech, the right ending = the line after it, the wrong endings =
 other lines drawn at random, so a model that learned the text can beat chance (25%). LAMBADA-style: two
 lines of a speech whose last word is predicted (`loglikelihood`; perplexity and acc). Each is a JSONL file
-and a task YAML in the harness's schema, read through `TaskManager(include_path=folder)`.
+and a task YAML (<task>.jsonl, <task>.yaml) in the harness's schema, read through `TaskManager(include_path=folder)`.
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ def speech_line_pairs(text: str) -> list[tuple[str, str]]:
     ]
 
 
-def hellaswag_rows(n: int = 32, seed: int = 0, text: str | None = None) -> list[dict]:
-    """HellaSwag's schema (ctx, endings, label) from consecutive lines; endings are 4 lines, one the next."""
+def hellaswag_rows(n: int = 32, seed: int = 0, text: str | None = None, max_ending: int | None = None) -> list[dict]:
+    """HellaSwag's schema (ctx, endings, label) from consecutive lines; endings are 4 lines, one the next
+    (lines of at most max_ending characters, for a model with a short context)."""
     pairs = speech_line_pairs(text if text is not None else TINY_SHAKESPEARE.read_text())
+    pairs = [(a, b) for a, b in pairs if max_ending is None or len(b) <= max_ending]
     rng = random.Random(seed)
     rows = []
     for ctx, ending in rng.sample(pairs, n):
@@ -60,17 +62,17 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def write_tasks(folder: Path, hellaswag: list[dict] | None = None, lambada: list[dict] | None = None) -> Path:
-    """Write the two tasks' JSONL files and YAMLs into folder (the tasks_path); return folder."""
+def write_multiple_choice_task(folder: Path, name: str, rows: list[dict]) -> Path:
+    """A HellaSwag-style task (ctx, endings, label) named name: its JSONL file and YAML in folder; the YAML."""
     folder.mkdir(parents=True, exist_ok=True)
-    hellaswag_data = write_jsonl(folder / "hellaswag.jsonl", hellaswag if hellaswag is not None else hellaswag_rows())
-    lambada_data = write_jsonl(folder / "lambada.jsonl", lambada if lambada is not None else lambada_rows())
-    (folder / f"{HELLASWAG_TASK}.yaml").write_text(
-        f"""task: {HELLASWAG_TASK}
+    data = write_jsonl(folder / f"{name}.jsonl", rows)
+    yaml = folder / f"{name}.yaml"
+    yaml.write_text(
+        f"""task: {name}
 dataset_path: json
 dataset_kwargs:
   data_files:
-    validation: {hellaswag_data.resolve()}
+    validation: {data.resolve()}
 validation_split: validation
 output_type: multiple_choice
 doc_to_text: "{{{{ctx}}}}"
@@ -85,6 +87,14 @@ metric_list:
     higher_is_better: true
 """
     )
+    return yaml
+
+
+def write_tasks(folder: Path, hellaswag: list[dict] | None = None, lambada: list[dict] | None = None) -> Path:
+    """Write the two tasks' JSONL files and YAMLs into folder (the tasks_path); return folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_multiple_choice_task(folder, HELLASWAG_TASK, hellaswag if hellaswag is not None else hellaswag_rows())
+    lambada_data = write_jsonl(folder / f"{LAMBADA_TASK}.jsonl", lambada if lambada is not None else lambada_rows())
     (folder / f"{LAMBADA_TASK}.yaml").write_text(
         f"""task: {LAMBADA_TASK}
 dataset_path: json
@@ -105,3 +115,12 @@ metric_list:
 """
     )
     return folder
+
+
+def shakespeare_next_line_rows() -> list[dict]:
+    """The downstream callback's default questions (lightning_gpt/evaluation/shakespeare_next_line.jsonl): 200
+    next-line questions, endings of at most 40 characters, from the last tenth of the embedded Shakespeare."""
+    from lightning_gpt.data.shakespeare import load_plays
+
+    text = "".join(load_plays())
+    return hellaswag_rows(200, seed=0, text=text[int(0.9 * len(text)) :], max_ending=40)

@@ -13,11 +13,12 @@ from .config import TINY, TINY_SHAKESPEARE_DATA
 
 
 def train_args(root: Path, cache_dir: Path, run: str, *overrides: str) -> list[str]:
-    """lgpt-train's command line for TINY on Tiny Shakespeare, in the run folder root/run (model=pretrained
-    keeps only TINY's context: the rest of the shape is the pretrained model's)."""
-    pretrained = "model=pretrained" in overrides
+    """lgpt-train's command line for TINY on Tiny Shakespeare, in the run folder root/run. With model=<name>
+    (model=pretrained, model=mamba_baby, ...) only TINY's context is kept: the rest of the shape is that model's,
+    and the overrides' (a Mamba has no n_head to set)."""
+    other_model = any(o.startswith("model=") for o in overrides)
     return [
-        *(o for o in TINY if not pretrained or not o.startswith("model.") or o.startswith("model.block_size")),
+        *(o for o in TINY if not other_model or not o.startswith("model.") or o.startswith("model.block_size")),
         *TINY_SHAKESPEARE_DATA,
         f"paths.root_dir={root}",
         f"paths.cache_dir={cache_dir}",

@@ -77,7 +77,7 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, mask)
+        x = x + self.attn(self.ln_1(x), cache, mask=mask)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -144,7 +144,7 @@ class GPT(LanguageModel):
             mask = sdpa_mask(doc_ids)  # (B, 1, T, T): same document and causal
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, n_embd)
         for block in self.transformer.h:
-            x = block(x, cache, mask)
+            x = block(x, cache, mask=mask)
         return self.transformer.ln_f(x)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:

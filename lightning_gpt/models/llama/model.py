@@ -123,7 +123,7 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, cache, mask)
+        x = x + self.self_attn(self.input_layernorm(x), rope, cache, mask=mask)
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x
 
@@ -197,7 +197,7 @@ class Llama(LanguageModel):
             mask = sdpa_mask(doc_ids)  # (B, 1, T, T): same document and causal
         rope = (cos.to(x.dtype), sin.to(x.dtype))
         for block in self.model.layers:
-            x = block(x, rope, cache, mask)
+            x = block(x, rope, cache, mask=mask)
         return self.model.norm(x)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:

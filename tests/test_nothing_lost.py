@@ -1,0 +1,332 @@
+"""Nothing lost, ever: a tool writes only files it creates, never through a link it did not create, and a launch
+refused for bad input leaves the disk as it was (docs/reliability.md, round three)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_gpt.apps import export, sample
+from lightning_gpt.apps.train import main
+from lightning_gpt.runs import WRITTEN
+
+from .support.config import ROOT, TINY_SHAKESPEARE
+from .support.processes import child_env, kill_group, start_app, wait_for_step
+from .support.runs import train, train_args
+
+
+def snapshot(folder: Path) -> dict[str, object]:
+    """Every entry under folder: a file's bytes, a link's target, a folder as such (links never followed)."""
+    found: dict[str, object] = {}
+    for path in sorted(folder.rglob("*")):
+        name = str(path.relative_to(folder))
+        if path.is_symlink():
+            found[name] = ("link", os.readlink(path))
+        elif path.is_dir():
+            found[name] = "folder"
+        else:
+            found[name] = path.read_bytes()
+    return found
+
+
+def refused(capsys, app, argv: list[str]) -> str:
+    """The one line an app prints when it refuses argv (exit code 2)."""
+    code = app(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1].removeprefix("error: ")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache_dir) -> Path:
+    """A finished 6-step run, copied afresh by each test that may change it."""
+    return train(
+        tmp_path_factory.mktemp("trained"), cache_dir, "run", "trainer.max_steps=6", "trainer.val_check_interval=3"
+    )
+
+
+@pytest.fixture
+def run(trained, tmp_path) -> Path:
+    copy = tmp_path / "R"
+    shutil.copytree(trained, copy, symlinks=True)
+    return copy
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1-3: a refused launch changes nothing
+
+
+def test_a_refused_launch_leaves_a_folder_it_did_not_make_as_it_was(tmp_path, cache_dir, capsys, monkeypatch):
+    """lgpt-train model.n_head=5 hydra.run.dir=p used to delete p's csv/ and wandb/ with the user's files."""
+    p = tmp_path / "p"
+    (p / "csv").mkdir(parents=True)
+    (p / "wandb").mkdir()
+    (p / "csv" / "mine.csv").write_text("the user's\n")
+    before = snapshot(tmp_path)
+    assert "must be divisible" in refused(capsys, main, train_args(tmp_path, cache_dir, "p", "model.n_head=5"))
+    assert snapshot(tmp_path) == before
+    monkeypatch.chdir(p)  # hydra.run.dir=. in a project folder
+    assert "must be divisible" in refused(
+        capsys, main, [*train_args(tmp_path, cache_dir, "p", "model.n_head=5"), "hydra.run.dir=."]
+    )
+    assert snapshot(tmp_path) == before
+
+
+def test_a_refused_fresh_launch_leaves_no_folder(tmp_path, cache_dir, capsys):
+    assert "must be divisible" in refused(
+        capsys, main, train_args(tmp_path, cache_dir, "new/deep/run", "model.n_head=5")
+    )
+    assert not (tmp_path / "new").exists()
+
+
+REFUSED_RESUMES = [
+    (["optim.lr=-1"], "optim.lr must be > 0, got -1"),
+    (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val must be >= 0, got -1"),
+    (["optim.min_lr=0.5"], "optim.min_lr=0.5 is above optim.lr=0.001"),
+    (["model.n_layer=3"], "it was trained with model.n_layer=2, this run has model.n_layer=3"),
+    (["tokenizer=byte"], "it was trained with tokenizer.name=char, this run has tokenizer.name=byte"),
+    (["optim=muon"], "it was trained with optim.name=adamw, this run has optim.name=muon"),
+    (["model=llama_baby"], "it was trained with model.family=gpt2, this run has model.family=llama"),
+    (["data=shakespeare"], "its character vocabulary"),
+    (["trainer.max_steps=4"], "is already at step 6 and trainer.max_steps=4: nothing to train"),
+    (["experiment=nanogpt_baby"], "experiment=nanogpt_baby cannot change when resuming"),
+]
+
+
+@pytest.mark.slow
+def test_every_refused_resume_leaves_the_run_folder_byte_identical_and_the_run_resumable(run, cache_dir, capsys):
+    """A refused resume used to write config-resumed.yaml, resumes.yaml, .hydra/resume-* and train.log first,
+    and the next, valid, resume then failed with the refused launch's values."""
+    before = snapshot(run)
+    common = [f"ckpt_path={run}", f"paths.cache_dir={cache_dir}", "trainer.enable_progress_bar=false"]
+    for overrides, message in REFUSED_RESUMES:
+        assert message in refused(capsys, main, [*common, "trainer.max_steps=8", *overrides]), overrides
+        assert snapshot(run) == before, overrides
+    assert main([*common, "trainer.max_steps=8"]) == 0
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
+
+
+@pytest.mark.slow
+def test_a_second_launch_on_a_folder_that_is_training_is_refused_and_records_nothing(tmp_path, cache_dir, capsys):
+    """The loser of two lgpt-train on one folder used to overwrite the winner's .hydra/ and append to its log."""
+    slow = ["+callbacks.slow._target_=tests.support.callbacks.Slow", "trainer.max_steps=300", "optim.lr=2e-3"]
+    every = "callbacks.model_checkpoint.every_n_train_steps=2"
+    proc = start_app("lightning_gpt.apps.train", *train_args(tmp_path, cache_dir, "run", *slow, every))
+    try:
+        wait_for_step(tmp_path / "run" / "checkpoints" / "last.ckpt", 2, proc)
+        records = {
+            p: p.read_bytes() for p in [*(tmp_path / "run" / ".hydra").iterdir(), tmp_path / "run" / "config.yaml"]
+        }
+        log = (tmp_path / "run" / "train.log").read_text()
+        error = refused(capsys, main, train_args(tmp_path, cache_dir, "run", "optim.lr=1e-3", "ckpt_path=auto"))
+        assert "is in use by another lgpt-train" in error
+        assert {p: p.read_bytes() for p in records} == records
+        assert (tmp_path / "run" / "train.log").read_text().startswith(log)  # the winner's lines only, appended
+        assert "optim.lr=1e-3" not in (tmp_path / "run" / "train.log").read_text()
+    finally:
+        kill_group(proc)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5, 13: exports
+
+
+def test_an_export_never_writes_into_a_folder_it_did_not_make(run, tmp_path, capsys):
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "config.json").write_text("the user's own")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not yours")
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "config.json").symlink_to(victim)
+    before = snapshot(tmp_path)
+    assert "holds files lightning_gpt did not write" in refused(
+        capsys, export.main, [f"ckpt_path={run}", f"out_dir={users}"]
+    )
+    assert "holds files lightning_gpt did not write" in refused(
+        capsys, export.main, [f"ckpt_path={run}", f"out_dir={planted}"]
+    )
+    assert "is inside the run folder" in refused(capsys, export.main, [f"ckpt_path={run}", f"out_dir={run}"])
+    assert "is inside the run folder" in refused(capsys, export.main, [f"ckpt_path={run}", f"out_dir={run / 'hf'}"])
+    assert snapshot(tmp_path) == before
+
+
+def test_a_re_export_replaces_the_earlier_one_whole_and_cleans_up_after_a_killed_one(run, tmp_path, capsys):
+    out = tmp_path / "hf"
+    assert export.main([f"ckpt_path={run}", f"out_dir={out}"]) == 0
+    (out / "stale.txt").write_text("from the earlier export")  # a file the next export does not write
+    killed = tmp_path / "hf.0123456789abcdef.tmp"  # what a kill during a re-export leaves beside it
+    shutil.copytree(out, killed)
+    assert export.main([f"ckpt_path={run}", f"out_dir={out}"]) == 0
+    assert not (out / "stale.txt").exists() and not killed.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["R", "hf"]
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out) is not None
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_an_export_is_one_line_and_keeps_the_earlier_export(run, tmp_path):
+    out = tmp_path / "hf"
+    assert export.main([f"ckpt_path={run}", f"out_dir={out}"]) == 0
+    before = snapshot(out)
+    limit = (out / "model.safetensors").stat().st_size // 2  # the next model.safetensors cannot be written
+    code = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN);"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}));"
+        "from lightning_gpt.apps.export import main; raise SystemExit(main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, f"ckpt_path={run}", f"out_dir={out}"],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("error: no space left to write out_dir")
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["R", "hf"]  # no temporary left
+
+
+# ---------------------------------------------------------------------------------------------------
+# 6: links planted where a tool writes
+
+
+@pytest.mark.parametrize("name", [*WRITTEN, "csv/metrics.csv"])
+def test_a_link_planted_where_a_run_writes_is_refused_and_its_target_untouched(tmp_path, cache_dir, capsys, name):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("not yours")
+    folder = tmp_path / "run"
+    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+    (folder / name).symlink_to(outside / "victim" if "." in Path(name).name else outside)
+    before = snapshot(tmp_path)
+    error = refused(capsys, main, train_args(tmp_path, cache_dir, "run", "trainer.max_steps=2"))
+    assert "is a symbolic link" in error
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resumes.yaml", "config-resumed.yaml", "train.log", "samples.md", "csv/metrics.csv"])
+def test_a_link_planted_in_a_run_folder_stops_its_resume_before_it_writes(run, tmp_path, cache_dir, capsys, name):
+    victim = tmp_path / "victim"
+    victim.write_text("not yours")
+    if (run / name).exists():
+        (run / name).unlink()
+    (run / name).symlink_to(victim)
+    before = snapshot(tmp_path)
+    error = refused(capsys, main, [f"ckpt_path={run}", "trainer.max_steps=8", f"paths.cache_dir={cache_dir}"])
+    assert "is a symbolic link" in error
+    assert snapshot(tmp_path) == before
+
+
+def test_a_link_planted_where_lgpt_explain_writes_is_refused(run, tmp_path, capsys):
+    from lightning_gpt.apps.explain import main as explain
+
+    victim = tmp_path / "victim.html"
+    victim.write_text("not yours")
+    (run / "explain.html").symlink_to(victim)
+    error = refused(capsys, explain, [f"ckpt_path={run}", "prompt=ROMEO:", "max_new_tokens=2"])
+    assert "is a symbolic link" in error and victim.read_text() == "not yours"
+    assert "is not a page of lgpt-explain" in refused(
+        capsys, explain, [f"ckpt_path={run}", "prompt=ROMEO:", f"out={victim}"]
+    )
+    assert victim.read_text() == "not yours"
+
+
+def test_a_link_planted_where_lgpt_prepare_writes_is_refused(tmp_path, capsys):
+    from lightning_gpt.apps.prepare import main as prepare
+
+    victim = tmp_path / "victim"
+    victim.write_text("not yours")
+    out = tmp_path / "prepared"
+    out.mkdir()
+    (out / "manifest.json").symlink_to(victim)
+    before = snapshot(tmp_path)
+    refused(capsys, prepare, ["data=local", f"data.path={TINY_SHAKESPEARE}", f"out_dir={out}"])
+    assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------------------------------
+# 7: values that train wrong
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val must be >= 0, got -1"),
+        ("optim.min_lr=0.01", "optim.min_lr=0.01 is above optim.lr=0.001"),
+        ("optim.min_lr=nan", "optim.min_lr must be a finite number, got nan"),
+        ("optim.eps=inf", "optim.eps must be a finite number, got inf"),
+        ("optim.weight_decay=nan", "optim.weight_decay must be a finite number, got nan"),
+        ("trainer.max_steps=-1", "trainer.max_steps must be >= 1, got -1"),
+        ("data.val_fraction=1.5", "data.val_fraction must be in (0, 1), got 1.5"),
+        ("model.dropout=nan", "model.dropout must be in [0, 1), got nan"),
+    ],
+)
+def test_values_that_would_train_wrong_are_refused_naming_the_key(tmp_path, cache_dir, capsys, override, message):
+    assert message in refused(capsys, main, train_args(tmp_path, cache_dir, "run", override))
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# 10, 11: damaged files, byte-order marks
+
+
+def test_a_damaged_last_checkpoint_falls_back_to_the_newest_whole_one(run, capsys):
+    """16 bytes flipped in the middle of last.ckpt, a file of its own: its checksums no longer hold."""
+    last = run / "checkpoints" / "last.ckpt"
+    data = bytearray(last.read_bytes())
+    last.unlink()  # last.ckpt was a hard link to step000006.ckpt: damage a copy of its own
+    middle = len(data) // 2
+    data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
+    last.write_bytes(data)
+    assert sample.main([f"ckpt_path={run}", "max_new_tokens=5", "device=cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "last.ckpt is missing or damaged; using" in err and "loaded" in err and "last.ckpt:" not in err
+
+
+def test_a_prompt_file_with_a_byte_order_mark_and_crlf_reads_as_its_text(run, tmp_path, capsys):
+    (tmp_path / "plain.txt").write_bytes(b"ROMEO:\nO, she doth teach")
+    (tmp_path / "windows.txt").write_bytes(b"\xef\xbb\xbfROMEO:\r\nO, she doth teach")
+    outputs = []
+    for name in ("plain.txt", "windows.txt"):
+        assert sample.main([f"ckpt_path={run}", f"prompt=@{tmp_path / name}", "max_new_tokens=8", "device=cpu"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[0].startswith("ROMEO:\nO, she")
+
+
+@pytest.mark.parametrize("path", ["/dev/zero", "{tmp}"])
+def test_a_prompt_that_is_no_text_file_says_what_it_is(run, tmp_path, capsys, path):
+    error = refused(capsys, sample.main, [f"ckpt_path={run}", f"prompt=@{path.format(tmp=tmp_path)}"])
+    assert ("is a folder" if path == "{tmp}" else "is not a regular file") in error
+
+
+# ---------------------------------------------------------------------------------------------------
+# 15: a message that blamed an override never given
+
+
+@pytest.mark.slow
+def test_resuming_on_other_data_keeps_the_runs_context(run, tmp_path, cache_dir, capsys):
+    """A group override (data=local) resolved data.block_size against the default model (64), not the run's
+    (32): the resume was refused, naming a data.block_size override nobody gave."""
+    text = tmp_path / "more.txt"
+    shutil.copy(TINY_SHAKESPEARE, text)  # the same characters, another source
+    args = [
+        f"ckpt_path={run}",
+        "trainer.max_steps=8",
+        "data=local",
+        f"data.path={text}",
+        f"paths.cache_dir={cache_dir}",
+    ]
+    assert main(args) == 0, capsys.readouterr().err[-2000:]
