@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 import lightning_gpt
 from lightning_gpt.apps.explain import main
@@ -25,6 +26,7 @@ from lightning_gpt.models.gpt2.model import GPT, GPTConfig
 from lightning_gpt.models.llama.model import Llama, LlamaConfig, rotary_cos_sin
 from lightning_gpt.models.mamba.inspect import mixer_internals
 from lightning_gpt.models.mamba.model import Mamba, MambaConfig
+from lightning_gpt.schema import CONF_DIR
 from lightning_gpt.tokenizers import CharTokenizer
 from lightning_gpt.training.callbacks import AttentionMaps
 
@@ -208,7 +210,8 @@ def test_attention_maps_callback_draws_each_familys_picture(family_run):
     from matplotlib.image import imread
 
     model, tokenizer = lightning_gpt.load(run)
-    callback = AttentionMaps()  # the prompt of conf/callbacks/attention_maps.yaml
+    prompt = OmegaConf.load(CONF_DIR / "callbacks" / "attention_maps.yaml").attention_maps.prompt
+    callback = AttentionMaps(prompt)  # the prompt the run drew
     callback.ids = prompt_ids(tokenizer, callback.prompt)[: model.config.block_size]
     seen = trace(model, torch.tensor([callback.ids]))
     assert (seen.attention is None) == (family == "mamba") and (seen.state_norms is None) == (family == "llama")
