@@ -3,6 +3,7 @@ refused for bad input leaves the disk as it was (docs/reliability.md, round thre
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -304,6 +305,21 @@ def test_a_prompt_file_with_a_byte_order_mark_and_crlf_reads_as_its_text(run, tm
         assert sample.main([f"ckpt_path={run}", f"prompt=@{tmp_path / name}", "max_new_tokens=8", "device=cpu"]) == 0
         outputs.append(capsys.readouterr().out)
     assert outputs[0] == outputs[1] and outputs[0].startswith("ROMEO:\nO, she")
+
+
+def test_a_prompt_on_standard_input_reads_as_a_prompt_file_does(run, capsys, monkeypatch):
+    """prompt=- took the locale's decoding of standard input: a byte-order mark and a lone CR stayed, and bytes
+    that are not UTF-8 were a traceback."""
+    outputs = []
+    for data in (b"ROMEO:\nO, she", b"\xef\xbb\xbfROMEO:\r\nO, she", b"ROMEO:\rO, she"):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="latin-1"))
+        assert sample.main([f"ckpt_path={run}", "prompt=-", "max_new_tokens=8", "device=cpu"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] == outputs[2] and outputs[0].startswith("ROMEO:\nO, she")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9 au lait")))
+    assert "standard input is not valid UTF-8 text (invalid continuation byte at byte 3)" in refused(
+        capsys, sample.main, [f"ckpt_path={run}", "prompt=-"]
+    )
 
 
 @pytest.mark.parametrize("path", ["/dev/zero", "{tmp}"])
