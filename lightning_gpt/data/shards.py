@@ -258,6 +258,12 @@ class PreparedFolder:
                 f"{name} tokenizer was learned from another corpus), so the ids would mean other text; use a folder "
                 "prepared from the model's training corpus, or give the text itself: data=local data.path=..."
             )
+        if isinstance(wanted, dict) and not fits_on_corpus(wanted):  # a checkpoint's: its tokenizer cannot change
+            raise UserError(
+                f"the prepared folder {self.folder} holds {have['name']} tokens, but the model reads {name} tokens "
+                f"(the tokenizer saved in its checkpoint); use a folder prepared from the model's training corpus "
+                "with that tokenizer, or give the text itself: data=local data.path=..."
+            )
         raise UserError(
             f"the prepared folder {self.folder} holds {have['name']} tokens, but the run asks for the {name} "
             f"tokenizer; use a folder prepared with tokenizer.name={name}, or train with "
