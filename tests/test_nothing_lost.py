@@ -297,6 +297,7 @@ def test_a_link_planted_where_lgpt_prepare_writes_is_refused(tmp_path, capsys):
         ("optim.eps=inf", "optim.eps must be a finite number, got inf"),
         ("optim.weight_decay=nan", "optim.weight_decay must be a finite number, got nan"),
         ("trainer.max_steps=-1", "trainer.max_steps must be >= 1, got -1"),
+        ("trainer.max_epochs=0", "trainer.max_epochs must be -1 (no limit: trainer.max_steps ends the run) or >= 1"),
         ("data.val_fraction=1.5", "data.val_fraction must be in (0, 1), got 1.5"),
         ("model.dropout=nan", "model.dropout must be in [0, 1), got nan"),
     ],
