@@ -202,6 +202,8 @@ def write_folder(out: Path, kind: str, fill: Callable[[Path], object], what: str
     out = Path(out).expanduser().absolute()
     if out.is_symlink():
         raise UserError(f"{what} {out} is a symbolic link; give a folder of its own")
+    if out == Path.cwd():  # renamed over, it would leave the shell in a folder that no longer exists
+        raise UserError(f"{what} {out} is the current folder; give a new folder in it, e.g. {what}=hf")
     if out.exists():
         if not out.is_dir():
             raise UserError(f"{what} {out} is a file; give a new folder, or an empty one")

@@ -160,6 +160,19 @@ def test_an_export_never_writes_into_a_folder_it_did_not_make(run, tmp_path, cap
     assert snapshot(tmp_path) == before
 
 
+def test_an_export_never_replaces_the_current_folder(run, tmp_path, capsys, monkeypatch):
+    """out_dir= (empty) or out_dir=. in an empty folder renamed the export over the current folder: the shell
+    was left in a folder that no longer existed."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert "'out_dir' needs a value" in refused(capsys, export.main, [f"ckpt_path={run}", "out_dir="])
+    assert "is the current folder; give a new folder in it" in refused(
+        capsys, export.main, [f"ckpt_path={run}", "out_dir=."]
+    )
+    assert here.is_dir() and os.path.samefile(os.getcwd(), here) and list(here.iterdir()) == []
+
+
 def test_a_re_export_replaces_the_earlier_one_whole_and_cleans_up_after_a_killed_one(run, tmp_path, capsys):
     out = tmp_path / "hf"
     assert export.main([f"ckpt_path={run}", f"out_dir={out}"]) == 0
