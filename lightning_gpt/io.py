@@ -151,7 +151,8 @@ def folder_lock(path: Path, create_folder: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on the file `path` (created if need be, never through a link) until the block
     ends; other processes wait. The holder may delete the lock file (and its folder): a waiter then finds
     that the file it locked is no longer the one at `path` and starts over, so no two processes ever hold
-    the lock at once. OSError (a read-only disk, a folder that cannot be made) propagates to the caller."""
+    the lock at once. A symbolic link at `path` is refused (UserError), never followed; any other OSError (a
+    read-only disk, a folder that cannot be made) propagates to the caller."""
     path = Path(path)
     while True:
         if create_folder:
@@ -160,6 +161,12 @@ def folder_lock(path: Path, create_folder: bool = True) -> Iterator[None]:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
         except FileNotFoundError:  # the folder was removed under us by the previous holder: make it again
             continue
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise UserError(
+                    f"{path} is a symbolic link; a lock is taken only on a file of its own: remove the link"
+                ) from e
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:

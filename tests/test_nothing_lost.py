@@ -297,6 +297,57 @@ def test_a_link_planted_where_lgpt_prepare_writes_is_refused(tmp_path, capsys):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize(
+    "name", [".lock", "progress.json", "tokenizer.json", "shard_00000.bin", "docs_00000.idx", "manifest.json"]
+)
+def test_a_link_planted_in_an_interrupted_prepared_folder_is_never_followed(tmp_path, capsys, name):
+    """An out_dir of ours (an interrupted lgpt-prepare's: its .lgpt-prepare marker, no manifest) with a link
+    planted at a name lgpt-prepare writes: replaced by the file itself, or (the lock) refused in one line, where
+    a link at .lock was an OSError's traceback. The link's target is never written."""
+    from lightning_gpt.apps.prepare import main as prepare
+
+    victim = tmp_path / "victim"
+    victim.write_text("not yours")
+    out = tmp_path / "prepared"
+    out.mkdir()
+    (out / ".lgpt-prepare").write_text("an interrupted run's")
+    (out / name).symlink_to(victim)
+    small = tmp_path / "small.txt"
+    small.write_text(TINY_SHAKESPEARE.read_text()[:20_000])
+    code = prepare(["data=local", f"data.path={small}", f"out_dir={out}", "data.num_proc=1"])
+    err = capsys.readouterr().err
+    assert victim.read_text() == "not yours" and "Traceback" not in err
+    if name == ".lock":
+        assert code == 2 and err.strip().splitlines()[-1] == (
+            f"error: {out / '.lock'} is a symbolic link; a lock is taken only on a file of its own: remove the link"
+        )
+    else:
+        assert code == 0 and not [p for p in out.iterdir() if p.is_symlink()]
+
+
+@pytest.mark.parametrize("planted", ["folder", "lock"])
+def test_a_link_planted_in_the_token_cache_is_refused(tmp_path, planted):
+    """The token cache names its folders <fingerprint>/ (with <fingerprint>.lock beside): a link at either
+    was followed (written through, or an OSError's traceback)."""
+    from lightning_gpt.data.cache import fingerprint, prepare_tokens
+    from lightning_gpt.data.sources import Source
+    from lightning_gpt.errors import UserError
+
+    small = tmp_path / "small.txt"
+    small.write_text(TINY_SHAKESPEARE.read_text()[:20_000])
+    source, cache = Source("local", path=str(small)), tmp_path / "cache"
+    cache.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "notes.txt").write_text("not yours")
+    name = fingerprint(source, "char", 0.1)
+    (cache / (name if planted == "folder" else f"{name}.lock")).symlink_to(outside)
+    before = snapshot(tmp_path)
+    with pytest.raises(UserError, match="is a symbolic link; .* remove the link"):
+        prepare_tokens(source, "char", 0.1, str(cache), num_proc=1)
+    assert snapshot(tmp_path) == before
+
+
 # ---------------------------------------------------------------------------------------------------
 # 7: values that train wrong
 

@@ -263,6 +263,11 @@ def prepare_folder(
     if not 0.0 <= max_skipped_fraction <= 1.0:
         raise UserError(f"data.max_skipped_fraction must be in [0, 1], got {max_skipped_fraction}")
     out = Path(out_dir).expanduser().absolute()
+    if owned and out.is_symlink():  # a name of ours (the token cache's): a link there was planted
+        raise UserError(
+            f"the {what} folder {out} is a symbolic link; lightning_gpt writes there only into a folder of its own: "
+            "remove the link"
+        )
     wanted = fingerprint(source, tokenizer_name, val_fraction, shard_tokens)
     if _state(out, wanted, what, checksums, owned, warn=False) == "done":
         return out, False
@@ -317,6 +322,10 @@ def prepare_folder(
                         f"or choose another {what} on a larger disk, then run the same command again"
                     ) from e
                 raise
+    except UserError:
+        if made_folder:  # refused before any work (a link at the lock): the folder this launch made goes
+            _rmdir_if_empty(out)
+        raise
     except OSError as e:
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and str(e.filename or "").startswith(str(out)):
             raise UserError(f"cannot write {what} {out} ({e.strerror}); choose a writable folder: {what}=...") from e
