@@ -10,6 +10,8 @@ link we did not create. Shared by token caches, prepared folders, run folders, c
 - `append_text`: append to a file of ours; a symlink at the path is refused, not followed.
 - `write_folder`: a folder made as a whole, beside its place, then renamed into it: it replaces only a missing or
   empty folder or one it made before for the same purpose, never a folder holding someone else's files.
+- `placing`: the step that puts a finished write in place (a rename, a link) runs with Ctrl-C and SIGTERM held,
+  so it is done whole, and is recorded in `PLACED`: an app interrupted later says what it had written.
 - `folder_lock`: an flock on a file, checked after it is taken to be the file still at that path, so a lock
   file removed by its holder is never held by two processes.
 
@@ -25,7 +27,9 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -35,6 +39,32 @@ from lightning_gpt.errors import UserError
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 NO_FOLLOW = os.O_NOFOLLOW
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+PLACED: list[Path] = []  # what this process has put in place, in order (see placing)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait while the block runs (in the main thread), then act: a step made of several
+    system calls (two renames) is never cut in the middle by an interruption."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+@contextlib.contextmanager
+def placing(path: Path) -> Iterator[None]:
+    """The block puts a finished write in place at `path` (a rename, a link): it runs with signals held, and
+    once it has succeeded `path` is in PLACED, so an app interrupted after it knows the write was whole."""
+    with signals_held():
+        yield
+        PLACED.append(Path(path))
 
 
 def create_new(path: Path) -> BinaryIO:
@@ -236,15 +266,16 @@ def write_folder(out: Path, kind: str, fill: Callable[[Path], object], what: str
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
         fsync_folder(tmp)
-        if out.exists() and not any(out.iterdir()):
-            out.rmdir()  # an empty folder: ours takes its place
-        if out.exists():
-            old = parent / f"{out.name}.{secrets.token_hex(8)}.old"
-            os.rename(out, old)
+        old = None
+        with placing(out):  # both renames or neither: an interruption between them lost both folders
+            if out.exists() and not any(out.iterdir()):
+                out.rmdir()  # an empty folder: ours takes its place
+            if out.exists():
+                old = parent / f"{out.name}.{secrets.token_hex(8)}.old"
+                os.rename(out, old)
             os.rename(tmp, out)
+        if old is not None:
             shutil.rmtree(old)
-        else:
-            os.rename(tmp, out)
         fsync_folder(parent)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from lightning_gpt.apps import export, sample
 from lightning_gpt.apps.train import main
 from lightning_gpt.runs import WRITTEN
 
-from .support.config import ROOT, TINY_SHAKESPEARE
+from .support.config import ROOT, TINY_SHAKESPEARE, TINY_SHAKESPEARE_DATA
 from .support.processes import child_env, kill_group, start_app, wait_for_step
 from .support.runs import train, train_args
 
@@ -236,6 +238,74 @@ def test_a_really_full_disk_during_an_export_is_one_line_and_keeps_the_earlier_e
         error = refused(capsys, export.main, [f"ckpt_path={run}", f"out_dir={target}"])
         assert error.startswith(f"no space left to write out_dir {target}; nothing of it was written"), error
         assert snapshot(small_disk) == before  # the earlier export whole, no temporary folder left
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ctrl-C and SIGTERM in the apps that read a checkpoint (lgpt-train and lgpt-prepare: tests/test_reliability.py,
+# tests/test_prepare.py)
+
+
+def _wait(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+
+
+def _stopped(proc: subprocess.Popen, signum: int) -> str:
+    """Send signum; the app's last line on stderr, once it has exited with 128 + signum and no traceback."""
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum and "Traceback" not in err, err[-3000:]
+    return err.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def larger(tmp_path_factory, cache_dir) -> Path:
+    """A 10M-parameter run: its export takes long enough to be interrupted while it writes."""
+    shape = ["model.n_layer=6", "model.n_embd=384", "model.n_head=6", "trainer.max_steps=1"]
+    return train(tmp_path_factory.mktemp("larger"), cache_dir, "run", *shape, "trainer.val_check_interval=1")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_during_a_re_export_leaves_the_earlier_export_and_no_temporary(larger, tmp_path, signum):
+    """Ctrl-C was a KeyboardInterrupt traceback; SIGTERM killed the export and left its model-sized temporary
+    folder until the next export. Now both remove it and say so in one line."""
+    out = tmp_path / "hf"
+    assert export.main([f"ckpt_path={larger}", f"out_dir={out}"]) == 0
+    before = snapshot(tmp_path)
+    proc = start_app("lightning_gpt.apps.export", f"ckpt_path={larger}", f"out_dir={out}")
+    _wait(lambda: any(tmp_path.glob("hf.*.tmp/config.json")), proc)  # it writes the new export beside
+    name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    assert _stopped(proc, signum) == (
+        f"interrupted by {name}: nothing of this export was written; out_dir is as it was"
+    )
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_during_lgpt_eval_or_lgpt_sample_is_one_line_and_writes_nothing(
+    run, tmp_path, cache_dir, signum
+):
+    """lgpt-eval exited 0 on SIGTERM (Lightning's SIGTERMException is a SystemExit(0)) as if it had finished,
+    and 1 on Ctrl-C; lgpt-sample printed a KeyboardInterrupt traceback or died silently."""
+    name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    before = snapshot(run)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    args = [f"ckpt_path={run}", f"paths.cache_dir={cache_dir}", *TINY_SHAKESPEARE_DATA, "windows=1000000"]
+    proc = start_app("lightning_gpt.apps.evaluate", *args, "data.batch_size=1", "trainer.accelerator=cpu", cwd=cwd)
+    maps = Path(f"/proc/{proc.pid}/maps")
+    _wait(lambda: str(cache_dir) in maps.read_text(), proc)  # the split's shards are mapped: it evaluates
+    assert _stopped(proc, signum) == f"interrupted by {name}: no results were written"
+    proc = start_app("lightning_gpt.apps.sample", f"ckpt_path={run}", "max_new_tokens=1000000", "device=cpu", cwd=cwd)
+    while not proc.stderr.readline().startswith("loaded "):  # then it generates
+        assert proc.poll() is None
+    assert _stopped(proc, signum) == f"interrupted by {name}: the text printed so far is all there is"
+    assert snapshot(run) == before and list(cwd.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -38,7 +38,9 @@ def task(cfg: DictConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return launch(task, "export", argv, "lgpt-export")
+    return launch(
+        task, "export", argv, "lgpt-export", interrupted="nothing of this export was written; out_dir is as it was"
+    )
 
 
 if __name__ == "__main__":
