@@ -483,6 +483,48 @@ def test_a_prompt_on_standard_input_reads_as_a_prompt_file_does(run, capsys, mon
     )
 
 
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (b"6,0,not a number,,,,\n", "metrics.csv is damaged at line 5: train/loss 'not a number' at step '6'"),
+        (b"6,0,\xff\xfe,,,,\n", "metrics.csv is damaged (not UTF-8 text at byte"),
+        (b"6,0,4.1\x00,,,,\n", "metrics.csv is damaged at line 5: train/loss '4.1\\x00' at step '6'"),
+        (b'6,0,"' + b"9" * 200_000 + b'",,,,\n', "metrics.csv is damaged after line 4 (field larger than field limit"),
+    ],
+)
+def test_lgpt_plot_reads_a_damaged_log_in_one_line_and_writes_no_chart(run, tmp_path, capsys, damage, message):
+    """A row cut or garbled in metrics.csv was a ValueError's or UnicodeDecodeError's traceback."""
+    from lightning_gpt.apps.plot import main as plot
+
+    with open(run / "csv" / "metrics.csv", "ab") as f:
+        f.write(damage)
+    before = snapshot(tmp_path)
+    assert message in refused(capsys, plot, [str(run)])
+    assert snapshot(tmp_path) == before
+
+
+def test_lgpt_plot_labels_a_run_whose_recorded_overrides_are_damaged_and_never_writes_through_a_link(
+    run, tmp_path, capsys
+):
+    """A damaged .hydra/overrides.yaml (what labels a sweep's jobs) was a traceback: it now records no overrides.
+    A link planted where the chart goes is refused, its target untouched."""
+    from lightning_gpt.apps.plot import main as plot
+
+    other = tmp_path / "other"
+    shutil.copytree(run, other, symlinks=True)
+    (run / ".hydra" / "overrides.yaml").write_bytes(b"- optim.lr=\xff\n")
+    (other / ".hydra" / "overrides.yaml").write_bytes(b"{not: [yaml")
+    assert plot([str(run), str(other), "-o", str(tmp_path / "both.png")]) == 0
+    assert (tmp_path / "both.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    victim = tmp_path / "victim.png"
+    victim.write_text("not yours")
+    (run / "loss.png").symlink_to(victim)
+    capsys.readouterr()
+    assert "loss.png exists and is not a chart of lgpt-plot" in refused(capsys, plot, [str(run)])
+    assert victim.read_text() == "not yours" and (run / "loss.png").is_symlink()
+    assert not [p for p in tmp_path.rglob("*.tmp*")]
+
+
 @pytest.mark.parametrize("path", ["/dev/zero", "{tmp}"])
 def test_a_prompt_that_is_no_text_file_says_what_it_is(run, tmp_path, capsys, path):
     error = refused(capsys, sample.main, [f"ckpt_path={run}", f"prompt=@{path.format(tmp=tmp_path)}"])
