@@ -89,6 +89,31 @@ def test_a_refused_fresh_launch_leaves_no_folder(tmp_path, cache_dir, capsys):
     assert not (tmp_path / "new").exists()
 
 
+def test_every_other_tool_refused_on_a_run_folder_leaves_it_byte_identical(run, tmp_path, capsys, monkeypatch):
+    """lgpt-sample, lgpt-export, lgpt-explain and lgpt-plot, each refused for bad input against a run folder: the
+    folder, and the current folder, are as they were (lgpt-train's refusals: below; lgpt-eval's: test_eval.py)."""
+    from lightning_gpt.apps.explain import main as explain
+    from lightning_gpt.apps.plot import main as plot
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    launches = [
+        (sample.main, [f"ckpt_path={run}", "temperature=nan"], "temperature must be a finite number"),
+        (sample.main, [f"ckpt_path={run}", "prompt=@nowhere.txt"], "prompt file nowhere.txt not found"),
+        (sample.main, [f"ckpt_path={run}", "num_samples=0"], "num_samples must be at least 1"),
+        (export.main, [f"ckpt_path={run}", f"out_dir={run / 'checkpoints'}"], "is inside the run folder"),
+        (explain, [f"ckpt_path={run}", "prompt=ROMEO:", "max_new_tokens=-1"], "max_new_tokens must be at"),
+        (explain, [f"ckpt_path={run}", "prompt=ROMEO:", f"out={run / 'config.yaml'}"], "is not a page of"),
+        (plot, [str(run), "--metric", "val/nope"], "holds no val/nope"),
+        (plot, [str(run), "-o", str(run / "csv")], "exists and is not a chart of lgpt-plot"),
+    ]
+    before = snapshot(tmp_path)
+    for app, argv, message in launches:
+        assert message in refused(capsys, app, argv), argv
+        assert snapshot(tmp_path) == before, argv
+
+
 REFUSED_RESUMES = [
     (["optim.lr=-1"], "optim.lr must be > 0, got -1"),
     (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val must be >= 0, got -1"),
