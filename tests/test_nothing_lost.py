@@ -141,6 +141,25 @@ def test_every_refused_resume_leaves_the_run_folder_byte_identical_and_the_run_r
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
 
 
+def test_a_resume_reads_the_runs_saved_config_as_possibly_damaged(run, cache_dir, capsys):
+    """config.yaml cut short (a kill, a full disk, an editor) was read as a config without its last keys:
+    'unknown config key 'logger'', a key nobody gave; a damaged config-resumed.yaml is named too. Both
+    refusals leave the run as it was."""
+    config = run / "config.yaml"
+    whole = config.read_bytes()
+    before = snapshot(run)
+    resume = [f"ckpt_path={run}", "trainer.max_steps=8", f"paths.cache_dir={cache_dir}"]
+    config.write_bytes(whole[: len(whole) // 2])
+    assert "config.yaml is cut short or damaged: it has no 'sample', which the checkpoint's config has" in refused(
+        capsys, main, resume
+    )
+    config.write_bytes(whole)
+    (run / "config-resumed.yaml").write_bytes(b"\x00{[ not yaml")
+    assert "config-resumed.yaml is not a readable run config (ReaderError); restore it" in refused(capsys, main, resume)
+    (run / "config-resumed.yaml").unlink()
+    assert snapshot(run) == before
+
+
 @pytest.mark.slow
 def test_a_second_launch_on_a_folder_that_is_training_is_refused_and_records_nothing(tmp_path, cache_dir, capsys):
     """The loser of two lgpt-train on one folder used to overwrite the winner's .hydra/ and append to its log."""
