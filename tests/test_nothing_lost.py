@@ -384,6 +384,28 @@ def test_a_link_planted_in_a_run_folder_stops_its_resume_before_it_writes(run, t
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("target", ["outside", "checkpoints/../x.0123456789abcdef"])
+def test_a_link_planted_at_a_sharded_checkpoint_name_never_removes_what_it_points_at(tmp_path, target):
+    """A sharded checkpoint's name is a link to its data folder, which a save replaces and a pruning removes: a
+    link planted at that name (to a folder of the user's, or one named like our data folders) had its target
+    deleted, files and all."""
+    from lightning_gpt.parallel.checkpoint import ShardedCheckpointWriter, remove_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    victim = tmp_path / Path(target).name
+    victim.mkdir()
+    (victim / "mine.txt").write_text("not yours")
+    before = snapshot(victim)
+    link = str(victim) if target == "outside" else target.removeprefix("checkpoints/")
+    (folder / "last.ckpt").symlink_to(link)
+    ShardedCheckpointWriter().save({"state_dict": {"w": torch.zeros(3)}, "global_step": 1}, folder / "last.ckpt")
+    assert snapshot(victim) == before
+    (folder / "step000001.ckpt").symlink_to(link)
+    remove_checkpoint(folder / "step000001.ckpt")
+    assert snapshot(victim) == before and not (folder / "step000001.ckpt").exists()
+
+
 def test_a_link_planted_where_lgpt_explain_writes_is_refused(run, tmp_path, capsys):
     from lightning_gpt.apps.explain import main as explain
 
