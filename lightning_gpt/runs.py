@@ -47,6 +47,7 @@ CONFIG, RESUMED_CONFIG, RESUMES, TRAIN_LOG = "config.yaml", "config-resumed.yaml
 # Every name a training run writes in its folder: none may be a symlink there (see check_no_links).
 WRITTEN = (CONFIG, RESUMED_CONFIG, RESUMES, TRAIN_LOG, LOCK, ".hydra", "checkpoints", "csv", "tensorboard", "wandb")
 WRITTEN += ("samples.md", "attention", "explain.html", "fit-profile.txt", "eval")
+WRITTEN_INSIDE = ("csv/metrics.csv", "wandb/run_id")  # files in those folders a run reads back, then writes
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -435,8 +436,9 @@ def check_no_links(run: Path) -> None:
                 f"{run / name} is a symbolic link; lgpt-train writes there only into a file or folder of its own: "
                 "remove the link, or train in another folder"
             )
-    if (run / "csv" / "metrics.csv").is_symlink():
-        raise UserError(f"{run / 'csv' / 'metrics.csv'} is a symbolic link; remove it, or train in another folder")
+    for name in WRITTEN_INSIDE:
+        if (run / name).is_symlink():
+            raise UserError(f"{run / name} is a symbolic link; remove it, or train in another folder")
 
 
 class RunLock:

@@ -17,7 +17,7 @@ import torch
 
 from lightning_gpt.apps import export, sample
 from lightning_gpt.apps.train import main
-from lightning_gpt.runs import WRITTEN
+from lightning_gpt.runs import WRITTEN, WRITTEN_INSIDE
 
 from .support.config import ROOT, TINY_SHAKESPEARE, TINY_SHAKESPEARE_DATA
 from .support.processes import child_env, kill_group, start_app, wait_for_step
@@ -356,7 +356,7 @@ def test_ctrl_c_or_sigterm_during_lgpt_eval_or_lgpt_sample_is_one_line_and_write
 # 6: links planted where a tool writes
 
 
-@pytest.mark.parametrize("name", [*WRITTEN, "csv/metrics.csv"])
+@pytest.mark.parametrize("name", [*WRITTEN, *WRITTEN_INSIDE])
 def test_a_link_planted_where_a_run_writes_is_refused_and_its_target_untouched(tmp_path, cache_dir, capsys, name):
     outside = tmp_path / "outside"
     outside.mkdir()
