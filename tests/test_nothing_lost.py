@@ -352,6 +352,23 @@ def test_ctrl_c_or_sigterm_during_lgpt_eval_or_lgpt_sample_is_one_line_and_write
     assert snapshot(run) == before and list(cwd.iterdir()) == []
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_while_lgpt_train_tokenizes_records_nothing(tmp_path, signum):
+    """Before training starts a signal stops the launch as a refusal would: Ctrl-C was a KeyboardInterrupt
+    traceback, SIGTERM killed it and left the run folder and a half-made token cache until the next run.
+    (Once training has started, LastCheckpoint finishes the step and saves: tests/test_reliability.py.)"""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TINY_SHAKESPEARE.read_text() * 40)  # 45 MB: seconds of tokenizing
+    cache = tmp_path / "cache"
+    args = ["data=local", f"data.path={corpus}", f"paths.cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = start_app("lightning_gpt.apps.train", *args, "trainer.max_steps=2", cwd=tmp_path)
+    _wait(lambda: any(cache.rglob("shard_*")), proc)  # its first shards are written
+    name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    assert _stopped(proc, signum) == f"interrupted by {name}: nothing was recorded"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "corpus.txt"] and list(cache.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------------------------------
 # 6: links planted where a tool writes
 

@@ -31,12 +31,14 @@ def launch(
     argv: Sequence[str] | None,
     prog: str,
     interrupted: str | None = None,
+    own_signals: bool = False,
 ) -> int:
     """Compose config_name from the command line argv (sys.argv[1:] if None) and run task on it; the exit code.
 
     With `interrupted` (what an interruption leaves, e.g. "no results were written"), Ctrl-C and SIGTERM stop
     the task where it is (its cleanup runs, as for an error), then print `interrupted by <signal>: <that>` and
-    return 130 or 143. lgpt-train and lgpt-prepare handle these signals themselves."""
+    return 130 or 143. With `own_signals`, the task chooses where they stop it (`stop_on_signals`): lgpt-train
+    until it starts training, after which its checkpoint callback handles them. lgpt-prepare handles its own."""
     import hydra
 
     register_resolvers()
@@ -49,7 +51,7 @@ def launch(
     os.environ["HYDRA_FULL_ERROR"] = "1"
     placed = len(io.PLACED)
     try:
-        with stop_on_signals(interrupted is not None):
+        with stop_on_signals(interrupted is not None and not own_signals):
             return run(app, [prog, *(sys.argv[1:] if argv is None else argv)])
     except Interrupted as e:
         name = "Ctrl-C" if e.signum == signal.SIGINT else signal.Signals(e.signum).name
