@@ -608,6 +608,43 @@ def test_lgpt_plot_labels_a_run_whose_recorded_overrides_are_damaged_and_never_w
     assert not [p for p in tmp_path.rglob("*.tmp*")]
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda m: [m],  # JSON, not an object
+        lambda m: {k: v for k, v in m.items() if k != "dtype"},
+        lambda m: {**m, "shards": "shard_00000.bin"},
+        lambda m: {**m, "tokenizer": None},
+    ],
+    ids=["a list", "no dtype", "shards a string", "no tokenizer"],
+)
+def test_a_damaged_manifest_is_one_line_and_a_damaged_progress_file_is_redone(tmp_path, damage):
+    """A manifest.json of the right format with a key missing or of another type (or a JSON list) was an
+    AttributeError's, KeyError's or TypeError's traceback, from data=prepared and from lgpt-prepare alike."""
+    import json
+
+    from lightning_gpt.data.prepare import prepare_folder
+    from lightning_gpt.data.shards import PreparedFolder
+    from lightning_gpt.data.sources import Source
+    from lightning_gpt.errors import UserError
+
+    (tmp_path / "a.txt").write_text(TINY_SHAKESPEARE.read_text()[:20_000])
+    source = Source("local", path=str(tmp_path / "a.txt"))
+    folder, _ = prepare_folder(source, "char", 0.1, tmp_path / "p", num_proc=1)
+    manifest = folder / "manifest.json"
+    manifest.write_text(json.dumps(damage(json.loads(manifest.read_text()))))
+    before = snapshot(folder)
+    with pytest.raises(UserError, match="manifest.json is not a manifest of lgpt-prepare|manifest.json is damaged"):
+        PreparedFolder(folder)
+    with pytest.raises(UserError, match="manifest.json that lgpt-prepare did not write|prepared with other settings"):
+        prepare_folder(source, "byte", 0.1, folder, num_proc=1)  # lgpt-prepare with other settings: refused
+    assert snapshot(folder) == before
+    (folder / ".lgpt-prepare").write_text("an interrupted run's")  # ours: the same command prepares it again,
+    (folder / "progress.json").write_text(json.dumps(damage({"settings": "x", "version": 2, "shards": []})))
+    assert prepare_folder(source, "char", 0.1, folder, num_proc=1) == (folder, True)  # a damaged progress too
+    assert PreparedFolder(folder).num_tokens > 0
+
+
 @pytest.mark.parametrize("path", ["/dev/zero", "{tmp}"])
 def test_a_prompt_that_is_no_text_file_says_what_it_is(run, tmp_path, capsys, path):
     error = refused(capsys, sample.main, [f"ckpt_path={run}", f"prompt=@{path.format(tmp=tmp_path)}"])

@@ -187,10 +187,10 @@ def _state(out: Path, wanted: str, what: str, checksums: bool | None, owned: boo
         return "new"
     if (out / MANIFEST).is_file():
         try:
-            manifest = json.loads((out / MANIFEST).read_text())
-            if manifest.get("format") != FORMAT:
+            manifest = json.loads((out / MANIFEST).read_bytes())
+            if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
                 raise ValueError
-        except ValueError:
+        except (OSError, ValueError):
             if owned or (out / MARKER).is_file():  # ours, its manifest damaged
                 if warn:
                     log.warning(f"the {what} {out} is damaged (its manifest.json is unreadable); rebuilding it")
@@ -205,16 +205,24 @@ def _state(out: Path, wanted: str, what: str, checksums: bool | None, owned: boo
                     f"{manifest.get('version')}, without a document index); data=prepared still reads it for "
                     f"random windows; to prepare it again, delete it or choose another {what}"
                 )
+            try:
+                held = f" ({manifest['tokenizer']['name']} tokens of {describe_source(manifest['source'])})"
+            except (KeyError, TypeError, ValueError):  # a damaged manifest: what it held is not known
+                held = ""
             raise UserError(
-                f"{what} {out} holds a corpus prepared with other settings ({manifest['tokenizer']['name']} "
-                f"tokens of {describe_source(manifest['source'])}); choose another {what}, or delete that one "
-                "to prepare it again"
+                f"{what} {out} holds a corpus prepared with other settings{held}; choose another {what}, or delete "
+                "that one to prepare it again"
             )
         if checksums is None:
             checksums = manifest.get("num_tokens", 0) * np.dtype(manifest.get("dtype", "uint16")).itemsize <= (
                 CHECKSUM_BYTES
             )
-        problem = damage(out, manifest, checksums)
+        try:
+            problem = damage(out, manifest, checksums)
+            if not isinstance(manifest.get("tokenizer"), dict) or "name" not in manifest["tokenizer"]:
+                raise KeyError("tokenizer")
+        except (KeyError, TypeError, ValueError) as e:  # written by us with these settings, then damaged
+            problem = f"its manifest.json is damaged: {type(e).__name__} {e}"
         if problem is None:
             return "done"
         if warn:
@@ -361,10 +369,10 @@ def _remove_stale(folder: Path, keep: set[str]) -> None:
 def _progress(out: Path, wanted: str) -> dict[str, Any] | None:
     """An interrupted run's progress, if it had these settings and its shards are intact."""
     try:
-        progress = json.loads((out / PROGRESS).read_text())
-    except (OSError, ValueError):
-        return None
-    if progress.get("settings") != wanted or progress.get("version") != VERSION or damage(out, progress):
+        progress = json.loads((out / PROGRESS).read_bytes())
+        if progress.get("settings") != wanted or progress.get("version") != VERSION or damage(out, progress):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # damaged: start afresh
         return None
     return progress
 

@@ -213,16 +213,21 @@ class PreparedFolder:
                 f"make one with lgpt-prepare <the same tokenizer= and data= settings> out_dir={self.folder}"
             )
         try:
-            self.meta = json.loads((self.folder / MANIFEST).read_text())
-        except ValueError:
-            self.meta = {}
+            meta = json.loads((self.folder / MANIFEST).read_bytes())
+        except (OSError, ValueError):  # not UTF-8 (a UnicodeDecodeError is a ValueError), not JSON
+            meta = {}
+        self.meta: dict[str, Any] = meta if isinstance(meta, dict) else {}
         if self.meta.get("format") != FORMAT or self.meta.get("version") not in (1, VERSION):
             raise UserError(f"{self.folder / MANIFEST} is not a manifest of lgpt-prepare (version 1 or {VERSION})")
-        if checksums is None:
-            checksums = self.num_tokens * np.dtype(self.dtype).itemsize <= CHECKSUM_BYTES
-        if problem := damage(self.folder, self.meta, checksums):
+        try:  # a manifest of ours, read as possibly damaged: a key missing or of another type is one line
+            if checksums is None:
+                checksums = self.num_tokens * np.dtype(self.dtype).itemsize <= CHECKSUM_BYTES
+            problem = damage(self.folder, self.meta, checksums)
+            self.tokenizer = tokenizer_from_dict(self.meta["tokenizer"])
+        except (KeyError, TypeError, ValueError) as e:
+            problem = f"its manifest.json is damaged: {type(e).__name__} {e}"
+        if problem:
             raise UserError(f"the {what} {self.folder} is damaged ({problem}); run lgpt-prepare again")
-        self.tokenizer = tokenizer_from_dict(self.meta["tokenizer"])
         self._doc_starts: np.ndarray | None = None
 
     def check_tokenizer(self, wanted: str | dict[str, Any]) -> None:
