@@ -42,20 +42,31 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_
 
 
 PLACED: list[Path] = []  # what this process has put in place, in order (see placing)
+STOPPING = (signal.SIGINT, signal.SIGTERM)  # the signals that stop a tool: Ctrl-C, a scheduler's SIGTERM
 
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait while the block runs (in the main thread), then act: a step made of several
-    system calls (two renames) is never cut in the middle by an interruption."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+    """Ctrl-C and SIGTERM wait while the block runs, then act as they would have: a step made of several
+    system calls (two renames) is never cut in the middle by an interruption. Python runs signal handlers in
+    the main thread whichever thread the signal reached (torch's threads included), so a handler of its own
+    there, noting the signal, holds it (a blocked signal mask would not: another thread takes the signal)."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    caught: list[int] = []
+    previous = {signum: signal.signal(signum, lambda s, f: caught.append(s)) for signum in STOPPING}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if caught:  # now, as it would have been then
+            signum, handler = caught[0], previous[caught[0]]
+            if callable(handler):
+                handler(signum, None)
+            elif handler in (signal.SIG_DFL, None):
+                os.kill(os.getpid(), signum)
 
 
 @contextlib.contextmanager

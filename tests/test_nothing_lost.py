@@ -305,6 +305,30 @@ def _stopped(proc: subprocess.Popen, signum: int) -> str:
     return err.strip().splitlines()[-1]
 
 
+def test_a_signal_while_a_write_is_put_in_place_waits_for_it(tmp_path):
+    """The two renames of a re-export (the old folder aside, the new one in) are one step: a Ctrl-C or SIGTERM
+    between them used to lose both folders (the new one cleaned up, the old one left as <out>.<hex>.old for the
+    next export to remove). Now the signal acts once the step is done, and the app knows what was written."""
+    from lightning_gpt.apps.launch import stop_on_signals
+    from lightning_gpt.errors import Interrupted
+    from lightning_gpt.io import PLACED, placing
+
+    (tmp_path / "new").mkdir()
+    with pytest.raises(KeyboardInterrupt):  # Python's own Ctrl-C handler, after the block
+        with placing(tmp_path / "out"):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # where a handler would have run
+            os.rename(tmp_path / "new", tmp_path / "out")
+    assert (tmp_path / "out").is_dir() and PLACED[-1] == tmp_path / "out"
+    with pytest.raises(Interrupted) as stopped, stop_on_signals():  # the apps' handler
+        with placing(tmp_path / "again"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+            os.rename(tmp_path / "out", tmp_path / "again")
+    assert stopped.value.signum == signal.SIGTERM and PLACED[-1] == tmp_path / "again"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers as they were
+
+
 @pytest.fixture(scope="module")
 def larger(tmp_path_factory, cache_dir) -> Path:
     """A 10M-parameter run: its export takes long enough to be interrupted while it writes."""
