@@ -310,8 +310,11 @@ def prepare_folder(
             except BaseException as e:
                 if builder is not None and builder.writer is not None:
                     builder.writer.abandon()
-                complete = [p for p in created if p.name.startswith("shard_") and p.exists()]
+                complete = [p for p in created if re.fullmatch(r"shard_\d{5}\.bin", p.name) and p.exists()]
                 if complete and keep_on_error:
+                    for path in created:  # a temporary of this launch's (one interrupted as it was made)
+                        if _TEMPORARY.fullmatch(path.name):
+                            path.unlink(missing_ok=True)
                     log.warning(
                         f"{what} {out} keeps its {len(_complete_shards(out))} complete shards: run the same command "
                         "again to go on from there"
@@ -330,13 +333,14 @@ def prepare_folder(
                         f"or choose another {what} on a larger disk, then run the same command again"
                     ) from e
                 raise
-    except UserError:
-        if made_folder:  # refused before any work (a link at the lock): the folder this launch made goes
+    except BaseException as e:
+        if made_folder:  # stopped before any work (a link at the lock, Ctrl-C while waiting): the folder goes
             _rmdir_if_empty(out)
-        raise
-    except OSError as e:
-        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and str(e.filename or "").startswith(str(out)):
-            raise UserError(f"cannot write {what} {out} ({e.strerror}); choose a writable folder: {what}=...") from e
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            if str(e.filename or "").startswith(str(out)):
+                raise UserError(
+                    f"cannot write {what} {out} ({e.strerror}); choose a writable folder: {what}=..."
+                ) from e
         raise
 
 
@@ -434,6 +438,8 @@ class _Build:
         position: dict[str, Any] = {}
 
         def save(written: int) -> None:  # a shard is complete: resume after the tokens in it
+            if out / PROGRESS not in self.created:  # noted first: an interruption in between leaves nothing
+                self.created.append(out / PROGRESS)
             atomic_write(
                 out / PROGRESS,
                 json.dumps(
@@ -454,8 +460,6 @@ class _Build:
                     }
                 ),
             )
-            if out / PROGRESS not in self.created:
-                self.created.append(out / PROGRESS)
 
         self.writer = ShardWriter(out, dtype, self.shard_tokens, done["shards"], save, self.created)
         chars = 0

@@ -66,8 +66,8 @@ class _Part:
     def __init__(self, path: Path, magic: bytes, itemsize: int, created: list[Path]):
         self.path, self.magic, self.itemsize = path, magic, itemsize
         self.tmp = temporary_name(path, ".partial")
+        created.append(self.tmp)  # noted first: an interruption between the two leaves nothing behind
         self.file = create_new(self.tmp)
-        created.append(self.tmp)
         self.file.write(b"\0" * HEADER_BYTES)  # the header is written when the count is known
         self.count, self.crc = 0, 0
 
