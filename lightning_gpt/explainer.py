@@ -40,7 +40,7 @@ import torch
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import check_sampling, generate
 from lightning_gpt.inspection import evaluating, inspector, logit_lens, pca_2d, token_piece, trace
-from lightning_gpt.io import atomic_write
+from lightning_gpt.io import atomic_write, placing
 from lightning_gpt.models.base import LanguageModel
 from lightning_gpt.schema import ExplainAppConfig
 from lightning_gpt.tokenizers import Tokenizer
@@ -309,9 +309,11 @@ def write_page(data: Explanation, out: str | Path) -> Path:
         raise UserError(f"{path} is a symbolic link; the page is written only as a file of its own: choose out=...")
     if path.exists() and not _is_our_page(path):
         raise UserError(f"{path} exists and is not a page of lgpt-explain; choose another out=... (or move it)")
+    text = page(data)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, page(data))
+        with placing(path):
+            atomic_write(path, text)
     except OSError as e:
         raise UserError(f"cannot write {path} ({e.strerror}); choose another out=...") from e
     return path

@@ -10,6 +10,8 @@ link we did not create. Shared by token caches, prepared folders, run folders, c
 - `append_text`: append to a file of ours; a symlink at the path is refused, not followed.
 - `write_folder`: a folder made as a whole, beside its place, then renamed into it: it replaces only a missing or
   empty folder or one it made before for the same purpose, never a folder holding someone else's files.
+- `placing`: the step that puts a finished write in place (a rename, a link) runs with Ctrl-C and SIGTERM held,
+  so it is done whole, and is recorded in `PLACED`: an app interrupted later says what it had written.
 - `folder_lock`: an flock on a file, checked after it is taken to be the file still at that path, so a lock
   file removed by its holder is never held by two processes.
 
@@ -25,7 +27,9 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -35,6 +39,43 @@ from lightning_gpt.errors import UserError
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 NO_FOLLOW = os.O_NOFOLLOW
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+PLACED: list[Path] = []  # what this process has put in place, in order (see placing)
+STOPPING = (signal.SIGINT, signal.SIGTERM)  # the signals that stop a tool: Ctrl-C, a scheduler's SIGTERM
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait while the block runs, then act as they would have: a step made of several
+    system calls (two renames) is never cut in the middle by an interruption. Python runs signal handlers in
+    the main thread whichever thread the signal reached (torch's threads included), so a handler of its own
+    there, noting the signal, holds it (a blocked signal mask would not: another thread takes the signal)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {signum: signal.signal(signum, lambda s, f: caught.append(s)) for signum in STOPPING}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if caught:  # now, as it would have been then
+            signum, handler = caught[0], previous[caught[0]]
+            if callable(handler):
+                handler(signum, None)
+            elif handler in (signal.SIG_DFL, None):
+                os.kill(os.getpid(), signum)
+
+
+@contextlib.contextmanager
+def placing(path: Path) -> Iterator[None]:
+    """The block puts a finished write in place at `path` (a rename, a link): it runs with signals held, and
+    once it has succeeded `path` is in PLACED, so an app interrupted after it knows the write was whole."""
+    with signals_held():
+        yield
+        PLACED.append(Path(path))
 
 
 def create_new(path: Path) -> BinaryIO:
@@ -151,7 +192,8 @@ def folder_lock(path: Path, create_folder: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on the file `path` (created if need be, never through a link) until the block
     ends; other processes wait. The holder may delete the lock file (and its folder): a waiter then finds
     that the file it locked is no longer the one at `path` and starts over, so no two processes ever hold
-    the lock at once. OSError (a read-only disk, a folder that cannot be made) propagates to the caller."""
+    the lock at once. A symbolic link at `path` is refused (UserError), never followed; any other OSError (a
+    read-only disk, a folder that cannot be made) propagates to the caller."""
     path = Path(path)
     while True:
         if create_folder:
@@ -160,6 +202,12 @@ def folder_lock(path: Path, create_folder: bool = True) -> Iterator[None]:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
         except FileNotFoundError:  # the folder was removed under us by the previous holder: make it again
             continue
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise UserError(
+                    f"{path} is a symbolic link; a lock is taken only on a file of its own: remove the link"
+                ) from e
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
@@ -202,6 +250,8 @@ def write_folder(out: Path, kind: str, fill: Callable[[Path], object], what: str
     out = Path(out).expanduser().absolute()
     if out.is_symlink():
         raise UserError(f"{what} {out} is a symbolic link; give a folder of its own")
+    if out == Path.cwd():  # renamed over, it would leave the shell in a folder that no longer exists
+        raise UserError(f"{what} {out} is the current folder; give a new folder in it, e.g. {what}=hf")
     if out.exists():
         if not out.is_dir():
             raise UserError(f"{what} {out} is a file; give a new folder, or an empty one")
@@ -227,15 +277,16 @@ def write_folder(out: Path, kind: str, fill: Callable[[Path], object], what: str
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
         fsync_folder(tmp)
-        if out.exists() and not any(out.iterdir()):
-            out.rmdir()  # an empty folder: ours takes its place
-        if out.exists():
-            old = parent / f"{out.name}.{secrets.token_hex(8)}.old"
-            os.rename(out, old)
+        old = None
+        with placing(out):  # both renames or neither: an interruption between them lost both folders
+            if out.exists() and not any(out.iterdir()):
+                out.rmdir()  # an empty folder: ours takes its place
+            if out.exists():
+                old = parent / f"{out.name}.{secrets.token_hex(8)}.old"
+                os.rename(out, old)
             os.rename(tmp, out)
+        if old is not None:
             shutil.rmtree(old)
-        else:
-            os.rename(tmp, out)
         fsync_folder(parent)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -47,6 +47,7 @@ CONFIG, RESUMED_CONFIG, RESUMES, TRAIN_LOG = "config.yaml", "config-resumed.yaml
 # Every name a training run writes in its folder: none may be a symlink there (see check_no_links).
 WRITTEN = (CONFIG, RESUMED_CONFIG, RESUMES, TRAIN_LOG, LOCK, ".hydra", "checkpoints", "csv", "tensorboard", "wandb")
 WRITTEN += ("samples.md", "attention", "explain.html", "fit-profile.txt", "eval")
+WRITTEN_INSIDE = ("csv/metrics.csv", "wandb/run_id")  # files in those folders a run reads back, then writes
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -178,7 +179,28 @@ def _with_new_settings(saved: DictConfig) -> DictConfig:
             if callback.get("_target_") == default.get("_target_"):
                 for setting, value in OmegaConf.to_container(default).items():  # interpolations kept
                     callback.setdefault(setting, value)
+                for setting in _removed_settings(callback, set(default)):
+                    del callback[setting]
     return saved
+
+
+def _removed_settings(callback: DictConfig, current: set[str]) -> list[str]:
+    """The saved settings of one of our callbacks that its class no longer takes (TokenThroughputMonitor's
+    window_size, before it read the clock): a run saved before would not resume with them."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    stale = [k for k in callback if not str(k).startswith("_") and k not in current]
+    if not stale:
+        return []
+    try:
+        parameters = inspect.signature(get_class(callback._target_).__init__).parameters
+    except Exception:  # a class that cannot be imported: its own error comes when it is built
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return []
+    return [k for k in stale if k not in parameters]
 
 
 def _map_leaves(node: Any, fn: Any) -> Any:
@@ -337,7 +359,7 @@ def launch_config(
     if resume is None or resume.run is None:
         cfg = composed.copy()
     else:
-        cfg = resumed_config(resume.run, composed, overrides, groups)
+        cfg = resumed_config(resume.run, composed, overrides, groups, resume.hparams.get("config"))
     old = cfg.paths.output_dir if resume is not None and resume.run is not None else None
     cfg.paths.output_dir = str(run_dir)
     if old and old != str(run_dir):  # a new folder (or a moved one): paths under the old folder point here
@@ -351,11 +373,20 @@ def launch_config(
     return cfg
 
 
-def resumed_config(run: Path, composed: DictConfig, overrides: list[str], groups: set[str]) -> DictConfig:
-    """The run's saved config with only this command line's overrides applied on top (see launch_config)."""
+def resumed_config(
+    run: Path, composed: DictConfig, overrides: list[str], groups: set[str], recorded: Any = None
+) -> DictConfig:
+    """The run's saved config with only this command line's overrides applied on top (see launch_config).
+    `recorded`, the config the checkpoint carries, tells a saved config cut short (its last keys gone)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    saved = load_run_config(run_config_file(run))
+    path = run_config_file(run)
+    saved = load_run_config(path)
+    if missing := [key for key in recorded or {} if key not in saved]:
+        raise UserError(
+            f"{path} is cut short or damaged: it has no '{missing[0]}', which the checkpoint's config has; "
+            "restore it from a backup"
+        )
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
         if override.is_hydra_override() or key == "ckpt_path":
@@ -440,8 +471,9 @@ def check_no_links(run: Path) -> None:
                 f"{run / name} is a symbolic link; lgpt-train writes there only into a file or folder of its own: "
                 "remove the link, or train in another folder"
             )
-    if (run / "csv" / "metrics.csv").is_symlink():
-        raise UserError(f"{run / 'csv' / 'metrics.csv'} is a symbolic link; remove it, or train in another folder")
+    for name in WRITTEN_INSIDE:
+        if (run / name).is_symlink():
+            raise UserError(f"{run / name} is a symbolic link; remove it, or train in another folder")
 
 
 class RunLock:

@@ -75,6 +75,10 @@ def check_values(cfg: Any, node: type | None = None, prefix: str = "") -> None:
             check_values(value, child, f"{prefix}{f.name}.")
     if node is EvalAppConfig and cfg.get("split", "val") is None and not cfg.get("tasks"):
         raise UserError("nothing to evaluate: split=null scores no data; give tasks=... or split=val")
+    if node is TrainerConfig and cfg.get("max_epochs", -1) != -1 and not cfg.max_epochs >= 1:
+        raise UserError(
+            f"{prefix}max_epochs must be -1 (no limit: trainer.max_steps ends the run) or >= 1, got {cfg.max_epochs}"
+        )
     if node is OptimConfig and cfg.min_lr > cfg.lr:
         raise UserError(
             f"{prefix}min_lr={cfg.min_lr} is above {prefix}lr={cfg.lr}: the learning rate would rise as it decays; "
@@ -187,7 +191,7 @@ class TrainerConfig:
     strategy: Any = "auto"
     precision: str | None = None  # null: Lightning's default, 32-true (trainer=gpu sets bf16-mixed)
     max_steps: int = bounded(2000, 1)  # the run's length, and the schedule's horizon (optim.decay_steps)
-    max_epochs: int = -1
+    max_epochs: int = -1  # -1: no limit (trainer.max_steps ends the run), else 1 or more (0 would train nothing)
     val_check_interval: Any = bounded(250, 0, low_open=True)  # optimizer steps (or a fraction of an epoch)
     check_val_every_n_epoch: int | None = None
     limit_val_batches: Any = None

@@ -180,6 +180,9 @@ def bad(tmp_path, cache_dir, **kwargs):
 def test_missing_path(tmp_path, cache_dir):
     with pytest.raises(UserError, match="^data.path .* matches no files"):
         bad(tmp_path, cache_dir, path=str(tmp_path / "nope.txt"))
+    os.mkfifo(tmp_path / "pipe.txt")  # it exists: "matches no files" was wrong (as /dev/zero's was)
+    with pytest.raises(UserError, match="^data.path '.*pipe.txt' is not a regular file .a device or a pipe."):
+        bad(tmp_path, cache_dir, path=str(tmp_path / "pipe.txt"))
 
 
 def test_a_missing_validation_path_is_named_as_such(tmp_path, cache_dir):

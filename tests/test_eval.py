@@ -100,6 +100,40 @@ def test_other_text_is_read_in_the_checkpoints_own_tokens(run, tmp_path, cache_d
     assert result["bpb"] == pytest.approx(result["loss"] / math.log(2), rel=1e-6)
 
 
+def test_text_with_a_byte_order_mark_and_windows_newlines_scores_as_the_same_text(run, tmp_path, cache_dir):
+    """Issue 24, item 11, for lgpt-eval: a text saved by a Windows editor is the same text as with LF alone (a
+    BOM would be a character the char model never saw, a CR one it never saw before a newline)."""
+    text = TINY_SHAKESPEARE.read_text()[:20_000]
+    (tmp_path / "plain.txt").write_text(text)
+    (tmp_path / "windows.txt").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    plain, windows = (
+        run_eval(run, tmp_path, cache_dir, "data=local", f"data.path={tmp_path / name}", "split=train")
+        for name in ("plain.txt", "windows.txt")
+    )
+    assert {k: v for k, v in plain.items() if k != "data"} == {k: v for k, v in windows.items() if k != "data"}
+
+
+@pytest.mark.parametrize(
+    "tokenizer, message",
+    [
+        ("char", "holds char tokens of another vocabulary than the model's .* data=local data.path="),
+        ("byte", "holds byte tokens, but the model reads char tokens .* data=local data.path="),
+    ],
+)
+def test_a_prepared_folder_of_other_tokens_is_refused_naming_what_the_model_reads(
+    run, tmp_path, cache_dir, tokenizer, message
+):
+    """Issue 24, item 16: a char checkpoint on a folder of char tokens of another vocabulary was told to use
+    tokenizer.name=char, which it had; on a folder of byte tokens, to train with tokenizer.name=byte."""
+    from lightning_gpt.data.prepare import prepare_folder
+    from lightning_gpt.data.sources import Source
+
+    (tmp_path / "abc.txt").write_text("abc cab bac\n" * 300)
+    folder, _ = prepare_folder(Source("local", path=str(tmp_path / "abc.txt")), tokenizer, 0.1, tmp_path / "p")
+    with pytest.raises(UserError, match=message):
+        run_eval(run, tmp_path, cache_dir, "data=prepared", f"data.path={folder}")
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

@@ -300,7 +300,7 @@ def test_bad_input_is_one_clear_error(tmp_path, cache_dir, capsys, overrides, me
         ("model.n_layers=4", "unknown config key 'model.n_layers'; did you mean 'model.n_layer'?"),
         ("optim.lr=fast", "bad value for 'optim.lr'"),
         ("data.pth=x", "did you mean 'data.path'?"),
-        ("model=gpt5", "Could not find 'model/gpt5'"),
+        ("model=gpt5", "model=gpt5 is not an option of model/; did you mean model=gpt2?"),
     ],
 )
 def test_config_mistakes_are_one_line_naming_the_key(override, message):

@@ -64,3 +64,4 @@ def test_a_saved_callback_gets_the_settings_added_to_it_since(tmp_path):
         "monitor": "val/loss",
     }
     assert OmegaConf.to_container(loaded.callbacks.sample_text)["max_new_tokens"] == "${sample.max_new_tokens}"
+    assert "window_size" not in loaded.callbacks.throughput  # a setting its class no longer takes

@@ -102,6 +102,21 @@ def test_a_sweep_objective_other_than_val_loss_or_val_bpb_is_refused(tmp_path, c
     assert [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()] == []  # the run folder went too
 
 
+@pytest.mark.slow  # a launch that imports Lightning
+@pytest.mark.parametrize("n_trials", [0, -1])
+def test_a_study_of_no_trials_is_refused_and_leaves_no_sweep_folder(tmp_path, capsys, monkeypatch, n_trials):
+    """Issue 24, item 14: n_trials=0 (or -1) was Optuna's 'ValueError: Record does not exist', after the sweep
+    folder and its optuna.db were made."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    monkeypatch.chdir(tmp_path)
+    args = ["-m", "hparams_search=optuna", f"hparams_search.n_trials={n_trials}", f"paths.root_dir={tmp_path}", *DATA]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: hparams_search.n_trials must be >= 1, got {n_trials}"
+    ]
+    assert list(tmp_path.iterdir()) == []  # no outputs/, no sweep folder, no optuna.db
+
+
 @pytest.mark.slow
 def test_mlflow_logger_writes_metrics_params_and_sample_artifacts_that_mlflow_reads_back(
     lgpt_train, tmp_path, monkeypatch

@@ -236,7 +236,7 @@ def results_file(cfg: DictConfig, ckpt: Path) -> Path:
 def write_result(result: dict[str, Any], out_file: Path) -> None:
     """The results as JSON in a file that did not exist, whole or not at all: written under a temporary name,
     then linked to its own (which fails if anything is there by now), so no file is replaced or left half-written."""
-    from lightning_gpt.io import create_new, temporary_name
+    from lightning_gpt.io import create_new, placing, temporary_name
 
     default = None
     if "harness" in result:  # numpy numbers and sets in the harness's results, as its own CLI writes them
@@ -248,7 +248,8 @@ def write_result(result: dict[str, Any], out_file: Path) -> None:
     try:
         with create_new(tmp) as f:
             f.write(text.encode())
-        os.link(tmp, out_file)  # FileExistsError if anything is at that name by now
+        with placing(out_file):
+            os.link(tmp, out_file)  # FileExistsError if anything is at that name by now
     except FileExistsError as e:
         raise UserError(f"out_file {out_file} appeared while evaluating; lgpt-eval never replaces a file") from e
     finally:
@@ -318,7 +319,7 @@ def task_list(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    return launch(task, "eval", task_list(argv), "lgpt-eval")
+    return launch(task, "eval", task_list(argv), "lgpt-eval", interrupted="no results were written")
 
 
 if __name__ == "__main__":

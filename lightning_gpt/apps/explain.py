@@ -61,7 +61,7 @@ def task(cfg: DictConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return launch(task, "explain", argv, "lgpt-explain")
+    return launch(task, "explain", argv, "lgpt-explain", interrupted="the page was not written")
 
 
 if __name__ == "__main__":

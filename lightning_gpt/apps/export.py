@@ -22,6 +22,8 @@ def task(cfg: DictConfig) -> None:
     from lightning_gpt.hf.tokenizer import has_hf_tokenizer
     from lightning_gpt.runs import run_folder_containing
 
+    if not str(cfg.out_dir).strip():  # out_dir= : the current folder, which the export would replace
+        raise UserError("'out_dir' needs a value: add out_dir=... to the command line")
     if run := run_folder_containing(cfg.out_dir):
         raise UserError(
             f"out_dir={cfg.out_dir} is inside the run folder {run}; an export goes into a folder of its own (a run "
@@ -36,7 +38,9 @@ def task(cfg: DictConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return launch(task, "export", argv, "lgpt-export")
+    return launch(
+        task, "export", argv, "lgpt-export", interrupted="nothing of this export was written; out_dir is as it was"
+    )
 
 
 if __name__ == "__main__":

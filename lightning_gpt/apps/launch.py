@@ -7,23 +7,38 @@ as from its console script. A mistake in input or config is one line on stderr a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from lightning_gpt import schema
+from lightning_gpt import io, schema
 from lightning_gpt.apps.messages import describe
-from lightning_gpt.errors import UserError
+from lightning_gpt.errors import Interrupted, UserError
 
 CONF_DIR = str(schema.CONF_DIR)
 
 
-def launch(task: Callable[[Any], Any], config_name: str, argv: Sequence[str] | None, prog: str) -> int:
-    """Compose config_name from the command line argv (sys.argv[1:] if None) and run task on it; the exit code."""
+def launch(
+    task: Callable[[Any], Any],
+    config_name: str,
+    argv: Sequence[str] | None,
+    prog: str,
+    interrupted: str | None = None,
+    own_signals: bool = False,
+) -> int:
+    """Compose config_name from the command line argv (sys.argv[1:] if None) and run task on it; the exit code.
+
+    With `interrupted` (what an interruption leaves, e.g. "no results were written"), Ctrl-C and SIGTERM stop
+    the task where it is (its cleanup runs, as for an error), then print `interrupted by <signal>: <that>` and
+    return 130 or 143. With `own_signals`, the task chooses where they stop it (`stop_on_signals`): lgpt-train
+    until it starts training, after which its checkpoint callback handles them. lgpt-prepare handles its own."""
     import hydra
 
     register_resolvers()
@@ -34,14 +49,41 @@ def launch(task: Callable[[Any], Any], config_name: str, argv: Sequence[str] | N
     # itself must raise, so that a composition error reaches us as an exception.
     os.environ.setdefault("_LGPT_TRACEBACK", os.environ.get("HYDRA_FULL_ERROR", "0"))
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    placed = len(io.PLACED)
     try:
-        return run(app, [prog, *(sys.argv[1:] if argv is None else argv)])
+        with stop_on_signals(interrupted is not None and not own_signals):
+            return run(app, [prog, *(sys.argv[1:] if argv is None else argv)])
+    except Interrupted as e:
+        name = "Ctrl-C" if e.signum == signal.SIGINT else signal.Signals(e.signum).name
+        done = io.PLACED[placed:]  # interrupted just after its write was in place: say so, not "nothing"
+        note = f"{', '.join(map(str, done))} had been written whole" if done else interrupted
+        print(f"interrupted by {name}: {note}", file=sys.stderr)
+        return 128 + e.signum
     finally:  # as it was: the next launch in this process (a notebook, a test) decides afresh
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextlib.contextmanager
+def stop_on_signals(active: bool = True) -> Iterator[None]:
+    """While the block runs (in the main thread), Ctrl-C and SIGTERM raise Interrupted where the program is;
+    the previous handlers come back after it."""
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    saved = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
 
 
 def run(app: Callable[[], Any], argv: list[str]) -> int:

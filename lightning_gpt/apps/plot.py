@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from lightning_gpt.apps.sweeps import job_overrides
 from lightning_gpt.errors import UserError
-from lightning_gpt.io import temporary_name
+from lightning_gpt.io import create_new, temporary_name
 
 METRICS = "metrics.csv"
 SOFTWARE = "lgpt-plot"  # in each chart's PNG metadata: how a chart of ours is told from another file
@@ -68,14 +70,20 @@ def read_curves(log: Path, metric: str = "val/loss") -> dict[str, list[tuple[int
     group per row."""
     names = ["train/loss", metric] if metric == "val/loss" else [metric]  # no train/bpb: training logs the loss
     curves: dict[str, list[tuple[int, float]]] = {name: [] for name in names}
-    with open(log, newline="", encoding="utf-8") as f:
+    with _read(log) as f:
         rows = csv.DictReader(f)
         if not rows.fieldnames or "step" not in rows.fieldnames:
             raise UserError(f"{log} is not a Lightning CSV log (no 'step' column); give a run's csv/{METRICS}")
-        for row in rows:
+        for row in _whole(rows, log):
             for name, points in curves.items():
                 if row.get(name):
-                    points.append((int(row["step"]), float(row[name])))
+                    try:
+                        points.append((int(row["step"]), float(row[name])))
+                    except (TypeError, ValueError):
+                        raise UserError(
+                            f"{log} is damaged at line {rows.line_num}: {name} {row[name]!r} at step {row['step']!r}; "
+                            "remove that line, or plot the other runs"
+                        ) from None
     if not any(curves.values()):
         if metric != "val/loss":
             raise UserError(f"{log} holds no {metric}; plot one of its columns: {', '.join(columns(log))}")
@@ -83,9 +91,31 @@ def read_curves(log: Path, metric: str = "val/loss") -> dict[str, list[tuple[int
     return curves
 
 
+def _read(log: Path) -> Any:
+    """A CSV log opened as text, read as possibly damaged: bytes that are not UTF-8 are one line naming the file."""
+    try:
+        return io.StringIO(log.read_bytes().decode("utf-8-sig"), newline="")
+    except OSError as e:
+        raise UserError(f"cannot read {log} ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{log} is damaged (not UTF-8 text at byte {e.start}); restore it, or plot the other runs"
+        ) from e
+
+
+def _whole(rows: csv.DictReader, log: Path) -> Any:
+    """The rows of a CSV log; a line the csv module cannot read (a NUL byte) is one line naming it."""
+    try:
+        yield from rows
+    except csv.Error as e:
+        raise UserError(
+            f"{log} is damaged after line {rows.line_num} ({e}); remove that line, or plot the other runs"
+        ) from e
+
+
 def columns(log: Path) -> list[str]:
     """The validation and evaluation metrics a CSV log has columns for."""
-    with open(log, newline="", encoding="utf-8") as f:
+    with _read(log) as f:
         return [name for name in next(csv.reader(f), []) if name.startswith(("val/", "eval/"))]
 
 
@@ -175,12 +205,16 @@ def plot(
     path = Path(out).expanduser() if out else default_out(paths, logs, metric)
     if path.is_symlink() or path.exists() and not _is_our_chart(path):
         raise UserError(f"{path} exists and is not a chart of lgpt-plot; choose another -o/--out (or move it)")
+    fresh = temporary_name(path, ".png")  # a new name beside it, then renamed: nothing planted is followed
     try:
-        fresh = temporary_name(path, ".png")  # a new name beside it, then renamed: nothing planted is followed
-        fig.savefig(fresh, format="png", metadata={"Software": SOFTWARE})
+        with create_new(fresh) as f:
+            fig.savefig(f, format="png", metadata={"Software": SOFTWARE})
         os.replace(fresh, path)
-    except OSError as e:
-        raise UserError(f"cannot write {path} ({e.strerror}); choose another -o/--out") from e
+    except BaseException as e:
+        fresh.unlink(missing_ok=True)  # a full disk, Ctrl-C: no half-written chart left beside
+        if isinstance(e, OSError):
+            raise UserError(f"cannot write {path} ({e.strerror}); choose another -o/--out") from e
+        raise
     return path, summary(logs, overrides, curves, metric) if len(logs) > 1 else ""
 
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import sys
 
-from lightning_gpt.io import read_text
+from lightning_gpt.io import decode, read_text
 
 
 def read_prompt(prompt: str) -> str:
     """The prompt itself, the contents of a file given as @path, or standard input for "-" (text with
-    commas, quotes or non-ASCII characters needs no quoting there). A file's text is decoded as a corpus is
-    (UTF-8, a byte-order mark dropped, CRLF read as LF)."""
+    commas, quotes or non-ASCII characters needs no quoting there). A file's text, and standard input's, is
+    decoded as a corpus is (UTF-8, a byte-order mark dropped, CRLF and CR read as LF)."""
     if prompt == "-":
-        return sys.stdin.read().removeprefix("\ufeff").replace("\r\n", "\n")
+        raw = getattr(sys.stdin, "buffer", None)  # its bytes, not the locale's decoding of them
+        data = raw.read() if raw is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
+        return decode(data, "standard input")
     if not prompt.startswith("@"):
         return prompt
     return read_text(prompt[1:], "prompt file", hint="give prompt=@<a text file> or the text itself")

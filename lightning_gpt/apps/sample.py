@@ -82,7 +82,7 @@ def task(cfg: DictConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return launch(task, "sample", argv, "lgpt-sample")
+    return launch(task, "sample", argv, "lgpt-sample", interrupted="the text printed so far is all there is")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 def job_overrides(job_dir: Path) -> list[str]:
@@ -16,12 +16,23 @@ def job_overrides(job_dir: Path) -> list[str]:
     launches = [job_dir / ".hydra", *sorted((job_dir / ".hydra").glob("resume-*"))]
     merged: dict[str, str] = {}
     for launch in launches:
-        path = launch / "overrides.yaml"
-        for override in OmegaConf.load(path) if path.is_file() else []:
+        for override in _recorded(launch / "overrides.yaml"):
             key = str(override).split("=", 1)[0]
             if key != "ckpt_path":
                 merged[key] = str(override)
     return list(merged.values())
+
+
+def _recorded(path: Path) -> list[Any]:
+    """The overrides a launch recorded, read as possibly damaged: a file that is not a YAML list of them (cut by
+    a kill, edited, not UTF-8) records none."""
+    if not path.is_file() or path.is_symlink():
+        return []
+    try:
+        overrides = OmegaConf.load(path)
+    except Exception:
+        return []
+    return list(overrides) if isinstance(overrides, ListConfig) else []
 
 
 def find_job(sweep_dir: Path, params: dict[str, Any]) -> Path | None:

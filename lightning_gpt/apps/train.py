@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_gpt.apps.console import fit_threads_to_load, quiet_console
-from lightning_gpt.apps.launch import launch, run
+from lightning_gpt.apps.launch import launch, run, stop_on_signals
 from lightning_gpt.errors import UserError
 from lightning_gpt.runs import (
     Resume,
@@ -103,40 +103,43 @@ def task(cfg: DictConfig) -> float | None:
     rank_zero = _global_rank() == 0  # under torchrun or srun every process runs this
     made = RunFolders.made_for(hydra_dir)
     lock = None
-    try:
-        resume = Resume.resolve(cfg.ckpt_path, cfg.paths.log_dir, cfg.task_name, hydra_dir)
-        run_dir = resume.run if resume is not None and resume.in_place and not chosen else hydra_dir
-        composed = cfg.copy()
-        cfg = launch_config(composed, resume, overrides, set(hydra_cfg.runtime.choices), run_dir)
-        check_model(cfg)
-        check_values(cfg)
-        if resume is not None:
-            resume.check_data(cfg.data)
-        metric = objective(cfg)
-        check_no_links(run_dir)
-        if rank_zero:
-            lock = RunLock(run_dir, made if run_dir == hydra_dir else []).acquire()
-        if resume is None and any((run_dir / "checkpoints").glob("*.ckpt")):
-            raise UserError(
-                f"the run folder {run_dir} already holds another run's checkpoints; resume it with ckpt_path=auto, "
-                "or start this one in a new folder"
-            )
-        check_wandb(cfg)
-        import lightning as L
+    # Until training starts, Ctrl-C and SIGTERM stop the launch at once, as a refusal does (nothing is recorded
+    # yet; a first tokenization leaves nothing half-made); from then on LastCheckpoint finishes the step and saves.
+    with stop_on_signals():
+        try:
+            resume = Resume.resolve(cfg.ckpt_path, cfg.paths.log_dir, cfg.task_name, hydra_dir)
+            run_dir = resume.run if resume is not None and resume.in_place and not chosen else hydra_dir
+            composed = cfg.copy()
+            cfg = launch_config(composed, resume, overrides, set(hydra_cfg.runtime.choices), run_dir)
+            check_model(cfg)
+            check_values(cfg)
+            if resume is not None:
+                resume.check_data(cfg.data)
+            metric = objective(cfg)
+            check_no_links(run_dir)
+            if rank_zero:
+                lock = RunLock(run_dir, made if run_dir == hydra_dir else []).acquire()
+            if resume is None and any((run_dir / "checkpoints").glob("*.ckpt")):
+                raise UserError(
+                    f"the run folder {run_dir} already holds another run's checkpoints; resume it with ckpt_path=auto, "
+                    "or start this one in a new folder"
+                )
+            check_wandb(cfg)
+            import lightning as L
 
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule, module, trainer = build(cfg)
-        if resume is not None:
-            resume.check(module.hparams.model, module.hparams.tokenizer, cfg.trainer.max_steps, cfg.optim.name)
-    except BaseException:
-        if lock is not None:
-            lock.release(refused=True)
-        elif rank_zero:
-            RunLock(hydra_dir, made).release(refused=True)
-        raise
-    finally:
-        if rank_zero and (lock is None or lock.run != hydra_dir):  # Hydra's folder, unused: a resume elsewhere
-            RunLock(hydra_dir, made).release(refused=True)
+            L.seed_everything(cfg.seed, workers=True, verbose=False)
+            datamodule, module, trainer = build(cfg)
+            if resume is not None:
+                resume.check(module.hparams.model, module.hparams.tokenizer, cfg.trainer.max_steps, cfg.optim.name)
+        except BaseException:
+            if lock is not None:
+                lock.release(refused=True)
+            elif rank_zero:
+                RunLock(hydra_dir, made).release(refused=True)
+            raise
+        finally:
+            if rank_zero and (lock is None or lock.run != hydra_dir):  # Hydra's folder, unused: a resume elsewhere
+                RunLock(hydra_dir, made).release(refused=True)
     smoke_test = bool(cfg.trainer.fast_dev_run)  # writes nothing: no records, no log, the folder goes after
     try:
         if rank_zero and not smoke_test:
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(rank, ["lgpt-train"])
     try:
-        return launch(task, "train", argv, "lgpt-train")
+        return launch(task, "train", argv, "lgpt-train", interrupted="nothing was recorded", own_signals=True)
     finally:  # the next launch in this Python process (a notebook, a test) gets its own run folder
         os.environ.pop("LGPT_RUN_STAMP", None)
 

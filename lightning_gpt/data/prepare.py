@@ -187,10 +187,10 @@ def _state(out: Path, wanted: str, what: str, checksums: bool | None, owned: boo
         return "new"
     if (out / MANIFEST).is_file():
         try:
-            manifest = json.loads((out / MANIFEST).read_text())
-            if manifest.get("format") != FORMAT:
+            manifest = json.loads((out / MANIFEST).read_bytes())
+            if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
                 raise ValueError
-        except ValueError:
+        except (OSError, ValueError):
             if owned or (out / MARKER).is_file():  # ours, its manifest damaged
                 if warn:
                     log.warning(f"the {what} {out} is damaged (its manifest.json is unreadable); rebuilding it")
@@ -205,16 +205,24 @@ def _state(out: Path, wanted: str, what: str, checksums: bool | None, owned: boo
                     f"{manifest.get('version')}, without a document index); data=prepared still reads it for "
                     f"random windows; to prepare it again, delete it or choose another {what}"
                 )
+            try:
+                held = f" ({manifest['tokenizer']['name']} tokens of {describe_source(manifest['source'])})"
+            except (KeyError, TypeError, ValueError):  # a damaged manifest: what it held is not known
+                held = ""
             raise UserError(
-                f"{what} {out} holds a corpus prepared with other settings ({manifest['tokenizer']['name']} "
-                f"tokens of {describe_source(manifest['source'])}); choose another {what}, or delete that one "
-                "to prepare it again"
+                f"{what} {out} holds a corpus prepared with other settings{held}; choose another {what}, or delete "
+                "that one to prepare it again"
             )
         if checksums is None:
             checksums = manifest.get("num_tokens", 0) * np.dtype(manifest.get("dtype", "uint16")).itemsize <= (
                 CHECKSUM_BYTES
             )
-        problem = damage(out, manifest, checksums)
+        try:
+            problem = damage(out, manifest, checksums)
+            if not isinstance(manifest.get("tokenizer"), dict) or "name" not in manifest["tokenizer"]:
+                raise KeyError("tokenizer")
+        except (KeyError, TypeError, ValueError) as e:  # written by us with these settings, then damaged
+            problem = f"its manifest.json is damaged: {type(e).__name__} {e}"
         if problem is None:
             return "done"
         if warn:
@@ -263,6 +271,11 @@ def prepare_folder(
     if not 0.0 <= max_skipped_fraction <= 1.0:
         raise UserError(f"data.max_skipped_fraction must be in [0, 1], got {max_skipped_fraction}")
     out = Path(out_dir).expanduser().absolute()
+    if owned and out.is_symlink():  # a name of ours (the token cache's): a link there was planted
+        raise UserError(
+            f"the {what} folder {out} is a symbolic link; lightning_gpt writes there only into a folder of its own: "
+            "remove the link"
+        )
     wanted = fingerprint(source, tokenizer_name, val_fraction, shard_tokens)
     if _state(out, wanted, what, checksums, owned, warn=False) == "done":
         return out, False
@@ -297,8 +310,11 @@ def prepare_folder(
             except BaseException as e:
                 if builder is not None and builder.writer is not None:
                     builder.writer.abandon()
-                complete = [p for p in created if p.name.startswith("shard_") and p.exists()]
+                complete = [p for p in created if re.fullmatch(r"shard_\d{5}\.bin", p.name) and p.exists()]
                 if complete and keep_on_error:
+                    for path in created:  # a temporary of this launch's (one interrupted as it was made)
+                        if _TEMPORARY.fullmatch(path.name):
+                            path.unlink(missing_ok=True)
                     log.warning(
                         f"{what} {out} keeps its {len(_complete_shards(out))} complete shards: run the same command "
                         "again to go on from there"
@@ -317,9 +333,14 @@ def prepare_folder(
                         f"or choose another {what} on a larger disk, then run the same command again"
                     ) from e
                 raise
-    except OSError as e:
-        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and str(e.filename or "").startswith(str(out)):
-            raise UserError(f"cannot write {what} {out} ({e.strerror}); choose a writable folder: {what}=...") from e
+    except BaseException as e:
+        if made_folder:  # stopped before any work (a link at the lock, Ctrl-C while waiting): the folder goes
+            _rmdir_if_empty(out)
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            if str(e.filename or "").startswith(str(out)):
+                raise UserError(
+                    f"cannot write {what} {out} ({e.strerror}); choose a writable folder: {what}=..."
+                ) from e
         raise
 
 
@@ -352,10 +373,10 @@ def _remove_stale(folder: Path, keep: set[str]) -> None:
 def _progress(out: Path, wanted: str) -> dict[str, Any] | None:
     """An interrupted run's progress, if it had these settings and its shards are intact."""
     try:
-        progress = json.loads((out / PROGRESS).read_text())
-    except (OSError, ValueError):
-        return None
-    if progress.get("settings") != wanted or progress.get("version") != VERSION or damage(out, progress):
+        progress = json.loads((out / PROGRESS).read_bytes())
+        if progress.get("settings") != wanted or progress.get("version") != VERSION or damage(out, progress):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # damaged: start afresh
         return None
     return progress
 
@@ -417,6 +438,8 @@ class _Build:
         position: dict[str, Any] = {}
 
         def save(written: int) -> None:  # a shard is complete: resume after the tokens in it
+            if out / PROGRESS not in self.created:  # noted first: an interruption in between leaves nothing
+                self.created.append(out / PROGRESS)
             atomic_write(
                 out / PROGRESS,
                 json.dumps(
@@ -437,8 +460,6 @@ class _Build:
                     }
                 ),
             )
-            if out / PROGRESS not in self.created:
-                self.created.append(out / PROGRESS)
 
         self.writer = ShardWriter(out, dtype, self.shard_tokens, done["shards"], save, self.created)
         chars = 0

@@ -66,8 +66,8 @@ class _Part:
     def __init__(self, path: Path, magic: bytes, itemsize: int, created: list[Path]):
         self.path, self.magic, self.itemsize = path, magic, itemsize
         self.tmp = temporary_name(path, ".partial")
+        created.append(self.tmp)  # noted first: an interruption between the two leaves nothing behind
         self.file = create_new(self.tmp)
-        created.append(self.tmp)
         self.file.write(b"\0" * HEADER_BYTES)  # the header is written when the count is known
         self.count, self.crc = 0, 0
 
@@ -213,16 +213,21 @@ class PreparedFolder:
                 f"make one with lgpt-prepare <the same tokenizer= and data= settings> out_dir={self.folder}"
             )
         try:
-            self.meta = json.loads((self.folder / MANIFEST).read_text())
-        except ValueError:
-            self.meta = {}
+            meta = json.loads((self.folder / MANIFEST).read_bytes())
+        except (OSError, ValueError):  # not UTF-8 (a UnicodeDecodeError is a ValueError), not JSON
+            meta = {}
+        self.meta: dict[str, Any] = meta if isinstance(meta, dict) else {}
         if self.meta.get("format") != FORMAT or self.meta.get("version") not in (1, VERSION):
             raise UserError(f"{self.folder / MANIFEST} is not a manifest of lgpt-prepare (version 1 or {VERSION})")
-        if checksums is None:
-            checksums = self.num_tokens * np.dtype(self.dtype).itemsize <= CHECKSUM_BYTES
-        if problem := damage(self.folder, self.meta, checksums):
+        try:  # a manifest of ours, read as possibly damaged: a key missing or of another type is one line
+            if checksums is None:
+                checksums = self.num_tokens * np.dtype(self.dtype).itemsize <= CHECKSUM_BYTES
+            problem = damage(self.folder, self.meta, checksums)
+            self.tokenizer = tokenizer_from_dict(self.meta["tokenizer"])
+        except (KeyError, TypeError, ValueError) as e:
+            problem = f"its manifest.json is damaged: {type(e).__name__} {e}"
+        if problem:
             raise UserError(f"the {what} {self.folder} is damaged ({problem}); run lgpt-prepare again")
-        self.tokenizer = tokenizer_from_dict(self.meta["tokenizer"])
         self._doc_starts: np.ndarray | None = None
 
     def check_tokenizer(self, wanted: str | dict[str, Any]) -> None:
@@ -257,6 +262,12 @@ class PreparedFolder:
                 f"the prepared folder {self.folder} holds {name} tokens of another vocabulary than the model's (its "
                 f"{name} tokenizer was learned from another corpus), so the ids would mean other text; use a folder "
                 "prepared from the model's training corpus, or give the text itself: data=local data.path=..."
+            )
+        if isinstance(wanted, dict) and not fits_on_corpus(wanted):  # a checkpoint's: its tokenizer cannot change
+            raise UserError(
+                f"the prepared folder {self.folder} holds {have['name']} tokens, but the model reads {name} tokens "
+                f"(the tokenizer saved in its checkpoint); use a folder prepared from the model's training corpus "
+                "with that tokenizer, or give the text itself: data=local data.path=..."
             )
         raise UserError(
             f"the prepared folder {self.folder} holds {have['name']} tokens, but the run asks for the {name} "

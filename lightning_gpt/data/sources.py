@@ -94,6 +94,8 @@ def local_files(pattern: str, key: str = "data.path") -> list[str]:
         files = sorted(str(p) for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
     elif path.is_file():
         files = [str(path)]
+    elif path.exists():  # /dev/zero, a pipe: there, but no file to read whole (and twice: fingerprint, tokens)
+        raise UserError(f"{key} {pattern!r} is not a regular file (a device or a pipe); give a file, folder or glob")
     else:
         files = sorted(f for f in glob.glob(str(path), recursive=True) if os.path.isfile(f))
     if not files:

@@ -328,6 +328,12 @@ def linked_data(folder: Path) -> dict[Path, list[Path]]:
     return links
 
 
+def _our_data(folder: Path, target: Path) -> bool:
+    """Whether a link's target is one of our data folders in `folder`: a link planted at a checkpoint name may
+    point anywhere, and what it points at is never removed."""
+    return target.parent == folder and bool(_DATA.match(target.name)) and target.is_dir() and not target.is_symlink()
+
+
 def remove_orphans(folder: Path) -> list[Path]:
     """Remove data folders no checkpoint name links to (saves killed midway, or replaced) and links being
     made when a save was killed; what was removed."""
@@ -351,7 +357,7 @@ def remove_checkpoint(path: Path) -> None:
     if path.is_symlink():
         target = path.parent / os.readlink(path)
         path.unlink()
-        if not linked_data(path.parent).get(target) and _DATA.match(target.name):
+        if not linked_data(path.parent).get(target) and _our_data(path.parent, target):
             shutil.rmtree(target, ignore_errors=True)
     elif path.is_dir():
         shutil.rmtree(path)
@@ -409,7 +415,12 @@ class ShardedCheckpointWriter:
             old = path.parent / os.readlink(path) if path.is_symlink() else None
             _point(path, data)
             _fsync_folder(path.parent)
-            if old is not None and old != data and not linked_data(path.parent).get(old):
+            if (
+                old is not None
+                and old != data
+                and not linked_data(path.parent).get(old)
+                and _our_data(path.parent, old)
+            ):
                 shutil.rmtree(old, ignore_errors=True)
         _barrier()
         self._previous = (state, data)

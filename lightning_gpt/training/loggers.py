@@ -135,7 +135,7 @@ class WandbLogger(LightningWandbLogger):
         run = super().experiment
         if started:
             self._id_file.parent.mkdir(parents=True, exist_ok=True)
-            self._id_file.write_text(run.id)
+            atomic_write(self._id_file, run.id)  # never through a link planted there
         return run
 
 
