@@ -11,7 +11,7 @@ PACKAGE = ROOT / "lightning_gpt"
 LAYERS = [  # bottom to top; a module may import from its own layer and the layers below
     ["errors", "io", "devices", "library_internals"],
     ["tokenizers", "models", "data"],
-    ["generation", "inspection", "hf", "checkpoints", "evaluation", "explainer", "schema"],
+    ["generation", "inspection", "hf", "checkpoints", "evaluation", "explainer", "schema", "optim", "parallel"],
     ["", "training", "runs"],  # "": lightning_gpt/__init__.py, the Python API
     ["apps", "__main__"],
 ]

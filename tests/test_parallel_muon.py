@@ -1,4 +1,4 @@
-"""DistMuon: Muon whose orthogonalizations are shared out among processes steps as one process's Muon does,
+"""Muon whose orthogonalizations are shared out among processes steps as one process's Muon does,
 under FSDP2, HSDP, DDP and tensor parallelism, orthogonalizes each matrix once, and resumes exactly."""
 
 from __future__ import annotations
@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_gpt.optim import Muon
-from lightning_gpt.parallel.muon import DistMuon, owners
+from lightning_gpt.optim.muon import owners
 
 from .parallel_workers import LLAMA, muon_reference, muon_run, spawn
 
@@ -25,20 +24,6 @@ def test_matrices_go_to_the_least_loaded_process_costliest_first():
     assert sorted(set(owner)) == [0, 1] and abs(load[0] - load[1]) <= max(cost)
     assert owners(shapes, 1) == [0] * len(shapes)
     assert owners(shapes, 8).count(0) == 1  # more processes than matrices: one each, some idle
-
-
-def test_in_one_process_it_is_muon():
-    torch.manual_seed(0)
-    a, b = torch.nn.Linear(8, 6, bias=False), torch.nn.Linear(8, 6, bias=False)
-    b.load_state_dict(a.state_dict())
-    muon, dist_muon = Muon(a.parameters(), lr=0.02), DistMuon(b.parameters(), lr=0.02)
-    for _ in range(3):
-        x = torch.randn(4, 8)
-        for model, optimizer in ((a, muon), (b, dist_muon)):
-            model(x).square().sum().backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    assert torch.equal(a.weight, b.weight) and dist_muon.orthogonalized == 3
 
 
 @pytest.fixture(scope="module")

@@ -87,7 +87,7 @@ def task(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     from lightning_gpt.schema import check_values
-    from lightning_gpt.training.build import build, check_model, check_wandb
+    from lightning_gpt.training.build import build, check_model, check_parallel, check_wandb
 
     quiet_console()
     if note := fit_threads_to_load():
@@ -108,6 +108,7 @@ def task(cfg: DictConfig) -> float | None:
         cfg = launch_config(composed, resume, overrides, set(hydra_cfg.runtime.choices), run_dir)
         check_model(cfg)
         check_values(cfg)
+        check_parallel(cfg)
         check_no_links(run_dir)
         if rank_zero:
             lock = RunLock(run_dir, made if run_dir == hydra_dir else []).acquire()
