@@ -51,7 +51,7 @@ def train(cfg: DictConfig, run_log: RunLog | None = None) -> dict[str, float]:
 def fit(cfg: DictConfig, datamodule: Any, module: Any, trainer: Any, run_log: RunLog | None) -> dict[str, float]:
     """trainer.fit, then a sample: printed, and written to train.log."""
     from lightning_gpt.generation import complete
-    from lightning_gpt.training.strategies import children_run_this_app, full_parameters
+    from lightning_gpt.training.strategies import can_generate, children_run_this_app, full_parameters
 
     output_dir = Path(cfg.paths.output_dir)
     # Lightning's DDP launcher (strategies/launchers/subprocess_script.py) starts the other local ranks by
@@ -68,8 +68,10 @@ def fit(cfg: DictConfig, datamodule: Any, module: Any, trainer: Any, run_log: Ru
         if trainer.fast_dev_run and trainer.is_global_zero:
             print("\nfast_dev_run: one training and one validation batch ran through the whole pipeline; nothing saved")
         if not trainer.fast_dev_run:  # every process generates: a sharded model needs them all
-            with full_parameters(module.model):
-                text = complete(module.model, module.tokenizer, **cfg.sample, seed=0)[0]
+            text = "(none under sequence parallelism: lgpt-sample reads the checkpoint)"
+            if can_generate(trainer):
+                with full_parameters(module.model):
+                    text = complete(module.model, module.tokenizer, **cfg.sample, seed=0)[0]
             if trainer.is_global_zero:
                 val_loss = f" val/loss {metrics['val/loss']:.4f} |" if "val/loss" in metrics else ""
                 end = f"\nstep {trainer.global_step}:{val_loss} run folder {output_dir}\n"

@@ -6,6 +6,7 @@ made, and shards them further along the data-parallel mesh (2-D DTensors).
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import torch
@@ -43,6 +44,9 @@ def parallelize(
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     if mesh[TENSOR].size() > 1:
         tensor_parallel(model, mesh[TENSOR], sequence_parallel)
+        # clip_grad_norm_ adds norms over the (data, tensor) mesh with two all-reduces, which torch calls
+        # suboptimal in a warning from every process: the cost is two scalars per step.
+        logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
     data = fsdp_mesh(mesh)
     policy = mixed_precision(precision)
     for block in model.blocks:

@@ -96,6 +96,12 @@ class FSDPStrategy(ModelParallelStrategy):
         return self.mesh
 
     @property
+    def splits_sequences(self) -> bool:
+        """Sequence parallelism is on: every forward's positions are split among the tensor-parallel processes,
+        which one new token at a time cannot be, so the training processes sample no text."""
+        return self.sequence_parallel and self.tensor_parallel_size > 1
+
+    @property
     def data_mesh(self) -> Any:
         """The 1-D mesh of processes that see different data (replicate x shard)."""
         return data_mesh(self.device_mesh)

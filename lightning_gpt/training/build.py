@@ -194,6 +194,12 @@ def check_parallel(cfg: DictConfig) -> None:
             mesh_sizes(world, s["data_parallel_replicate"], s["data_parallel_shard"], s["tensor_parallel_size"])
         if model is not None:
             check_tensor_parallel(model, s["tensor_parallel_size"])
+        block = cfg.data.block_size or getattr(model, "block_size", None)
+        if s["sequence_parallel"] and block and block % s["tensor_parallel_size"]:
+            raise ValueError(
+                f"sequence_parallel splits each sequence among tensor_parallel_size={s['tensor_parallel_size']} "
+                f"processes, which must divide its {block} positions (data.block_size); or sequence_parallel=false"
+            )
     except ValueError as e:
         raise config_error(e, fields, "trainer.strategy.") from None
 

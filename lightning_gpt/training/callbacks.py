@@ -20,7 +20,7 @@ from lightning_gpt.devices import compute_dtype, is_half
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import complete, prompt_ids
 from lightning_gpt.io import append_text, temporary_name
-from lightning_gpt.training.strategies import full_parameters
+from lightning_gpt.training.strategies import can_generate, full_parameters
 
 if TYPE_CHECKING:
     from lightning_gpt.inspection import Trace
@@ -186,7 +186,7 @@ class SampleText(L.Callback):
             )[0]
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.fast_dev_run:
+        if trainer.sanity_checking or trainer.fast_dev_run or not can_generate(trainer):
             return
         text = self.generate(pl_module)
         if not trainer.is_global_zero:
@@ -231,7 +231,7 @@ class AttentionMaps(L.Callback):
         self.ids = ids[: pl_module.model.config.block_size]
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.fast_dev_run:
+        if trainer.sanity_checking or trainer.fast_dev_run or not can_generate(trainer):
             return
         from lightning_gpt.inspection import trace
 

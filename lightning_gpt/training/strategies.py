@@ -1,7 +1,7 @@
 """Several processes, one run: generation from a sharded model, and every launcher agreeing on one run folder.
 The FSDP2 / HSDP / tensor-parallel strategy itself is `lightning_gpt.parallel.strategy.FSDPStrategy`.
 
-- `full_parameters`: the root's gathered parameters while generating outside `forward`.
+- `full_parameters`: the root's gathered parameters while generating outside `forward`; `can_generate`.
 - `children_run_this_app`: Lightning starts the extra DDP processes of one machine by re-running the parent's
   command line; under a Hydra sweep or a submitit job that command is not ours. They run `lightning_gpt.apps.train`
   instead, which reads rank 0's resolved config from the run folder (see `train.main`).
@@ -13,8 +13,14 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
+
+
+def can_generate(trainer: Any) -> bool:
+    """Whether the training processes can sample text: not under sequence parallelism (see FSDPStrategy)."""
+    return not getattr(trainer.strategy, "splits_sequences", False)
 
 
 @contextmanager
