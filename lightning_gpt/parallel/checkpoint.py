@@ -172,7 +172,7 @@ def optimizer_state_by_name(
 
     Positions count the optimizer's parameters in its groups' order (torch's layout: one process, DDP, our
     consolidated and full files), except in full files of Lightning's ModelParallelStrategy (so those of
-    `lightning_gpt.distributed.FSDPStrategy`), which count them in the model's order. The order whose
+    the FSDP strategy of earlier lightning_gpt versions), which count them in the model's order. The order whose
     parameters have the shapes of the saved moments is the one used; torch's when both fit."""
 
     def named(order: list[str]) -> dict[str, Any]:
