@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_gpt.data.module import data_parallel
 from lightning_gpt.devices import compute_dtype, is_half
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import complete, prompt_ids
@@ -96,8 +97,9 @@ class TokenThroughputMonitor(L.Callback):
         self._last, self._last_step, self._paused = now, trainer.global_step, 0.0
         if steps <= 0 or seconds <= 0:
             return
-        sequences = _sequences(batch) * trainer.accumulate_grad_batches * trainer.world_size  # per step
-        tokens = _tokens(batch) * trainer.accumulate_grad_batches * trainer.world_size
+        readers = data_parallel(trainer)[1]  # tensor-parallel peers compute on the same batch
+        sequences = _sequences(batch) * trainer.accumulate_grad_batches * readers  # per step
+        tokens = _tokens(batch) * trainer.accumulate_grad_batches * readers
         metrics = {
             "train/items_per_sec": tokens * steps / seconds,
             "train/device/items_per_sec": tokens * steps / seconds / trainer.world_size,
@@ -144,7 +146,7 @@ class StopAtLoss(EarlyStopping):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._tokens += _tokens(batch) * trainer.world_size
+        self._tokens += _tokens(batch) * data_parallel(trainer)[1]
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
