@@ -69,7 +69,6 @@ class FSDPStrategy(ModelParallelStrategy):
         self.activation_checkpointing = activation_checkpointing
         self.reshard_after_forward = reshard_after_forward
         self.save_distributed_checkpoint = save_distributed_checkpoint
-        self.sizes: MeshSizes | None = None
         self.mesh: Any = None
         self._sharded_writer = ShardedCheckpointWriter()
 
@@ -85,9 +84,9 @@ class FSDPStrategy(ModelParallelStrategy):
     def setup_environment(self) -> None:
         """ModelParallelStrategy's, with our 3-D mesh instead of its 2-D one. The sizes are checked first, before
         the process group exists (lgpt-train checks them before any process starts: training/build.py)."""
-        self.sizes = self.mesh_sizes()
+        sizes = self.mesh_sizes()
         start_process_group(self)
-        self.mesh = build_mesh(self.root_device.type, self.sizes)
+        self.mesh = build_mesh(self.root_device.type, sizes)
 
     @property
     def device_mesh(self) -> Any:
