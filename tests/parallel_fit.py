@@ -21,14 +21,14 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from lightning_gpt.parallel.strategy import FSDPStrategy
 from lightning_gpt.training.module import GPTLightningModule
 
-from .support.config import compose
+from .support.config import ROOT
 
 
 def strategy(**changes: Any) -> FSDPStrategy:
-    """conf/trainer/fsdp.yaml's strategy (its only defaults) with changes."""
-    from omegaconf import OmegaConf
+    """conf/trainer/fsdp.yaml's strategy (its settings' only copy) with changes."""
+    import yaml
 
-    settings = OmegaConf.to_container(compose("train", "trainer=fsdp").trainer.strategy)
+    settings = yaml.safe_load((ROOT / "conf" / "trainer" / "fsdp.yaml").read_text())["strategy"]
     settings.pop("_target_")
     return FSDPStrategy(**{**settings, **changes})
 
