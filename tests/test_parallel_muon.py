@@ -71,7 +71,7 @@ def test_under_hsdp_each_replica_group_orthogonalizes_each_matrix_once(one_proce
 
 @pytest.mark.slow
 def test_optim_muon_under_the_fsdp_strategy_trains_as_one_process_and_saves_its_momentum_sharded(tmp_path):
-    """Our GPTLightningModule with optim=muon (DistMuon + AdamW) on 2 FSDP processes started by Lightning: the
+    """Our GPTLightningModule with optim=muon (Muon + AdamW) on 2 FSDP processes started by Lightning: the
     same losses and weights as one process's MuonWithAdamW; its sharded checkpoint holds every matrix's
     momentum whole when read back in one process."""
     from lightning_gpt.parallel.checkpoint import read_sharded

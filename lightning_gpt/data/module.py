@@ -263,9 +263,13 @@ class GPTDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed),
         )
 
+    def _speaks(self) -> bool:
+        """Process 0 alone logs (tensor-parallel peers share their data-parallel rank)."""
+        return self.trainer is None or self.trainer.is_global_zero
+
     def train_dataloader(self):
         rank, world = data_parallel(self.trainer)
-        if self.saved_world_size not in (None, world) and rank == 0:
+        if self.saved_world_size not in (None, world) and self._speaks():
             log.warning(
                 f"resuming with {world} processes a run saved with {self.saved_world_size}: each process continues "
                 f"its own stream of windows at batch {self.batches_seen} (new ones start theirs there), so the "
@@ -280,7 +284,7 @@ class GPTDataModule(L.LightningDataModule):
         ]
         weights = [p.weight for p in self.parts] if self.mixture else None
         windows = TrainWindows(samplers, self.batch_size, self.seed, rank, start=self.batches_seen, weights=weights)
-        if self.mixture and rank == 0:
+        if self.mixture and self._speaks():
             log.info(f"training on a mixture of {describe(self.parts)}")
         return self._loader(windows, batch_size=None)  # the dataset yields whole batches
 
@@ -321,7 +325,7 @@ class GPTDataModule(L.LightningDataModule):
         from lightning_gpt.data.streaming import StreamingWindows
 
         workers = max(1, self.num_workers)
-        if self.stream_workers not in (None, workers) and rank == 0:
+        if self.stream_workers not in (None, workers) and self._speaks():
             log.warning(
                 f"resuming a stream read by {self.stream_workers} loader workers with {workers}: each share of "
                 "the stream starts again from its beginning; resume with the same data.num_workers to continue it"
