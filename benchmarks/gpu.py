@@ -5,8 +5,10 @@
     LGPT_GPU_CHECK_ON_CPU=1 python -m benchmarks --gpu --quick   # the same runs simulated on the CPU
 
 For each preset: 20 optimizer steps on one GPU (and on all of them when there are several), validation at
-the end, then a resume for 5 more steps from the run folder's last.ckpt and a sample from it. Then GPT-2
-small (124M, block 1024, bf16-mixed) with and without `model.compile`: tokens/s, MFU and peak memory.
+the end, then a resume for 5 more steps from the run folder's last.ckpt and a sample from it; the
+sharded-checkpoint, HSDP and 2-D (fsdp_tp, on an even number of GPUs) cases save sharded checkpoints, so this is
+their round trip. Then GPT-2 small (124M, block 1024, bf16-mixed) with and without `model.compile`: tokens/s,
+MFU and peak memory.
 Data: Tiny Shakespeare from ../shared (GPT-2 BPE for the GPT-2 runs), so no download is needed.
 On the CPU the runs use a tiny model and 2 processes: that checks the script, not the GPU.
 """
@@ -26,6 +28,7 @@ import lightning as L
 import torch
 
 from benchmarks import TINY_SHAKESPEARE, child_env, lgpt_train, row, run_child
+from lightning_gpt.checkpoints import read_header
 
 ON_CPU = os.environ.get("LGPT_GPU_CHECK_ON_CPU") == "1"
 LOCAL = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
@@ -77,6 +80,13 @@ def presets(gpus: int) -> dict[str, list[str]]:
         "model=llama_baby": ["model=llama_baby", "trainer=gpu"],
         "model=mamba_baby": ["model=mamba_baby", "trainer=gpu"],
         "model=mamba_baby fsdp": ["model=mamba_baby", "trainer=fsdp", *devices],
+        "trainer=fsdp sharded checkpoints (llama)": [
+            "model=llama_baby",
+            "trainer=fsdp",
+            *devices,
+            "trainer.strategy.save_distributed_checkpoint=true",
+        ],
+        "trainer=hsdp (llama)": ["model=llama_baby", "trainer=hsdp", *devices],
         "experiment=gpt2_124m": [
             "experiment=gpt2_124m",
             *devices,
@@ -85,6 +95,8 @@ def presets(gpus: int) -> dict[str, list[str]]:
             "trainer.accumulate_grad_batches=2",
         ],
     }
+    if gpus % 2 == 0 or ON_CPU:  # tensor parallel over pairs of devices (sharded checkpoints)
+        cases["trainer=fsdp_tp (llama)"] = ["model=llama_baby", "trainer=fsdp_tp", *devices]
     if ON_CPU:  # the same launches on CPU processes (gloo), tiny
         tiny = lambda name: [] if "_baby" in name else TINY  # the baby models are CPU-sized already
         cases = {name: [*args, "trainer.accelerator=cpu", *tiny(name)] for name, args in cases.items()}
@@ -127,7 +139,7 @@ def check_preset(name: str, args: list[str], steps: int, root: Path, env: dict[s
         run_child([*lgpt_train(), *common, f"trainer.max_steps={steps}"], env)
         first = metrics(run)
         run_child([*lgpt_train(), *common, f"trainer.max_steps={steps + 5}", "ckpt_path=auto"], env)
-        resumed = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+        resumed = read_header(run / "checkpoints" / "last.ckpt")["global_step"]  # a file or a sharded folder
         if resumed != steps + 5:
             raise RuntimeError(f"the resumed run's last.ckpt is at step {resumed}, not {steps + 5}")
         sample = Path(lgpt_train()[0]).with_name("lgpt-sample")

@@ -127,8 +127,8 @@ def hand_loop(overrides: list[str], first: int, last: int, chunk: int) -> None:
 
     from lightning_gpt.apps.console import fit_threads_to_load
     from lightning_gpt.models.gpt2.model import GPT, GPTConfig
+    from lightning_gpt.optim import cosine_lr
     from lightning_gpt.training.build import build_datamodule, build_model_config
-    from lightning_gpt.training.optim import cosine_lr
 
     fit_threads_to_load()  # the thread count lgpt-train would choose: like against like on a loaded machine
     cfg = compose(overrides)

@@ -1,10 +1,12 @@
-"""Checkpoint files: find them in run folders, verify them, read them. Torch only (no Lightning).
+"""Checkpoints: find them in run folders, verify them, read them. Torch only (no Lightning).
 
 A run folder holds checkpoints/last.ckpt (the state it ended or stopped in), step<N>.ckpt snapshots and
-best-step<N>-val<loss>.ckpt; a SLURM requeue adds hpc_ckpt_<n>.ckpt. Every file is read as possibly damaged:
-torch.save writes a zip archive whose every record carries a CRC-32, which torch.load never checks, so a
-damaged file would load silently; `verify` checks them (one read of the file), and loading is weights-only
-(no code can run).
+best-step<N>-val<loss>.ckpt; a SLURM requeue adds hpc_ckpt_<n>.ckpt. Each is a file, or with
+`trainer.strategy.save_distributed_checkpoint=true` a sharded folder (a link to a folder of shards, written
+by every process: lightning_gpt/parallel/checkpoint.py); every tool reads both. Every checkpoint is read as
+possibly damaged: torch.save writes a zip archive whose every record carries a CRC-32, which torch.load never
+checks, so a damaged file would load silently; `damage` checks them (one read of the file), a sharded folder's
+manifest holds each shard's CRC-32; loading is weights-only (no code can run).
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ def find_checkpoint(path: str | Path) -> Path:
     For a run folder (or its checkpoints/ folder): last.ckpt, the state the run ended or stopped in, unless
     it is missing or damaged (a kill during its first save, a bad disk), then the newest whole one.
     """
+    from lightning_gpt.parallel.checkpoint import is_sharded
+
     path = Path(path).expanduser()
-    if is_hf_folder(path):
+    if is_hf_folder(path) or is_sharded(path):
         return path
     if path.is_dir():
         found = newest_whole_checkpoint(path)
@@ -43,8 +47,12 @@ def find_checkpoint(path: str | Path) -> Path:
 def newest_whole_checkpoint(run: Path) -> Path | None:
     """The run folder's last.ckpt (or the newer of it and a SLURM requeue's hpc_ckpt_<n>.ckpt), else, when
     that is missing or damaged, the newest other checkpoint whose checksums hold; None if there is none."""
+    from lightning_gpt.parallel.checkpoint import is_sharded
+
     folder = run / "checkpoints" if (run / "checkpoints").is_dir() else run
-    by_age = lambda paths: sorted((p for p in paths if p.is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
+    by_age = lambda paths: sorted(  # noqa: E731
+        (p for p in paths if p.is_file() or is_sharded(p)), key=lambda p: p.stat().st_mtime, reverse=True
+    )
     last = by_age([folder / "last.ckpt", *run.glob("hpc_ckpt_*.ckpt")])
     others = by_age(p for p in folder.glob("*.ckpt") if p not in last)
     for i, candidate in enumerate([*last, *others]):
@@ -60,9 +68,15 @@ def is_hf_folder(path: Path) -> bool:
 
 
 def damage(path: Path) -> str | None:
-    """What is wrong with a checkpoint file (None: its archive and every record's checksum are whole)."""
+    """What is wrong with a checkpoint (None: its archive and every record's checksum are whole; a sharded
+    folder's shards all there, each of its size and checksum)."""
     import zipfile
 
+    if path.is_dir():
+        from lightning_gpt.parallel.checkpoint import problems
+
+        found = problems(path)
+        return found[0] if found else None
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
@@ -79,12 +93,19 @@ def damage(path: Path) -> str | None:
 
 
 def load_checkpoint(path: str | Path, device: Any = "cpu", mmap: bool = False) -> Any:
-    """What a .ckpt file holds, its checksums verified first and loaded weights-only."""
+    """What a checkpoint holds, its checksums verified first and loaded weights-only (a sharded folder read whole,
+    as the one file it would be: `optimizer_states` keyed by position, as one process keys them)."""
     import pickle
 
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        from lightning_gpt.parallel.checkpoint import read_sharded
+
+        checkpoint = read_sharded(path)
+        checkpoint["state_dict"] = {k: v.to(device) for k, v in checkpoint["state_dict"].items()}
+        return checkpoint
     problem = damage(path)
     if problem == "not a zip archive":
         raise UserError(
@@ -107,10 +128,22 @@ def load_checkpoint(path: str | Path, device: Any = "cpu", mmap: bool = False) -
         ) from e
 
 
+def read_header(path: Path) -> dict[str, Any]:
+    """A checkpoint's global_step, hyper_parameters and the rest, its checksums verified, its tensors not read (a
+    file's memory-mapped, a sharded folder's left in their shards)."""
+    if path.is_dir():
+        from lightning_gpt.parallel.checkpoint import read_meta, verify
+
+        verify(path)
+        return read_meta(path)
+    return load_checkpoint(path, mmap=True)
+
+
 def checkpoint_parts(checkpoint: Any, path: Path) -> tuple[dict, dict, dict]:
     """(model config, tokenizer, hyper_parameters) of one of our checkpoints; one line if it is not one."""
     hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
-    if "model" not in hparams or "tokenizer" not in hparams or "state_dict" not in checkpoint:
+    weights = path.is_dir() or "state_dict" in checkpoint  # a sharded folder's are in its shards
+    if "model" not in hparams or "tokenizer" not in hparams or not weights:
         raise UserError(
             f"{path} is not a lightning_gpt checkpoint (no model config or tokenizer in it); give a checkpoint "
             "written by lgpt-train"
@@ -136,6 +169,10 @@ def read_checkpoint(path: str | Path, device: Any = "cpu") -> tuple[dict, dict, 
             )
         state = {k: v.to(device) for k, v in import_state_dict(str(path)).items()}
         return config.to_dict(), {"name": "gpt2"}, state
+    if path.is_dir():
+        from lightning_gpt.parallel.checkpoint import read_model
+
+        return read_model(path, device)
     checkpoint = load_checkpoint(path, device)
     model, tokenizer, _ = checkpoint_parts(checkpoint, path)
     # Lightning prefixes the model's parameters with "model."; torch.compile adds "_orig_mod.".
@@ -153,7 +190,10 @@ def latest_run(log_dir: str | Path, task_name: str | None) -> Path:
     root = Path(log_dir) / (task_name or "")
     runs = [c.parent for c in root.glob("**/checkpoints") if c.is_dir()]
     busy = [r for r in runs if in_use(r)]
-    newest = {r: max((p.stat().st_mtime for p in (r / "checkpoints").glob("*.ckpt")), default=None) for r in runs}
+    newest = {
+        r: max((p.stat().st_mtime for p in (r / "checkpoints").glob("*.ckpt") if p.exists()), default=None)
+        for r in runs
+    }
     for run in sorted((r for r in runs if r not in busy and newest[r]), key=newest.get, reverse=True):
         if newest_whole_checkpoint(run):
             return run

@@ -36,8 +36,8 @@ from lightning_gpt.checkpoints import (
     find_checkpoint,
     is_hf_folder,
     latest_run,
-    load_checkpoint,
     newest_whole_checkpoint,
+    read_header,
 )
 from lightning_gpt.errors import UserError
 from lightning_gpt.io import NO_FOLLOW, append_text, atomic_write
@@ -124,6 +124,8 @@ def agree_on_stamp(fresh: str) -> str:
 # Where classes a saved config names by `_target_` live now (run folders of older versions name the old places).
 MOVED = {
     "lightning_gpt.callbacks.StepProgressBar": "lightning_gpt.training.progress.StepProgressBar",
+    "lightning_gpt.distributed.FSDPStrategy": "lightning_gpt.parallel.strategy.FSDPStrategy",
+    "lightning_gpt.training.strategies.FSDPStrategy": "lightning_gpt.parallel.strategy.FSDPStrategy",
     "lightning_gpt.checkpointing.": "lightning_gpt.training.checkpoint_io.",
     "lightning_gpt.callbacks.": "lightning_gpt.training.callbacks.",
     "lightning_gpt.loggers.": "lightning_gpt.training.loggers.",
@@ -157,7 +159,21 @@ def load_run_config(path: Path) -> DictConfig:
         return value
 
     saved = OmegaConf.create(_map_leaves(OmegaConf.to_container(saved), moved))
-    return _with_new_settings(saved)
+    return _with_new_settings(_with_mesh(saved))
+
+
+# The mesh of the FSDP strategy of older versions, which had no setting for it: FSDP2 over every process.
+OLD_FSDP_MESH = {"data_parallel_replicate": 1, "data_parallel_shard": "auto", "tensor_parallel_size": 1}
+
+
+def _with_mesh(saved: DictConfig) -> DictConfig:
+    """A saved FSDP strategy of an older version, given the mesh it trained on (and no sequence parallelism,
+    which needs tensor parallelism anyway)."""
+    strategy = OmegaConf.select(saved, "trainer.strategy")
+    if isinstance(strategy, DictConfig) and strategy.get("_target_") == MOVED["lightning_gpt.distributed.FSDPStrategy"]:
+        for key, value in {**OLD_FSDP_MESH, "sequence_parallel": False}.items():
+            strategy.setdefault(key, value)
+    return saved
 
 
 def _with_new_settings(saved: DictConfig) -> DictConfig:
@@ -249,7 +265,7 @@ class Resume:
 
     @staticmethod
     def read(file: Path, run: Path | None, in_place: bool) -> Resume:
-        checkpoint = load_checkpoint(file, mmap=True)  # checksums verified, tensors mapped, not read
+        checkpoint = read_header(file)  # checksums verified, tensors not read
         _, _, hparams = checkpoint_parts(checkpoint, file)
         return Resume(file, int(checkpoint.get("global_step", 0)), hparams, run, in_place)
 

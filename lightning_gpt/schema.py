@@ -244,6 +244,13 @@ class HparamsSearchConfig:
 
 
 @dataclass
+class InfoConfig:
+    """lgpt-info's own settings (conf/info.yaml turns the node on; a training run has none)."""
+
+    gpu_memory_gib: float | None = bounded(None, 0, low_open=True)  # also print the largest micro-batch that fits
+
+
+@dataclass
 class TrainConfig:
     tokenizer: TokenizerConfig = MISSING
     data: DataConfig = MISSING
@@ -259,6 +266,7 @@ class TrainConfig:
     seed: int = bounded(1337, 0)
     ckpt_path: str | None = None  # resume: a .ckpt file, a run folder, "latest" or "auto"
     hparams_search: HparamsSearchConfig | None = None  # hparams_search=optuna
+    info: InfoConfig | None = None  # lgpt-info
 
 
 # ---------------------------------------------------------------------------------------------------

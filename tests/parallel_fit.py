@@ -1,6 +1,6 @@
-"""One lightning.Trainer fit of our GPTLightningModule under lightning_gpt.parallel's FSDPStrategy, for
-tests/test_parallel*.py: `python -m tests.parallel_fit <settings.json>`. With devices > 1 Lightning itself starts
-the other processes (it re-runs this command), as `lgpt-train` does.
+"""One lightning.Trainer fit of our GPTLightningModule under lightning_gpt.parallel's FSDPStrategy (with
+conf/trainer/fsdp.yaml's settings), for tests/test_parallel*.py: `python -m tests.parallel_fit <settings.json>`.
+With devices > 1 Lightning itself starts the other processes (it re-runs this command), as `lgpt-train` does.
 
 Each process writes <out>/rank<r>.pt: the loss of every step averaged over all processes, and the full weights
 and optimizer state at the end (gathered from the shards).
@@ -16,10 +16,21 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning_gpt.module import GPTLightningModule
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_gpt.parallel.strategy import FSDPStrategy
+from lightning_gpt.training.module import GPTLightningModule
+
+from .support.config import ROOT
+
+
+def strategy(**changes: Any) -> FSDPStrategy:
+    """conf/trainer/fsdp.yaml's strategy (its settings' only copy) with changes."""
+    import yaml
+
+    settings = yaml.safe_load((ROOT / "conf" / "trainer" / "fsdp.yaml").read_text())["strategy"]
+    settings.pop("_target_")
+    return FSDPStrategy(**{**settings, **changes})
 
 
 class Tokens(Dataset):
@@ -52,28 +63,6 @@ class Data(L.LightningDataModule):
         steps = range(start, len(self.dataset) // (n * b))
         mine = [i for k in steps for i in range((k * n + r) * b, (k * n + r + 1) * b)]
         return DataLoader(Subset(self.dataset, mine), batch_size=b, shuffle=False)
-
-
-class Module(GPTLightningModule):
-    """Ours, sharded by the new strategy, Muon shared out among its processes: the changes module.py needs."""
-
-    def configure_model(self) -> None:
-        if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
-            self.trainer.strategy.parallelize(self.model, self.trainer.precision)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        configured = super().configure_optimizers()
-        if self.optim.name != "muon" or not isinstance(self.trainer.strategy, FSDPStrategy):
-            return configured
-        from lightning_gpt.optim import param_groups, schedule
-
-        from lightning_gpt.parallel.muon import DistMuonWithAdamW
-
-        optimizer = DistMuonWithAdamW(
-            param_groups(self.model, self.optim), fused=configured["optimizer"].adamw.defaults["fused"]
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(self.optim))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def full_state(module: L.LightningModule, optimizer: Any) -> tuple[dict, dict]:
@@ -110,10 +99,10 @@ def main(settings: dict[str, Any]) -> None:
     torch.set_num_threads(1)  # several processes on 2 cores
     out = Path(settings["out"])
     out.mkdir(parents=True, exist_ok=True)
-    model, strategy = settings["model"], settings.get("strategy")
+    model = settings["model"]
     devices = settings.get("devices", 1)
     L.seed_everything(0)
-    module = Module(
+    module = GPTLightningModule(
         model, {"name": "byte"}, optim=settings.get("optim", dict(lr=3e-3, warmup_steps=0, decay_steps=100))
     )
     callbacks: list[L.Callback] = [Record(out, settings.get("record_start", False))]
@@ -132,7 +121,7 @@ def main(settings: dict[str, Any]) -> None:
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,
-        strategy=FSDPStrategy(**strategy) if strategy is not None else "auto",
+        strategy=strategy(**settings["strategy"]) if "strategy" in settings else "auto",
         precision="32-true",
         max_steps=settings["max_steps"],
         gradient_clip_val=settings.get("clip", 0.5),

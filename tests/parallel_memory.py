@@ -67,10 +67,9 @@ def worker(rank: int, world: int, port: int, settings: dict, out: str) -> None:
 
 
 def measure(settings: dict, rank: int, world: int) -> dict[str, Any]:
-    from lightning_gpt.config import OptimConfig
-    from lightning_gpt.optim import build_optimizer
-
     from lightning_gpt.models import build
+    from lightning_gpt.optim import build_optimizer
+    from lightning_gpt.schema import OptimConfig
 
     config, strategy = settings["model"], settings.get("strategy", "ddp")
     batch, precision = settings["micro_batch"], settings.get("precision", "32-true")
@@ -100,18 +99,12 @@ def measure(settings: dict, rank: int, world: int) -> dict[str, Any]:
             sequence_parallel=settings.get("sequence_parallel", False),
         )
     if strategy == "ddp" and settings.get("activation_checkpointing"):
-        from torch.distributed._composable import checkpoint
+        from lightning_gpt.library_internals import checkpoint_in_place
 
         for block_module in model.blocks:
-            checkpoint(block_module)
+            checkpoint_in_place(block_module)
     o = OptimConfig(name=settings.get("optimizer", "adamw"), lr=1e-4, muon_lr=1e-3)
     optimizer = build_optimizer(model, o, fused=True)  # as the project's default: no foreach temporaries
-    if o.name == "muon" and world > 1:
-        from lightning_gpt.optim import param_groups
-
-        from lightning_gpt.parallel.muon import DistMuonWithAdamW
-
-        optimizer = DistMuonWithAdamW(param_groups(model, o))
     autocast = torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16-mixed")
 
     def step(x: torch.Tensor) -> None:

@@ -207,8 +207,8 @@ def reference_checkpoint(config: dict, steps: int) -> tuple[dict, dict]:
 
 
 def muon_groups(model: Any) -> list[dict]:
-    from lightning_gpt.config import OptimConfig
     from lightning_gpt.optim import param_groups
+    from lightning_gpt.schema import OptimConfig
 
     return param_groups(model, OptimConfig(name="muon", lr=LR, muon_lr=0.02, weight_decay=0.1))
 
@@ -246,26 +246,26 @@ def muon_steps(model: Any, forward: Any, optimizer: Any, data: list[torch.Tensor
 
 
 def muon_run(rank: int, world: int, config: dict, mode: str, steps: int, batch: int = BATCH) -> dict:
-    """`steps` DistMuon + AdamW steps; then the same again with the optimizer's state_dict saved after steps - 1
+    """`steps` Muon + AdamW steps; then the same again with the optimizer's state_dict saved after steps - 1
     and loaded into a fresh optimizer for the last step (exact resume)."""
-    from lightning_gpt.parallel.muon import DistMuonWithAdamW
+    from lightning_gpt.optim import MuonWithAdamW
 
     data = batches(config, steps, batch)
     part = (0, 1) if mode == "tp" else (rank, world)  # tensor-parallel peers read the same batch
     model, forward = muon_model(config, mode, world)
-    optimizer = DistMuonWithAdamW(muon_groups(model))
+    optimizer = MuonWithAdamW(muon_groups(model))
     losses = muon_steps(model, forward, optimizer, data, part)
     result = {
         "losses": losses,
         "weights": {n: full(p) for n, p in model.named_parameters()},
-        "orthogonalized": optimizer.orthogonalized,
+        "orthogonalized": optimizer.muon.orthogonalized,
         "matrices": len(list(model.hidden_matrices())),
     }
     model, forward = muon_model(config, mode, world)
-    optimizer = DistMuonWithAdamW(muon_groups(model))
+    optimizer = MuonWithAdamW(muon_groups(model))
     muon_steps(model, forward, optimizer, data[:-1], part)
     saved = optimizer.state_dict()
-    optimizer = DistMuonWithAdamW(muon_groups(model))
+    optimizer = MuonWithAdamW(muon_groups(model))
     optimizer.load_state_dict(saved)
     muon_steps(model, forward, optimizer, data[-1:], part)
     result["resumed"] = {n: full(p) for n, p in model.named_parameters()}

@@ -11,7 +11,7 @@ PACKAGE = ROOT / "lightning_gpt"
 LAYERS = [  # bottom to top; a module may import from its own layer and the layers below
     ["errors", "io", "devices", "library_internals"],
     ["tokenizers", "models", "data"],
-    ["generation", "inspection", "hf", "checkpoints", "evaluation", "explainer", "schema"],
+    ["generation", "inspection", "hf", "checkpoints", "evaluation", "explainer", "schema", "optim", "parallel"],
     ["", "training", "runs"],  # "": lightning_gpt/__init__.py, the Python API
     ["apps", "__main__"],
 ]
@@ -87,3 +87,13 @@ def test_no_module_imports_another_modules_private_names():
         if n.startswith("_") and not n.startswith("__") and a != "lightning_gpt.library_internals"
     ]
     assert private == []  # a library's private API goes through lightning_gpt/library_internals.py, alone
+
+
+def test_docs_architecture_lists_the_layers():
+    """docs/architecture.md's layer table names the same modules, in the same order, as LAYERS."""
+    import re
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    rows = re.findall(r"^\| \d\. [^|]+ \| ([^|]+) \|", text, re.M)
+    listed = [[m.strip().split(" ")[0].strip("`/") for m in row.split(",")] for row in rows]
+    assert listed == [[name if name else '""' for name in layer] for layer in LAYERS]

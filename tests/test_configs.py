@@ -127,10 +127,11 @@ def test_classes_built_from_the_config_take_its_values_without_defaults_of_their
 
 
 @pytest.mark.parametrize(
-    "path", sorted(p.relative_to(CONF) for g in ("callbacks", "logger") for p in (CONF / g).glob("*.yaml"))
+    "path", sorted(p.relative_to(CONF) for g in ("callbacks", "logger", "trainer") for p in (CONF / g).glob("*.yaml"))
 )
-def test_our_callbacks_and_loggers_take_their_settings_from_their_config_file(path):
-    """conf/callbacks/*.yaml and conf/logger/*.yaml hold the only copy of each of our classes' settings."""
+def test_our_callbacks_loggers_and_strategy_take_their_settings_from_their_config_file(path):
+    """conf/callbacks/*.yaml, conf/logger/*.yaml and conf/trainer/fsdp.yaml hold the only copy of each of our
+    classes' settings."""
     from hydra.utils import get_class
 
     for node in (values(CONF / path) or {}).values():

@@ -141,7 +141,11 @@ def test_ddp_preset_on_two_cpu_processes_trains_and_resumes(tmp_path, cache_dir)
 
 
 @pytest.mark.slow
-def test_fsdp_on_two_cpu_processes_shards_clips_checkpoints_and_resumes_exactly(tmp_path, cache_dir, capsys):
+def test_fsdp_on_two_cpu_processes_shards_clips_checkpoints_and_resumes_bit_exactly(tmp_path, cache_dir, capsys):
+    """Uninterrupted with one-file checkpoints; stopped at step 3 with sharded ones and resumed (with activation
+    checkpointing on): the same weights and optimizer state bit for bit, each moment at its parameter."""
+    from lightning_gpt.checkpoints import load_checkpoint
+
     common = [
         "trainer=fsdp",
         "trainer.accelerator=cpu",
@@ -151,6 +155,7 @@ def test_fsdp_on_two_cpu_processes_shards_clips_checkpoints_and_resumes_exactly(
         "trainer.gradient_clip_val=0.05",
         GRAD_NORMS,
     ]
+    sharded = "trainer.strategy.save_distributed_checkpoint=true"
     # The whole run also scores 9 questions at each validation, 5 and 4 per process (the downstream callback):
     # the sharded model needs every process to run as many forwards, and the summed counts must be exact.
     questions = write_jsonl(tmp_path / "questions.jsonl", hellaswag_rows(9, max_ending=24))
@@ -160,8 +165,9 @@ def test_fsdp_on_two_cpu_processes_shards_clips_checkpoints_and_resumes_exactly(
         "callbacks.downstream.batch_size=4",
     ]
     cli(tmp_path / "whole", cache_dir, *common, *downstream, "trainer.max_steps=6")
-    cli(tmp_path / "half", cache_dir, *common, "trainer.max_steps=3")
+    cli(tmp_path / "half", cache_dir, *common, "trainer.max_steps=3", sharded)
     half = the_run(tmp_path / "half")
+    assert (half / "checkpoints" / "last.ckpt").is_symlink()  # a link to a folder of shards
     cli(
         tmp_path / "half",
         cache_dir,
@@ -172,11 +178,15 @@ def test_fsdp_on_two_cpu_processes_shards_clips_checkpoints_and_resumes_exactly(
     )
     whole, resumed = the_run(tmp_path / "whole"), the_run(tmp_path / "half")  # resumed in its own folder
     assert grad_norms(whole)[-1] <= 0.05 + 1e-6 and "DTensor" in (whole / "grad_norms.txt").read_text()
-    # One full checkpoint file, the same weights whether or not the run was interrupted.
-    a, b = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for r in (whole, resumed))
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    assert values(resumed, "val/loss")[-1][1] == pytest.approx(values(whole, "val/loss")[-1][1], abs=1e-6)
-    # It loads anywhere (lgpt-sample, lgpt-export and lgpt-eval load through lightning_gpt.load too).
+    a, b = (load_checkpoint(r / "checkpoints" / "last.ckpt") for r in (whole, resumed))  # a file; a folder
+    assert a["global_step"] == b["global_step"] == 6
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    moments_a, moments_b = (c["optimizer_states"][0]["state"] for c in (a, b))
+    assert moments_a.keys() == moments_b.keys()
+    assert all(torch.equal(v, moments_b[i][k]) for i, s in moments_a.items() for k, v in s.items())
+    assert values(resumed, "val/loss")[-1][1] == values(whole, "val/loss")[-1][1]
+    # The one-file checkpoint loads anywhere (lgpt-sample, lgpt-export and lgpt-eval load through lightning_gpt.load).
     model, tokenizer = lightning_gpt.load(whole / "checkpoints" / "last.ckpt")
     assert model.num_params() > 0 and tokenizer.name == "char"
     one_process = evaluate_multiple_choice(model, tokenizer, read_questions(questions))
@@ -187,6 +197,107 @@ def test_fsdp_on_two_cpu_processes_shards_clips_checkpoints_and_resumes_exactly(
 
     assert sample.main([f"ckpt_path={whole}", "max_new_tokens=10", "prompt=KING", "device=cpu"]) == 0
     assert capsys.readouterr().out.startswith("KING")
+
+
+# A Llama whose 4 heads, 4 key/value heads and 128 hidden units 4 tensor-parallel processes divide.
+LLAMA = ["model=llama_baby", "model.n_head=4", "model.n_kv_head=4", "trainer.precision=32-true"]
+
+
+@pytest.mark.slow
+def test_fsdp_tp_on_four_cpu_processes_trains_as_one_process_and_every_tool_reads_its_shards(
+    tmp_path, cache_dir, capsys
+):
+    """trainer=fsdp_tp with tensor_parallel_size=4: one data-parallel group of 4 processes splitting every block's
+    heads and hidden units, which reads the one-process run's batches. Its losses are the one process's (fp32:
+    sums in another order, measured within 2e-6); its sharded checkpoint samples and exports in one process and
+    resumes on 2 FSDP processes into a one-file checkpoint."""
+    steps = ["trainer.max_steps=4", "trainer.val_check_interval=4"]
+    cli(tmp_path / "one", cache_dir, *LLAMA, *steps)
+    done = cli(
+        tmp_path / "tp",
+        cache_dir,
+        *LLAMA,
+        *steps,
+        "trainer=fsdp_tp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=4",
+        "trainer.strategy.tensor_parallel_size=4",
+    )
+    assert "global batch: 1 data-parallel groups x 8 sequences" in done.stdout + done.stderr
+    one, tp = the_run(tmp_path / "one"), the_run(tmp_path / "tp")
+    assert [s for s, _ in values(tp, "train/loss")] == [s for s, _ in values(one, "train/loss")]
+    for (_, a), (_, b) in zip(values(one, "train/loss"), values(tp, "train/loss")):
+        assert a == pytest.approx(b, abs=1e-5)
+    assert values(tp, "val/loss")[-1][1] == pytest.approx(values(one, "val/loss")[-1][1], abs=1e-5)
+
+    last = tp / "checkpoints" / "last.ckpt"
+    assert last.is_symlink() and sorted(p.name for p in last.resolve().glob("*.distcp")) == [
+        f"__{r}_0.distcp" for r in range(4)
+    ]
+    from lightning_gpt.apps import export, sample
+    from lightning_gpt.checkpoints import load_checkpoint
+
+    saved = load_checkpoint(last)["state_dict"]
+    model, _ = lightning_gpt.load(tp)  # the run folder: its sharded last.ckpt
+    assert all(torch.equal(model.state_dict()[k.removeprefix("model.")], v) for k, v in saved.items())
+    assert sample.main([f"ckpt_path={tp}", "max_new_tokens=10", "prompt=KING", "device=cpu"]) == 0
+    assert capsys.readouterr().out.startswith("KING")
+    assert export.main([f"ckpt_path={last}", f"out_dir={tmp_path / 'hf'}"]) == 0
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+    # Resumed on 2 FSDP processes (DCP reshards 4 tensor-parallel pieces into 2 FSDP shards), saved as one file.
+    resume = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", f"ckpt_path={tp}"]
+    cli(tmp_path / "tp", cache_dir, *LLAMA, "trainer.max_steps=6", "trainer.val_check_interval=6", *resume)
+    assert (tp / "checkpoints" / "last.ckpt").is_file() and last_step(tp) == 6
+
+
+@pytest.mark.parametrize("trainer", ["trainer=cpu", "trainer=fsdp"])
+@pytest.mark.slow
+def test_a_resume_takes_this_launchs_optimizer_settings(trainer, lgpt_train, tmp_path):
+    """optim.lr and optim.weight_decay of the resuming launch, not the checkpoint's: under FSDP the strategy
+    loads the optimizer itself, before Lightning's own restore would."""
+    from lightning_gpt.optim import schedule
+    from lightning_gpt.schema import OptimConfig
+
+    fsdp = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true"] if "fsdp" in trainer else []
+    args = [trainer, *fsdp, *TINY, *DATA, "trainer.val_check_interval=2"]
+    run = lgpt_train(*args, "trainer.max_steps=2")
+    lgpt_train(*args, "trainer.max_steps=3", f"ckpt_path={run}", "optim.lr=2e-3", "optim.weight_decay=0.05")
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    groups, o = saved["optimizer_states"][0]["param_groups"], OptimConfig(**saved["hyper_parameters"]["optim"])
+    assert (o.lr, o.weight_decay) == (2e-3, 0.05)
+    assert groups[0]["weight_decay"] == 0.05 and groups[0]["lr"] == pytest.approx(2e-3 * schedule(o)(3))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["trainer=fsdp_tp", "trainer.devices=4"], "trainer.strategy.tensor_parallel_size=2 needs the llama family"),
+        (
+            ["model=llama_baby", "trainer=fsdp", "trainer.devices=4", "trainer.strategy.tensor_parallel_size=3"],
+            r"trainer.strategy.data_parallel_replicate \(1\) x trainer.strategy.tensor_parallel_size \(3\) = 3 "
+            r"must divide the number of processes \(4\)",
+        ),
+        (
+            ["model=llama_baby", "model.n_kv_head=1", "trainer=fsdp_tp", "trainer.devices=4"],
+            r"trainer.strategy.tensor_parallel_size=2 must divide the model's n_kv_head \(1\)",
+        ),
+        (
+            ["model=llama_baby", "model.block_size=31", "trainer=fsdp_tp", "trainer.devices=2"]
+            + ["trainer.strategy.sequence_parallel=true"],
+            r"trainer.strategy.tensor_parallel_size=2 processes, which must divide its 31 positions",
+        ),
+        (
+            ["model=llama_baby", "trainer=hsdp", "trainer.devices=3", "trainer.strategy.data_parallel_replicate=2"],
+            r"trainer.strategy.data_parallel_replicate \(2\) x trainer.strategy.tensor_parallel_size \(1\) = 2",
+        ),
+    ],
+    ids=["gpt2", "devices", "kv-heads", "sequence", "hsdp"],
+)
+def test_a_mesh_that_cannot_fit_is_one_line_before_anything_is_made(overrides, message, lgpt_train, tmp_path, capsys):
+    lgpt_train("trainer.accelerator=cpu", *TINY, *DATA, *overrides, code=2)
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    assert not (tmp_path / "run").exists()
 
 
 def free_port() -> int:

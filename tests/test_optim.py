@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lightning_gpt.models import build
+from lightning_gpt.optim import MuonWithAdamW, build_optimizer, cosine_lr, param_groups, schedule, wsd_lr
 from lightning_gpt.schema import OptimConfig
-from lightning_gpt.training.optim import MuonWithAdamW, build_optimizer, cosine_lr, param_groups, schedule, wsd_lr
 
 from .support.config import TINY, TINY_SHAKESPEARE
 from .support.runs import read_metrics

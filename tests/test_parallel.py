@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning_gpt.models.configs import GPTConfig, LlamaConfig, MambaConfig
 
+from lightning_gpt.models.gpt2.config import GPTConfig
+from lightning_gpt.models.llama.config import LlamaConfig
+from lightning_gpt.models.mamba.config import MambaConfig
 from lightning_gpt.parallel.mesh import MeshSizes, mesh_sizes
 from lightning_gpt.parallel.tensor import check_tensor_parallel
 
@@ -67,16 +69,17 @@ def test_mesh_sizes_fill_the_shard_dimension_and_name_what_does_not_fit():
         mesh_sizes(4, 0)
 
 
-def test_the_strategy_refuses_sizes_that_do_not_fit_when_the_trainer_is_made():
-    """At Trainer(...), before any process starts or any process group exists."""
-    import lightning as L
+def test_the_strategy_refuses_sizes_that_do_not_fit_before_any_process_group_exists():
+    """In setup_environment, before the process group: for Trainers built outside lgpt-train (which checks
+    earlier, before any folder: test_distributed.py)."""
+    from .parallel_fit import strategy
 
-    from lightning_gpt.parallel.strategy import FSDPStrategy
-
-    with pytest.raises(ValueError, match=r"tensor_parallel_size \(3\) = 3 must divide the number of processes \(4\)"):
-        L.Trainer(accelerator="cpu", devices=4, strategy=FSDPStrategy(tensor_parallel_size=3), logger=False)
     with pytest.raises(ValueError, match="tensor_parallel_size must be a positive integer, got 0"):
-        FSDPStrategy(tensor_parallel_size=0)
+        strategy(tensor_parallel_size=0)
+    tp3 = strategy(tensor_parallel_size=3)
+    tp3.num_nodes, tp3.parallel_devices = 1, [torch.device("cpu")] * 4
+    with pytest.raises(ValueError, match=r"tensor_parallel_size \(3\) = 3 must divide the number of processes \(4\)"):
+        tp3.setup_environment()
     assert not torch.distributed.is_initialized()
 
 

@@ -316,3 +316,60 @@ def test_a_consolidated_checkpoint_resumes_in_the_strategy_and_in_one_process(li
         weights, optimizer = run["start"]
         assert all(torch.equal(weights[k], v) for k, v in saved["state_dict"].items()), name
         assert_same_moments(optimizer_state_by_index(optimizer)["state"], saved["optimizer_states"][0]["state"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What the tools read: lightning_gpt.checkpoints and the training callbacks, on sharded folders
+
+
+def run_with_sharded_checkpoints(root: Path) -> tuple[Path, dict]:
+    """A run folder's checkpoints/ with a step-2 snapshot and last.ckpt at step 4, sharded; the model's state."""
+    import lightning_gpt.models as models
+
+    config = {**LLAMA, "block_size": 8}
+    model = models.build(config)
+    writer = ShardedCheckpointWriter()
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for step, name in ((2, "step000002.ckpt"), (4, "last.ckpt")):
+        saved = {"state_dict": dict(state), "optimizer_states": [], "global_step": step}
+        saved["hyper_parameters"] = {"model": config, "tokenizer": {"name": "byte"}}
+        writer.save(saved, root / "checkpoints" / name)
+    return root, state
+
+
+def test_every_tool_finds_and_reads_a_sharded_checkpoint_and_falls_back_from_a_damaged_one(tmp_path):
+    import lightning_gpt
+    from lightning_gpt.checkpoints import find_checkpoint, load_checkpoint, newest_whole_checkpoint, read_header
+    from lightning_gpt.training.checkpoint_io import AtomicCheckpointIO
+
+    run, state = run_with_sharded_checkpoints(tmp_path)
+    last = run / "checkpoints" / "last.ckpt"
+    assert find_checkpoint(run) == last and find_checkpoint(last) == last
+    assert read_header(last)["global_step"] == 4  # what a resume reads first: no tensors
+    model, tokenizer = lightning_gpt.load(run)
+    assert tokenizer.name == "byte" and all(torch.equal(model.state_dict()[k[6:]], v) for k, v in state.items())
+    whole = AtomicCheckpointIO().load_checkpoint(last)  # a resume on one process or under DDP
+    assert whole["global_step"] == 4 and whole["state_dict"].keys() == state.keys()
+    shard = last.resolve() / "__0_0.distcp"
+    os.truncate(shard, shard.stat().st_size // 2)
+    assert newest_whole_checkpoint(run) == run / "checkpoints" / "step000002.ckpt"  # as for a damaged file
+    with pytest.raises(UserError, match=rf"damaged: shard {shard} is truncated"):
+        load_checkpoint(last)
+
+
+def test_last_checkpoint_reads_a_folders_step_and_clears_what_killed_saves_left(tmp_path):
+    import lightning as L
+
+    from lightning_gpt.training.checkpoint_io import LastCheckpoint, _saved_step
+
+    run, _ = run_with_sharded_checkpoints(tmp_path)
+    folder = run / "checkpoints"
+    assert _saved_step(folder / "last.ckpt") == 4 and _saved_step(folder / "gone.ckpt") is None
+    half_written = folder / "last.ckpt.0123456789abcdef"  # a save killed before its link was made
+    (half_written / "__0_0.distcp").parent.mkdir()
+    (half_written / "__0_0.distcp").write_bytes(b"partial")
+    trainer = L.Trainer(
+        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=folder)], logger=False, enable_progress_bar=False
+    )
+    LastCheckpoint().setup(trainer, None, "fit")
+    assert not half_written.exists() and len(linked_data(folder)) == 2  # the snapshot and last.ckpt stay

@@ -1,13 +1,12 @@
-"""DistMuon: Muon whose orthogonalizations are shared out among processes steps as one process's Muon does,
+"""Muon whose orthogonalizations are shared out among processes steps as one process's Muon does,
 under FSDP2, HSDP, DDP and tensor parallelism, orthogonalizes each matrix once, and resumes exactly."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from lightning_gpt.optim import Muon
 
-from lightning_gpt.parallel.muon import DistMuon, owners
+from lightning_gpt.optim.muon import owners
 
 from .parallel_workers import LLAMA, muon_reference, muon_run, spawn
 
@@ -25,20 +24,6 @@ def test_matrices_go_to_the_least_loaded_process_costliest_first():
     assert sorted(set(owner)) == [0, 1] and abs(load[0] - load[1]) <= max(cost)
     assert owners(shapes, 1) == [0] * len(shapes)
     assert owners(shapes, 8).count(0) == 1  # more processes than matrices: one each, some idle
-
-
-def test_in_one_process_it_is_muon():
-    torch.manual_seed(0)
-    a, b = torch.nn.Linear(8, 6, bias=False), torch.nn.Linear(8, 6, bias=False)
-    b.load_state_dict(a.state_dict())
-    muon, dist_muon = Muon(a.parameters(), lr=0.02), DistMuon(b.parameters(), lr=0.02)
-    for _ in range(3):
-        x = torch.randn(4, 8)
-        for model, optimizer in ((a, muon), (b, dist_muon)):
-            model(x).square().sum().backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    assert torch.equal(a.weight, b.weight) and dist_muon.orthogonalized == 3
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +71,7 @@ def test_under_hsdp_each_replica_group_orthogonalizes_each_matrix_once(one_proce
 
 @pytest.mark.slow
 def test_optim_muon_under_the_fsdp_strategy_trains_as_one_process_and_saves_its_momentum_sharded(tmp_path):
-    """Our GPTLightningModule with optim=muon (DistMuon + AdamW) on 2 FSDP processes started by Lightning: the
+    """Our GPTLightningModule with optim=muon (Muon + AdamW) on 2 FSDP processes started by Lightning: the
     same losses and weights as one process's MuonWithAdamW; its sharded checkpoint holds every matrix's
     momentum whole when read back in one process."""
     from lightning_gpt.parallel.checkpoint import read_sharded

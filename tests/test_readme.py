@@ -170,8 +170,9 @@ def test_the_cpu_commands_run_as_written_in_a_fresh_folder(tmp_path, cache_dir, 
         assert cfg.tasks == [w for w in words if w.startswith("tasks=")][0][6:].split(",")
 
     infos = [c for c in commands if c.startswith("lgpt-info ")]
-    assert len(infos) == 2 and "8,030,261,248 parameters" in run(infos[0])[0]
+    assert len(infos) == 3 and "8,030,261,248 parameters" in run(infos[0])[0]
     run(infos[1])
+    assert "largest micro-batch in a 80 GiB device" in run(infos[2])[0]  # Scale out's memory plan
 
     plots = [c for c in commands if c.startswith("lgpt-plot outputs/train/runs/<stamp>")]
     assert len(plots) == 2

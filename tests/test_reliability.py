@@ -280,7 +280,6 @@ BAD_INPUTS = [
     (["optim.betas=[2,3]"], "optim.betas must be in [0, 1), got 2.0"),
     (["optim.betas=[0.9]"], "optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.95]; got [0.9]"),
     (["optim.name=sgd"], "optim.name must be one of adamw, muon; got 'sgd'"),
-    (["optim=muon", "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2"], "optim=muon needs whole"),
     (["optim.schedule=linear"], "optim.schedule must be one of cosine, wsd; got 'linear'"),
     (["model=llama_baby", "model.mlp=gelu"], "model.mlp must be swiglu or relu2, got 'gelu'"),
     (["data.num_workers=-1"], "data.num_workers must be >= 0, got -1"),

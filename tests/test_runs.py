@@ -65,3 +65,22 @@ def test_a_saved_callback_gets_the_settings_added_to_it_since(tmp_path):
     }
     assert OmegaConf.to_container(loaded.callbacks.sample_text)["max_new_tokens"] == "${sample.max_new_tokens}"
     assert "window_size" not in loaded.callbacks.throughput  # a setting its class no longer takes
+
+
+@pytest.mark.parametrize(
+    "old", ["lightning_gpt.distributed.FSDPStrategy", "lightning_gpt.training.strategies.FSDPStrategy"]
+)
+def test_a_run_config_naming_an_old_fsdp_strategy_builds_todays_with_the_mesh_it_trained_on(old, tmp_path):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from lightning_gpt.parallel.strategy import FSDPStrategy
+    from lightning_gpt.runs import load_run_config
+
+    saved = OmegaConf.load(ROOT / "tests" / "data" / "run_before_families" / "config.yaml")
+    strategy = {"activation_checkpointing": True, "reshard_after_forward": True, "save_distributed_checkpoint": False}
+    saved.trainer.strategy = {"_target_": old, **strategy}
+    OmegaConf.save(saved, tmp_path / "config.yaml")
+    built = instantiate(load_run_config(tmp_path / "config.yaml").trainer.strategy)
+    assert isinstance(built, FSDPStrategy) and built.activation_checkpointing
+    assert (built.data_parallel_replicate, built.data_parallel_shard, built.tensor_parallel_size) == (1, "auto", 1)

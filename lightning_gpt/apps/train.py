@@ -52,7 +52,7 @@ def train(cfg: DictConfig, run_log: RunLog | None = None) -> dict[str, float]:
 def fit(cfg: DictConfig, datamodule: Any, module: Any, trainer: Any, run_log: RunLog | None) -> dict[str, float]:
     """trainer.fit, then a sample: printed, and written to train.log."""
     from lightning_gpt.generation import complete
-    from lightning_gpt.training.strategies import children_run_this_app, full_parameters
+    from lightning_gpt.training.strategies import can_generate, children_run_this_app, full_parameters
 
     output_dir = Path(cfg.paths.output_dir)
     # Lightning's DDP launcher (strategies/launchers/subprocess_script.py) starts the other local ranks by
@@ -69,8 +69,10 @@ def fit(cfg: DictConfig, datamodule: Any, module: Any, trainer: Any, run_log: Ru
         if trainer.fast_dev_run and trainer.is_global_zero:
             print("\nfast_dev_run: one training and one validation batch ran through the whole pipeline; nothing saved")
         if not trainer.fast_dev_run:  # every process generates: a sharded model needs them all
-            with full_parameters(module.model):
-                text = complete(module.model, module.tokenizer, **cfg.sample, seed=0)[0]
+            text = "(none under sequence parallelism: lgpt-sample reads the checkpoint)"
+            if can_generate(trainer):
+                with full_parameters(module.model):
+                    text = complete(module.model, module.tokenizer, **cfg.sample, seed=0)[0]
             if trainer.is_global_zero:
                 scores = "".join(f" {key} {metrics[key]:.4f}" for key in ("val/loss", "val/bpb") if key in metrics)
                 end = f"\nstep {trainer.global_step}:{scores}{' |' if scores else ''} run folder {output_dir}\n"
@@ -89,7 +91,7 @@ def task(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     from lightning_gpt.schema import check_values
-    from lightning_gpt.training.build import build, check_model, check_wandb
+    from lightning_gpt.training.build import build, check_model, check_parallel, check_wandb
 
     quiet_console()
     if note := fit_threads_to_load():
@@ -113,6 +115,7 @@ def task(cfg: DictConfig) -> float | None:
             cfg = launch_config(composed, resume, overrides, set(hydra_cfg.runtime.choices), run_dir)
             check_model(cfg)
             check_values(cfg)
+            check_parallel(cfg)
             if resume is not None:
                 resume.check_data(cfg.data)
             metric = objective(cfg)

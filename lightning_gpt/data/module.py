@@ -33,6 +33,16 @@ log = logging.getLogger(__name__)
 ON_EXHAUSTED = ("repeat", "stop")
 
 
+def data_parallel(trainer: L.Trainer | None) -> tuple[int, int]:
+    """(rank, size) among the processes that read different batches: every process under DDP and FSDP, one per
+    tensor-parallel group under tensor parallelism (its peers compute on the same batch), as the strategy's
+    sampler settings say."""
+    if trainer is None:
+        return 0, 1
+    split = getattr(trainer.strategy, "distributed_sampler_kwargs", None)  # single-device strategies have none
+    return (split["rank"], split["num_replicas"]) if split else (trainer.global_rank, trainer.world_size)
+
+
 class GPTDataModule(L.LightningDataModule):
     """The parameters are `DataConfig`'s fields (build.py passes `cfg.data` whole) plus the tokenizer: they
     have no defaults here, so that the schema's stay the only ones. The keys after `seed` are new and not
@@ -256,14 +266,13 @@ class GPTDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed),
         )
 
-    def _process(self) -> tuple[int, int]:
-        if self.trainer is None:
-            return 0, 1
-        return self.trainer.global_rank, self.trainer.world_size
+    def _speaks(self) -> bool:
+        """Process 0 alone logs (tensor-parallel peers share their data-parallel rank)."""
+        return self.trainer is None or self.trainer.is_global_zero
 
     def train_dataloader(self):
-        rank, world = self._process()
-        if self.saved_world_size not in (None, world) and rank == 0:
+        rank, world = data_parallel(self.trainer)
+        if self.saved_world_size not in (None, world) and self._speaks():
             log.warning(
                 f"resuming with {world} processes a run saved with {self.saved_world_size}: each process continues "
                 f"its own stream of windows at batch {self.batches_seen} (new ones start theirs there), so the "
@@ -279,22 +288,23 @@ class GPTDataModule(L.LightningDataModule):
         weights = [p.weight for p in self.parts] if self.mixture else None
         windows = TrainWindows(samplers, self.batch_size, self.seed, rank, start=self.batches_seen, weights=weights)
         self._windows, self._next_batch = windows, self.batches_seen
-        if self.mixture and rank == 0:
+        if self.mixture and self._speaks():
             log.info(f"training on a mixture of {describe(self.parts)}")
         return self._loader(windows, batch_size=None)  # the dataset yields whole batches
 
     def val_dataloader(self) -> DataLoader:
         count = self.val_batches * self.batch_size
+        rank, world = data_parallel(self.trainer) if self.trainer is not None else (None, None)
         if self.mixture:
             parts = [
                 FixedWindows(
-                    self.tokens("val", i), self.block_size, count, self.batch_size, None, None, self.doc_masking, i
+                    self.tokens("val", i), self.block_size, count, self.batch_size, rank, world, self.doc_masking, i
                 )
                 for i in range(len(self.parts))
             ]
             return self._loader(ValidationWindows(parts), batch_size=None)
         windows = FixedWindows(
-            self.tokens("val"), self.block_size, count, self.batch_size, doc_masking=self.doc_masking
+            self.tokens("val"), self.block_size, count, self.batch_size, rank, world, self.doc_masking
         )
         return self._loader(windows, batch_size=None)
 
@@ -319,7 +329,7 @@ class GPTDataModule(L.LightningDataModule):
         from lightning_gpt.data.streaming import StreamingWindows
 
         workers = max(1, self.num_workers)
-        if self.stream_workers not in (None, workers) and rank == 0:
+        if self.stream_workers not in (None, workers) and self._speaks():
             log.warning(
                 f"resuming a stream read by {self.stream_workers} loader workers with {workers}: each share of "
                 "the stream starts again from its beginning; resume with the same data.num_workers to continue it"
@@ -394,7 +404,7 @@ class GPTDataModule(L.LightningDataModule):
         else:
             state = {
                 "batches_seen": self.trainer.global_step * self.trainer.accumulate_grad_batches,
-                "world_size": self.trainer.world_size,
+                "world_size": data_parallel(self.trainer)[1],  # the number of streams of batches
             }
         if self.mixture:
             state["tokens_drawn"] = dict(self.tokens_drawn)

@@ -6,10 +6,12 @@ made, and shards them further along the data-parallel mesh (2-D DTensors).
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import torch
 
+from lightning_gpt.library_internals import checkpoint_in_place
 from lightning_gpt.models.base import LanguageModel
 from lightning_gpt.parallel.mesh import TENSOR, fsdp_mesh
 from lightning_gpt.parallel.tensor import tensor_parallel
@@ -36,17 +38,19 @@ def parallelize(
 ) -> None:
     """Apply the mesh's parallelism to `model` in place: each block one FSDP unit (gathered for its forward
     and backward), the embeddings, final norm and head the root's. `mesh` is `mesh.build_mesh`'s."""
-    from torch.distributed._composable import checkpoint
     from torch.distributed.fsdp import fully_shard
 
     # Llama.head/GPT.head return logits sliced to vocab_size (a view); nothing modifies them in place.
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     if mesh[TENSOR].size() > 1:
         tensor_parallel(model, mesh[TENSOR], sequence_parallel)
+        # clip_grad_norm_ adds norms over the (data, tensor) mesh with two all-reduces, which torch calls
+        # suboptimal in a warning from every process: the cost is two scalars per step.
+        logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
     data = fsdp_mesh(mesh)
     policy = mixed_precision(precision)
     for block in model.blocks:
         if activation_checkpointing:  # recompute the block in backward instead of storing its activations
-            checkpoint(block)  # the composable form: parameter names, so checkpoints, stay the same
+            checkpoint_in_place(block)  # parameter names, so checkpoints, stay the same
         fully_shard(block, mesh=data, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=data, mp_policy=policy, reshard_after_forward=reshard_after_forward)

@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 
 from lightning_gpt.errors import UserError
+from lightning_gpt.library_internals import read_whole_dcp
 
 META = "meta.pt"  # Lightning's name (lightning.fabric.utilities.load._METADATA_FILENAME)
 DCP_METADATA = ".metadata"
@@ -171,7 +172,7 @@ def optimizer_state_by_name(
 
     Positions count the optimizer's parameters in its groups' order (torch's layout: one process, DDP, our
     consolidated and full files), except in full files of Lightning's ModelParallelStrategy (so those of
-    `lightning_gpt.distributed.FSDPStrategy`), which count them in the model's order. The order whose
+    the FSDP strategy of earlier lightning_gpt versions), which count them in the model's order. The order whose
     parameters have the shapes of the saved moments is the one used; torch's when both fit."""
 
     def named(order: list[str]) -> dict[str, Any]:
@@ -196,18 +197,10 @@ def read_sharded(folder: str | Path, weights_only: bool = False, checksums: bool
     """A sharded checkpoint as one process sees a single-file one: Lightning's checkpoint dict with the full
     `state_dict` (names as the LightningModule's: "model.<parameter>") and `optimizer_states` (none with
     weights_only), plus everything in meta.pt. No process group needed; every tensor is read whole."""
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
-
     folder = Path(folder)
     verify(folder, checksums=checksums)
     checkpoint = read_meta(folder)
-    state: dict[str, Any] = {}
-    # As torch's own converter (format_utils.dcp_to_torch_save) reads: the planner rebuilds the nested dict
-    # from DCP's index (`keys` picks the weights alone). The public `load` fills only keys already present.
-    planner = _EmptyStateDictLoadPlanner(keys={"state_dict"} if weights_only else None)
-    _load_state_dict(state, storage_reader=FileSystemReader(str(folder)), planner=planner, no_dist=True)
+    state = read_whole_dcp(str(folder), keys={"state_dict"} if weights_only else None)
     checkpoint["state_dict"] = state.pop("state_dict")
     if not weights_only:
         optimizers = sorted((k for k in state if k.startswith("optimizer_")), key=lambda k: int(k.split("_")[1]))

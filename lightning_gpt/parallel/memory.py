@@ -75,10 +75,12 @@ class Plan:
 
     def table(self) -> str:
         s = self.settings
+        mesh = (
+            f"({s['strategy']} over {s['world']} processes: replicate {s['replicate']} x shard {s['shard']} x tensor "
+        )
+        where = "one process" if s["world"] == 1 else f"per process {mesh}{s['tensor']})"
         rows = [
-            f"per process: {s['strategy']} over {s['world']} processes "
-            f"(replicate {s['replicate']} x shard {s['shard']} x tensor {s['tensor']}), {s['precision']}, "
-            f"{s['optimizer']}, micro-batch {s['micro_batch']} x {s['block_size']} tokens"
+            f"{where}, {s['precision']}, {s['optimizer']}, micro-batch {s['micro_batch']} x {s['block_size']} tokens"
             + (", activation checkpointing" if s["activation_checkpointing"] else ""),
         ]
         for key in ("parameters", "gradients", "optimizer", "activations", "total"):
@@ -207,9 +209,9 @@ def plan(
     if optimizer not in ("adamw", "muon"):
         raise ValueError(f"optimizer must be adamw or muon, got {optimizer!r}")
     world = devices * nodes
-    tensor = tensor_parallel_size if strategy == "fsdp+tp" else 1
-    replicate = data_parallel_replicate if strategy == "hsdp" else 1
-    if strategy == "fsdp+tp":
+    tensor = tensor_parallel_size if strategy != "ddp" else 1  # "fsdp+tp" and "hsdp" name the usual mixes
+    replicate = data_parallel_replicate if strategy != "ddp" else 1
+    if tensor > 1:
         from lightning_gpt.parallel.tensor import check_tensor_parallel
 
         check_tensor_parallel(config, tensor)

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lightning_gpt.library_internals import flatten_mesh
+
 REPLICATE = "data_parallel_replicate"
 SHARD = "data_parallel_shard"
 TENSOR = "tensor_parallel"
@@ -72,10 +74,9 @@ def build_mesh(device_type: str, sizes: MeshSizes) -> Any:
 
 
 def data_mesh(mesh: Any) -> Any:
-    """REPLICATE x SHARD as one 1-D mesh: the processes that see different data. torch's only way to merge
-    dimensions is `_flatten` (torchtitan uses it too); it is created once, then returned from the root
-    mesh's cache (slicing it by name from the root mesh is deprecated)."""
-    return mesh[REPLICATE, SHARD]._flatten(DATA)
+    """REPLICATE x SHARD as one 1-D mesh: the processes that see different data. Created once, then returned
+    from the root mesh's cache (slicing it by name from the root mesh is deprecated)."""
+    return flatten_mesh(mesh[REPLICATE, SHARD], DATA)
 
 
 def fsdp_mesh(mesh: Any) -> Any:

@@ -7,8 +7,9 @@ The LightningModule applies the parallelism in `configure_model` (Lightning's de
         if isinstance(self.trainer.strategy, FSDPStrategy):
             self.trainer.strategy.parallelize(self.model, self.trainer.precision)
 
-With data_parallel_replicate=1 and tensor_parallel_size=1 (the defaults) it is
-`lightning_gpt.distributed.FSDPStrategy`: FSDP2 over every process, one unit per block.
+Its settings have no defaults here: conf/trainer/fsdp.yaml holds them (hsdp.yaml and fsdp_tp.yaml change a few).
+With data_parallel_replicate=1 and tensor_parallel_size=1 (trainer=fsdp) it is FSDP2 over every process, one unit
+per block.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Literal
 
 from lightning.pytorch.strategies import ModelParallelStrategy
 
+from lightning_gpt.library_internals import start_process_group
 from lightning_gpt.parallel.checkpoint import (
     ShardedCheckpointWriter,
     is_sharded,
@@ -41,20 +43,21 @@ class FSDPStrategy(ModelParallelStrategy):
 
     def __init__(
         self,
-        data_parallel_replicate: int = 1,
-        data_parallel_shard: int | Literal["auto"] = "auto",
-        tensor_parallel_size: int = 1,
-        sequence_parallel: bool = True,
-        activation_checkpointing: bool = False,
-        reshard_after_forward: bool = True,
-        save_distributed_checkpoint: bool = False,
+        *,
+        data_parallel_replicate: int,
+        data_parallel_shard: int | Literal["auto"],
+        tensor_parallel_size: int,
+        sequence_parallel: bool,
+        activation_checkpointing: bool,
+        reshard_after_forward: bool,
+        save_distributed_checkpoint: bool,
         **kwargs: Any,
     ):
         mesh_sizes(data_parallel_replicate * tensor_parallel_size, data_parallel_replicate, 1, tensor_parallel_size)
         if data_parallel_shard != "auto":
             mesh_sizes(data_parallel_shard, 1, data_parallel_shard, 1)  # a positive integer
         super().__init__(
-            data_parallel_size="auto",  # set in setup_environment, once the world size is known
+            data_parallel_size="auto",  # our mesh is built in setup_environment, once the world size is known
             tensor_parallel_size=tensor_parallel_size,
             save_distributed_checkpoint=save_distributed_checkpoint,
             **kwargs,
@@ -65,7 +68,8 @@ class FSDPStrategy(ModelParallelStrategy):
         self.sequence_parallel = sequence_parallel
         self.activation_checkpointing = activation_checkpointing
         self.reshard_after_forward = reshard_after_forward
-        self.sizes: MeshSizes | None = None
+        self.save_distributed_checkpoint = save_distributed_checkpoint
+        self.mesh: Any = None
         self._sharded_writer = ShardedCheckpointWriter()
 
     def mesh_sizes(self) -> MeshSizes:
@@ -77,20 +81,24 @@ class FSDPStrategy(ModelParallelStrategy):
             self.tensor_parallel_size,
         )
 
-    def _configure_launcher(self) -> None:
-        # Lightning calls this in Trainer(...), once devices and nodes are known: the sizes fail here, before
-        # any process starts, not in every process later.
-        self.sizes = self.mesh_sizes()
-        super()._configure_launcher()
-
     def setup_environment(self) -> None:
-        self.sizes = self.mesh_sizes()
-        self._data_parallel_size = self.sizes.data
-        # ModelParallelStrategy.setup_environment, with our mesh instead of its 2-D one.
-        super(ModelParallelStrategy, self).setup_environment()
-        self._setup_distributed()
-        self._device_mesh = build_mesh(self.root_device.type, self.sizes)
-        self.lightning_module._device_mesh = self._device_mesh
+        """ModelParallelStrategy's, with our 3-D mesh instead of its 2-D one. The sizes are checked first, before
+        the process group exists (lgpt-train checks them before any process starts: training/build.py)."""
+        sizes = self.mesh_sizes()
+        start_process_group(self)
+        self.mesh = build_mesh(self.root_device.type, sizes)
+
+    @property
+    def device_mesh(self) -> Any:
+        if self.mesh is None:
+            raise RuntimeError("the device mesh exists once the processes have started (setup_environment)")
+        return self.mesh
+
+    @property
+    def splits_sequences(self) -> bool:
+        """Sequence parallelism is on: every forward's positions are split among the tensor-parallel processes,
+        which one new token at a time cannot be, so the training processes sample no text."""
+        return self.sequence_parallel and self.tensor_parallel_size > 1
 
     @property
     def data_mesh(self) -> Any:
@@ -121,7 +129,7 @@ class FSDPStrategy(ModelParallelStrategy):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
         path = Path(self.broadcast(str(filepath)))
-        if not self._save_distributed_checkpoint:
+        if not self.save_distributed_checkpoint:
             if self.is_global_zero and (path.is_symlink() or path.is_dir()):
                 remove_checkpoint(path)  # a sharded checkpoint of an earlier run under the same name
             return super().save_checkpoint(checkpoint, path, storage_options)
@@ -133,7 +141,7 @@ class FSDPStrategy(ModelParallelStrategy):
         """This process's shards (sharded saves), or on process 0 the whole state keyed as torch keys it in
         one process: by position in the optimizer's groups (Lightning's strategy counts the model's order,
         so its files resume wrongly on one device or under DDP, and ours the other way round)."""
-        if self._save_distributed_checkpoint:
+        if self.save_distributed_checkpoint:
             return super().optimizer_state(optimizer)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
@@ -150,18 +158,22 @@ class FSDPStrategy(ModelParallelStrategy):
         return self._load_full(path, weights_only)
 
     def _load_full(self, path: Path, weights_only: bool | None) -> dict[str, Any]:
-        """Lightning's loading of one full file, with the optimizer states' positions read in the order they
+        """One full file, as Lightning loads it, with the optimizer states' positions read in the order they
         were written in (see `optimizer_state`; `optimizer_state_by_name` tells the two apart)."""
         import torch
-        from lightning.fabric.strategies.model_parallel import _load_raw_module_state
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
         checkpoint = torch.load(path, mmap=True, map_location="cpu", weights_only=weights_only)
         strict = self.lightning_module.strict_loading
-        _load_raw_module_state(checkpoint.pop("state_dict"), self.model, strict=strict)
+        # Process 0's tensors, sent to each process's shards one tensor at a time.
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=strict)
+        set_model_state_dict(self.model, checkpoint.pop("state_dict"), options=options)
         names = {p: n for n, p in self.model.named_parameters()}
         shapes = {n: tuple(p.shape) for n, p in self.model.named_parameters()}  # whole shapes, DTensors too
-        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=strict)
         for optimizer, state in zip(self.optimizers, checkpoint.get("optimizer_states", [])):
             mine = {p for group in optimizer.param_groups for p in group["params"]}
             in_optimizer = [names[p] for group in optimizer.param_groups for p in group["params"]]

@@ -144,10 +144,6 @@ def build_trainer(cfg: DictConfig):
     for key in ("strategy", "profiler"):
         if isinstance(trainer_kwargs[key], dict):
             trainer_kwargs[key] = instantiate(cfg.trainer[key])
-    strategy = trainer_kwargs["strategy"]
-    fsdp = "fsdp" in (strategy if isinstance(strategy, str) else type(strategy).__name__).lower()
-    if fsdp and OmegaConf.select(cfg, "optim.name") == "muon":
-        raise UserError("optim=muon needs whole weight matrices, which FSDP shards: use trainer=ddp or optim=adamw")
     if trainer_kwargs["plugins"]:
         trainer_kwargs["plugins"] = [instantiate(p) for p in cfg.trainer.plugins]
     callbacks = instantiate_all(cfg.callbacks)
@@ -195,6 +191,68 @@ def check_data(cfg: DictConfig) -> None:
 
         family = import_config(cfg.model.init_from).family
     check_doc_masking(family or "gpt2")
+
+
+STRATEGY = "lightning_gpt.parallel.strategy.FSDPStrategy"
+
+
+def check_parallel(cfg: DictConfig) -> None:
+    """trainer=fsdp's mesh (replicate x shard x tensor) against the processes and the model, before any folder,
+    lock or process exists: one line naming the key. The strategy checks the sizes again in every process, for
+    Trainers built elsewhere; this is the check lgpt-train's users meet."""
+    from lightning_gpt.parallel.mesh import mesh_sizes
+    from lightning_gpt.parallel.tensor import check_tensor_parallel
+
+    node = cfg.trainer.strategy
+    if not isinstance(node, DictConfig) or node.get("_target_") != STRATEGY:
+        return
+    s = OmegaConf.to_container(node, resolve=True)
+    fields = [k for k in s if k != "_target_"]
+    world, model = processes(cfg), model_shape(cfg)
+    try:
+        if world is not None:
+            mesh_sizes(world, s["data_parallel_replicate"], s["data_parallel_shard"], s["tensor_parallel_size"])
+        if model is not None:
+            check_tensor_parallel(model, s["tensor_parallel_size"])
+        block = cfg.data.block_size or getattr(model, "block_size", None)
+        if s["sequence_parallel"] and block and block % s["tensor_parallel_size"]:
+            raise ValueError(
+                f"sequence_parallel splits each sequence among tensor_parallel_size={s['tensor_parallel_size']} "
+                f"processes, which must divide its {block} positions (data.block_size); or sequence_parallel=false"
+            )
+    except ValueError as e:
+        raise config_error(e, fields, "trainer.strategy.") from None
+
+
+def processes(cfg: DictConfig) -> int | None:
+    """trainer.devices x trainer.num_nodes as Lightning will count them (None: a spelling left to Lightning)."""
+    devices, accelerator = cfg.trainer.devices, str(cfg.trainer.accelerator)
+    if OmegaConf.is_list(devices):
+        count = len(devices)
+    elif isinstance(devices, int) and devices > 0:
+        count = devices
+    elif devices in ("auto", -1, "-1"):
+        import torch
+
+        gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+        count = torch.cuda.device_count() if gpu else 1  # Lightning's "auto": every GPU, else one CPU process
+    else:
+        return None
+    return count * cfg.trainer.num_nodes
+
+
+def model_shape(cfg: DictConfig) -> Any:
+    """The model's config dataclass before the tokenizer is known (the vocabulary does not matter here); None
+    for a family that does not exist (`build` names it)."""
+    from lightning_gpt.models import FAMILIES
+
+    model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if v is not None}
+    if init_from := model.get("init_from"):
+        from lightning_gpt.hf import import_config
+
+        return import_config(init_from)
+    family = FAMILIES.get(model.get("family", "gpt2"))
+    return family(**{k: v for k, v in model.items() if k in family.field_names()}) if family else None
 
 
 def check_trainer(t: dict[str, Any]) -> None:

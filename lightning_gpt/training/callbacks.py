@@ -16,11 +16,12 @@ from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_gpt.data.module import data_parallel
 from lightning_gpt.devices import compute_dtype, is_half
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import complete, prompt_ids
 from lightning_gpt.io import append_text, temporary_name
-from lightning_gpt.training.strategies import full_parameters
+from lightning_gpt.training.strategies import can_generate, full_parameters
 
 if TYPE_CHECKING:
     from lightning_gpt.inspection import Trace
@@ -96,8 +97,9 @@ class TokenThroughputMonitor(L.Callback):
         self._last, self._last_step, self._paused = now, trainer.global_step, 0.0
         if steps <= 0 or seconds <= 0:
             return
-        sequences = _sequences(batch) * trainer.accumulate_grad_batches * trainer.world_size  # per step
-        tokens = _tokens(batch) * trainer.accumulate_grad_batches * trainer.world_size
+        readers = data_parallel(trainer)[1]  # tensor-parallel peers compute on the same batch
+        sequences = _sequences(batch) * trainer.accumulate_grad_batches * readers  # per step
+        tokens = _tokens(batch) * trainer.accumulate_grad_batches * readers
         metrics = {
             "train/items_per_sec": tokens * steps / seconds,
             "train/device/items_per_sec": tokens * steps / seconds / trainer.world_size,
@@ -151,7 +153,7 @@ class StopAtLoss(EarlyStopping):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._tokens += _tokens(batch) * trainer.world_size
+        self._tokens += _tokens(batch) * data_parallel(trainer)[1]
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
@@ -195,7 +197,7 @@ class SampleText(L.Callback):
             )[0]
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.fast_dev_run:
+        if trainer.sanity_checking or trainer.fast_dev_run or not can_generate(trainer):
             return
         text = self.generate(pl_module)
         if not trainer.is_global_zero:
@@ -246,7 +248,7 @@ class AttentionMaps(L.Callback):
             self.check(pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.fast_dev_run:
+        if trainer.sanity_checking or trainer.fast_dev_run or not can_generate(trainer):
             return
         from lightning_gpt.inspection import trace
 

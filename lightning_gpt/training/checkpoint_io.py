@@ -66,6 +66,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         _fsync_folder(path.parent)
         self._previous = (state, path, path.stat().st_ino)
 
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """A file as Lightning loads it; a sharded folder (trainer=fsdp wrote it) read whole, as the one file it
+        would be, so a run sharded on N processes resumes on one process or under DDP too."""
+        if Path(path).is_dir():
+            from lightning_gpt.parallel.checkpoint import read_sharded
+
+            return read_sharded(path)
+        return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+
     def _write(self, checkpoint: dict[str, Any], path: Path) -> None:
         partial = _temporary(path)
         writer = None
@@ -144,11 +153,15 @@ class LastCheckpoint(L.Callback):
         self.stopping = False  # saved at the end of a step: stop before the next
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Remove the temporary files of saves killed midway (each as large as a checkpoint)."""
+        """Remove what saves killed midway left (each as large as a checkpoint): temporary files, and sharded
+        data folders no checkpoint name links to."""
+        from lightning_gpt.parallel.checkpoint import remove_orphans
+
         path = self._path(trainer)
         if stage == "fit" and path is not None and trainer.is_global_zero and path.parent.is_dir():
             for stale in [*path.parent.glob(TEMPORARY), *path.parent.glob("*.ckpt.tmp")]:  # and the old naming
                 stale.unlink(missing_ok=True)
+            remove_orphans(path.parent)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -208,7 +221,11 @@ class LastCheckpoint(L.Callback):
 
 
 def _saved_step(path: Path) -> int | None:
+    """The step a checkpoint (file or sharded folder) was saved at; None if it is missing or unreadable."""
+    from lightning_gpt.parallel.checkpoint import META
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
-    except (OSError, RuntimeError, KeyError):
+        file = path / META if path.is_dir() else path
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=path.is_file())["global_step"]
+    except (OSError, RuntimeError, KeyError, EOFError):
         return None

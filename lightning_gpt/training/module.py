@@ -16,14 +16,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import Metric
 
+from lightning_gpt.data.module import data_parallel
 from lightning_gpt.data.windows import unpack
 from lightning_gpt.devices import is_float16
 from lightning_gpt.errors import UserError
 from lightning_gpt.evaluation.bpb import token_bytes, token_losses_and_bytes
 from lightning_gpt.models import build
+from lightning_gpt.optim import build_optimizer, check_optim, param_groups, schedule
 from lightning_gpt.schema import OptimConfig
 from lightning_gpt.tokenizers import Tokenizer, tokenizer_from_dict
-from lightning_gpt.training.optim import build_optimizer, check_optim, param_groups, schedule
 
 
 class SumRatio(Metric):
@@ -100,10 +101,11 @@ class GPTLightningModule(L.LightningModule):
         self.val_metrics = torch.nn.ModuleDict({name: SumRatio(len(names)) for name in self.val_metrics})
 
     def configure_model(self) -> None:
-        from lightning_gpt.training.strategies import FSDPStrategy, shard
+        """Lightning calls this once the processes run: FSDPStrategy's tensor parallelism and sharding go here."""
+        from lightning_gpt.parallel.strategy import FSDPStrategy
 
-        if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
-            shard(self.model, self.model.blocks, self.trainer.strategy, self.trainer.precision)
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            self.trainer.strategy.parallelize(self.model, self.trainer.precision)
         if self.compile_model:
             self.model.compile()  # in place: parameter names (and checkpoints) stay free of _orig_mod.
 
@@ -111,13 +113,15 @@ class GPTLightningModule(L.LightningModule):
         """Log the hyperparameters and the global batch: what a step means depends on devices, nodes and
         accumulation."""
         data = self.trainer.datamodule
-        sequences = self.trainer.world_size * data.batch_size * self.trainer.accumulate_grad_batches
+        readers = data_parallel(self.trainer)[1]  # tensor-parallel peers read the same batch
+        sequences = readers * data.batch_size * self.trainer.accumulate_grad_batches
         batch = {"global_batch_size": sequences, "tokens_per_step": sequences * data.block_size}
         tokenizer = {"name": self.tokenizer.name, "vocab_size": self.tokenizer.vocab_size}
         for logger in self.loggers:
             logger.log_hyperparams({**self.hparams, "tokenizer": tokenizer, **batch})
+        processes = "processes" if readers == self.trainer.world_size else "data-parallel groups"
         rank_zero_info(
-            f"global batch: {self.trainer.world_size} processes x {data.batch_size} sequences x "
+            f"global batch: {readers} {processes} x {data.batch_size} sequences x "
             f"{self.trainer.accumulate_grad_batches} accumulation = {sequences} sequences "
             f"({batch['tokens_per_step']:,} tokens) per step"
         )
@@ -217,16 +221,23 @@ class GPTLightningModule(L.LightningModule):
             random.setstate(states["python"])
             if "cuda" in states and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(states["cuda"])
-        # The new run's optimizer settings win: a resumed run may lower the learning rate, for instance.
+        # The new run's optimizer settings win: a resumed run may lower the learning rate, for instance. Lightning
+        # restores the optimizers from the checkpoint after this hook; FSDPStrategy has restored them already.
         fresh = [{k: v for k, v in g.items() if k != "params"} for g in param_groups(self.model, self.optim)]
-        for state in checkpoint.get("optimizer_states", []):
-            if len(state["param_groups"]) != len(fresh):
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if strategy is not None and not strategy.lightning_restore_optimizer:
+            restored = [optimizer.param_groups for optimizer in self.trainer.optimizers]
+        else:
+            restored = [state["param_groups"] for state in checkpoint.get("optimizer_states", [])]
+        factor = schedule(self.optim)(checkpoint.get("global_step", 0))  # as the LR scheduler would set it
+        for groups in restored:
+            if len(groups) != len(fresh):
                 raise UserError(
-                    f"the checkpoint's optimizer has {len(state['param_groups'])} parameter groups and optim.name="
+                    f"the checkpoint's optimizer has {len(groups)} parameter groups and optim.name="
                     f"{self.optim.name} makes {len(fresh)}: resume with the optimizer it was trained with"
                 )
-            for group, settings in zip(state["param_groups"], fresh):
-                group.update({k: v for k, v in settings.items() if k != "lr"})
+            for group, settings in zip(groups, fresh):
+                group.update({**settings, "lr": settings["lr"] * factor})
         for state in checkpoint.get("lr_schedulers", []):
             state["base_lrs"] = [g["lr"] for g in fresh]
 

@@ -16,6 +16,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 
+from lightning_gpt.data.module import data_parallel
+
 log = logging.getLogger(__name__)
 
 
@@ -165,7 +167,7 @@ class ModelOverview(ModelSummary):
         c = model.config
         total, without = model.num_params(non_embedding=False), model.num_params()
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        tokens = trainer.world_size * data.batch_size * trainer.accumulate_grad_batches * data.block_size
+        tokens = data_parallel(trainer)[1] * data.batch_size * trainer.accumulate_grad_batches * data.block_size
         flops = model.flops_per_token()
         heads = f", {c.n_head} heads" if hasattr(c, "n_head") else ""
         log.info(

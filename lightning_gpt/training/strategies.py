@@ -1,8 +1,7 @@
-"""Several processes, one run: sharded training (FSDP2), and every launcher agreeing on one run folder.
+"""Several processes, one run: generation from a sharded model, and every launcher agreeing on one run folder.
+The FSDP2 / HSDP / tensor-parallel strategy itself is `lightning_gpt.parallel.strategy.FSDPStrategy`.
 
-- `FSDPStrategy`: Lightning's `ModelParallelStrategy` as pure data-parallel FSDP2 (`fully_shard`, one unit per
-  Transformer block), which unlike Lightning's FSDP1 strategy clips gradients by norm, runs on CPUs (gloo) as on
-  GPUs, and saves one full checkpoint file that loads anywhere.
+- `full_parameters`: the root's gathered parameters while generating outside `forward`; `can_generate`.
 - `children_run_this_app`: Lightning starts the extra DDP processes of one machine by re-running the parent's
   command line; under a Hydra sweep or a submitit job that command is not ours. They run `lightning_gpt.apps.train`
   instead, which reads rank 0's resolved config from the run folder (see `train.main`).
@@ -12,54 +11,16 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
-from lightning.pytorch.strategies import ModelParallelStrategy
 
 
-class FSDPStrategy(ModelParallelStrategy):
-    """FSDP2 over every process: parameters, gradients and optimizer states sharded across all of them.
-
-    The LightningModule shards itself in `configure_model` (Lightning's design for this strategy), reading
-    `activation_checkpointing` and `reshard_after_forward` from here.
-    """
-
-    def __init__(
-        self,
-        activation_checkpointing: bool = False,
-        reshard_after_forward: bool = True,
-        save_distributed_checkpoint: bool = False,
-        **kwargs: Any,
-    ):
-        super().__init__(tensor_parallel_size=1, save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
-        self.activation_checkpointing = activation_checkpointing
-        self.reshard_after_forward = reshard_after_forward
-
-    def setup_environment(self) -> None:
-        self._data_parallel_size = self.num_nodes * self.num_processes  # every process is a data-parallel shard
-        super().setup_environment()
-
-
-def shard(model: torch.nn.Module, blocks: torch.nn.ModuleList, strategy: FSDPStrategy, precision: str) -> None:
-    """Apply FSDP2 in place: each block is one unit (gathered for its forward and backward), the rest the root."""
-    from torch.distributed._composable import checkpoint
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    # GPT.forward returns logits sliced to vocab_size (a view); nothing modifies them in place.
-    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
-    mesh = strategy.device_mesh["data_parallel"]
-    # bf16 weights in compute and communication, fp32 gradient reduction: FSDP's own mixed precision.
-    half = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
-    policy = MixedPrecisionPolicy(param_dtype=half, reduce_dtype=torch.float32) if half else MixedPrecisionPolicy()
-    for block in blocks:
-        if strategy.activation_checkpointing:  # recompute the block in backward instead of storing activations
-            checkpoint(block)  # the composable form: parameter names, so checkpoints, stay the same
-        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=strategy.reshard_after_forward)
-    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=strategy.reshard_after_forward)
+def can_generate(trainer: Any) -> bool:
+    """Whether the training processes can sample text: not under sequence parallelism (see FSDPStrategy)."""
+    return not getattr(trainer.strategy, "splits_sequences", False)
 
 
 @contextmanager

@@ -170,7 +170,9 @@ class Llama(LanguageModel):
 
     def new_cache(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> KVCache:
         c = self.config
-        return KVCache(c.n_layer, c.kv_heads, c.head_dim, c.block_size, batch_size, device, dtype)
+        # The key/value heads attention computes with: under tensor parallelism, this process's share.
+        kv_heads = self.model.layers[0].self_attn.n_kv_head
+        return KVCache(c.n_layer, kv_heads, c.head_dim, c.block_size, batch_size, device, dtype)
 
     def hidden_states(
         self, idx: torch.Tensor, cache: KVCache | None = None, *, doc_ids: torch.Tensor | None = None

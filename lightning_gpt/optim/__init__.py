@@ -1,5 +1,6 @@
-"""Optimizers and learning-rate schedules: AdamW, or Muon for the hidden weight matrices with AdamW for the rest;
-nanoGPT's cosine schedule or warmup-stable-decay. Torch-only: the Lightning module calls `build_optimizer`."""
+"""Optimizers and learning-rate schedules: AdamW, or Muon for the hidden weight matrices with AdamW for the rest
+(muon.py: one process or many, sharded or not); nanoGPT's cosine schedule or warmup-stable-decay. Torch-only: the
+Lightning module calls `build_optimizer`."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 
 import torch
 
-from lightning_gpt.library_internals import muon_group_state, muon_lr_scale
 from lightning_gpt.models.base import LanguageModel
+from lightning_gpt.optim.muon import MuonWithAdamW
 from lightning_gpt.schema import OptimConfig
 
 OPTIMIZERS = ("adamw", "muon")
@@ -80,81 +81,6 @@ def param_groups(model: LanguageModel, o: OptimConfig) -> list[dict[str, Any]]:
     ]
     groups[0].update(momentum=o.muon_momentum, weight_decay=o.weight_decay)
     return [g for g in groups if g["params"]]
-
-
-def orthogonalize(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float) -> torch.Tensor:
-    """Newton-Schulz iteration towards U V^T of g = U S V^T (Jordan et al. 2024), as torch.optim.Muon's
-    but in float32: a quintic polynomial whose steep slope at zero pushes every singular value towards ~1."""
-    a, b, c = coefficients
-    x = g.float()
-    tall = x.size(0) > x.size(1)
-    if tall:
-        x = x.T  # (small, large): the Gram matrix below is the small side squared
-    x = x / x.norm().clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
-    for _ in range(steps):
-        gram = x @ x.T  # (small, small)
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x.T if tall else x).to(g.dtype)
-
-
-class Muon(torch.optim.Muon):
-    """torch.optim.Muon, orthogonalizing in float32 on CPUs. Torch's casts to bfloat16, which CPUs without
-    bf16 matrix units emulate: 15x slower than float32 on this project's 2-core test machine."""
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        if not any(p.device.type == "cpu" for g in self.param_groups for p in g["params"]):
-            return super().step(closure)
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads, buffers = muon_group_state(self, group)
-            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
-            for param, grad, buffer in zip(params, grads, buffers):
-                buffer.lerp_(grad, 1 - momentum)  # the momentum, as torch's
-                update = grad.lerp(buffer, momentum) if group["nesterov"] else buffer
-                update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
-                param.mul_(1 - lr * decay)
-                param.add_(update, alpha=-muon_lr_scale(lr, group["adjust_lr_fn"], param.shape))
-        return loss
-
-
-class MuonWithAdamW(torch.optim.Optimizer):
-    """torch.optim.Muon on the groups marked muon=True and torch.optim.AdamW on the others, as one optimizer:
-    Lightning's automatic optimization, its LR scheduler and its checkpoints take exactly one. Both run on
-    this optimizer's own param_groups and state, so the schedule reaches them and a state_dict holds both."""
-
-    def __init__(self, groups: list[dict[str, Any]], fused: bool | None = None):
-        muon = [g for g in groups if g["muon"]]
-        adamw = [g for g in groups if not g["muon"]]
-        self.muon = Muon(muon) if muon else None  # each fills in its defaults in its groups
-        self.adamw = torch.optim.AdamW(adamw, fused=fused) if adamw else None
-        super().__init__([*muon, *adamw], {})
-        self._share()
-
-    def _share(self) -> None:
-        """Point both at this optimizer's groups and state (load_state_dict replaces them)."""
-        for child, is_muon in ((self.muon, True), (self.adamw, False)):
-            if child is not None:
-                child.param_groups = [g for g in self.param_groups if g["muon"] == is_muon]
-                child.state = self.state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self._share()
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for child in (self.muon, self.adamw):
-            if child is not None:
-                child.step()
-        return loss
 
 
 def build_optimizer(model: LanguageModel, o: OptimConfig, fused: bool | None) -> torch.optim.Optimizer:

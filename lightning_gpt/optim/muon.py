@@ -1,11 +1,13 @@
-"""Muon across processes: each weight matrix's Newton-Schulz orthogonalization is computed once, by the one
-process that owns the matrix, not by every process (nanochat's DistMuon and modded-nanogpt do the same).
+"""Muon (Jordan et al. 2024) for the hidden weight matrices and AdamW for the rest, as one optimizer, in one process
+or many: across processes each matrix's Newton-Schulz orthogonalization is computed once, by the one process that
+owns the matrix, not by every process (nanochat's DistMuon and modded-nanogpt do the same).
 
 Orthogonalization needs the whole matrix, which FSDP2 and tensor parallelism split: torch.optim.Muon cannot step
 their DTensor shards, and a naive port would gather every matrix on every process and orthogonalize it there,
 W times over. Here the matrices are shared out among the processes, balanced by Newton-Schulz cost (largest
 first, each to the least loaded process), and each step:
 
+- one process: every matrix, as torch.optim.Muon (float32 Newton-Schulz on CPUs, see `Muon`).
 - FSDP2 (`Shard(0)` on one mesh dimension; HSDP: replicated on the other): the momentum is kept and updated
   shard by shard, as FSDP keeps AdamW's; the owner gathers the shards of the update (one `gather`), orthogonalizes
   and sends each process its rows back (one `scatter`). Under HSDP each replica group does this among its own
@@ -28,9 +30,23 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz
 
-from lightning_gpt.optim import Muon, MuonWithAdamW, orthogonalize
+from lightning_gpt.library_internals import muon_group_state, muon_lr_scale, muon_newton_schulz
+
+
+def orthogonalize(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float) -> torch.Tensor:
+    """Newton-Schulz iteration towards U V^T of g = U S V^T (Jordan et al. 2024), as torch.optim.Muon's
+    but in float32: a quintic polynomial whose steep slope at zero pushes every singular value towards ~1."""
+    a, b, c = coefficients
+    x = g.float()
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T  # (small, large): the Gram matrix below is the small side squared
+    x = x / x.norm().clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
+    for _ in range(steps):
+        gram = x @ x.T  # (small, small)
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).to(g.dtype)
 
 
 def owners(shapes: list[tuple[int, int]], processes: int) -> list[int]:
@@ -51,11 +67,13 @@ def _rows(total: int, parts: int) -> list[int]:
     return [max(0, min(size, total - r * size)) for r in range(parts)]
 
 
-class DistMuon(Muon):
-    """torch.optim.Muon (float32 Newton-Schulz on CPUs, as `lightning_gpt.optim.Muon`) for parameters that are
-    FSDP2 shards, tensor-parallel DTensors or DDP replicas; one process alone steps as Muon does.
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon's step, state and learning-rate rule, for whole parameters, FSDP2 shards,
+    tensor-parallel DTensors and DDP replicas alike (see the module docstring for who orthogonalizes what).
 
-    `orthogonalized` counts the matrices this process orthogonalized (a test shows each is done once)."""
+    On CPUs the orthogonalization runs in float32: torch's casts to bfloat16, which CPUs without bf16 matrix units
+    emulate, 15x slower than float32 on this project's 2-core test machine. `orthogonalized` counts the matrices
+    this process orthogonalized (a test shows each is done once per step across the processes)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -63,8 +81,9 @@ class DistMuon(Muon):
 
     def _orthogonalize(self, update: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
         self.orthogonalized += 1
-        newton_schulz = orthogonalize if update.device.type == "cpu" else _zeropower_via_newtonschulz
-        return newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
+        newton_schulz = orthogonalize if update.device.type == "cpu" else muon_newton_schulz
+        done = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
+        return done.to(update.dtype)  # torch's is bfloat16: adding it to a float32 parameter casts it so anyway
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -73,10 +92,7 @@ class DistMuon(Muon):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params: list[torch.Tensor] = []
-            grads: list[torch.Tensor] = []
-            buffers: list[torch.Tensor] = []
-            self._init_group(group, params, grads, buffers)
+            params, grads, buffers = muon_group_state(self, group)
             momentum = group["momentum"]
             updates = []
             for grad, buffer in zip(grads, buffers):  # elementwise: on each process's shard as on the whole
@@ -88,7 +104,7 @@ class DistMuon(Muon):
             for param, update in zip(params, orthogonal):
                 local = _local(param)
                 local.mul_(1 - lr * decay)
-                local.add_(update, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], param.shape))  # the whole shape
+                local.add_(update, alpha=-muon_lr_scale(lr, group["adjust_lr_fn"], param.shape))  # the whole shape
         return loss
 
     def _orthogonalize_all(
@@ -188,17 +204,37 @@ def _split_rows(t: torch.Tensor, rows: list[int]) -> list[torch.Tensor]:
     return list(torch.split(t, rows))
 
 
-class DistMuonWithAdamW(MuonWithAdamW):
-    """`lightning_gpt.optim.MuonWithAdamW` with DistMuon for the matrices (AdamW steps DTensors as they are)."""
+class MuonWithAdamW(torch.optim.Optimizer):
+    """Muon on the groups marked muon=True and torch.optim.AdamW on the others, as one optimizer: Lightning's
+    automatic optimization, its LR scheduler and its checkpoints take exactly one. Both run on this optimizer's
+    own param_groups and state, so the schedule reaches them and a state_dict holds both."""
 
     def __init__(self, groups: list[dict[str, Any]], fused: bool | None = None):
         muon = [g for g in groups if g["muon"]]
         adamw = [g for g in groups if not g["muon"]]
-        self.muon = DistMuon(muon) if muon else None
+        self.muon = Muon(muon) if muon else None  # each fills in its defaults in its groups
         self.adamw = torch.optim.AdamW(adamw, fused=fused) if adamw else None
-        torch.optim.Optimizer.__init__(self, [*muon, *adamw], {})
+        super().__init__([*muon, *adamw], {})
         self._share()
 
-    @property
-    def orthogonalized(self) -> int:
-        return self.muon.orthogonalized if self.muon is not None else 0
+    def _share(self) -> None:
+        """Point both at this optimizer's groups and state (load_state_dict replaces them)."""
+        for child, is_muon in ((self.muon, True), (self.adamw, False)):
+            if child is not None:
+                child.param_groups = [g for g in self.param_groups if g["muon"] == is_muon]
+                child.state = self.state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._share()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for child in (self.muon, self.adamw):
+            if child is not None:
+                child.step()
+        return loss
