@@ -308,6 +308,7 @@ def test_fine_tuning_starts_from_transformers_llama_weights(lgpt_train, tmp_path
         f"model.init_from={tmp_path / 'hf'}",
         "trainer.max_steps=1",
         "optim.lr=1e-9",
+        "optim.min_lr=0",
     ]
     lgpt_train(*overrides, "tokenizer=char")
     config, _, state = lightning_gpt.read_checkpoint(tmp_path / "run")

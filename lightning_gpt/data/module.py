@@ -367,7 +367,7 @@ class GPTDataModule(L.LightningDataModule):
         if isinstance(batch.source, torch.Tensor):
             # Every process's rows of this batch, their sources drawn again from their seeds: the counts are of
             # all processes and the same in each, so any rank's checkpoint holds them and all stop together.
-            k, world = self._next_batch, self._process()[1]
+            k, world = self._next_batch, data_parallel(self.trainer)[1]
             self._next_batch += 1
             rows = sum(np.bincount(self._windows.sources(r, k), minlength=len(self.parts)) for r in range(world))
             for part, count in zip(self.parts, rows.tolist()):
