@@ -120,27 +120,6 @@ def cli(tmp_path: Path, cache_dir: Path, *overrides: str, **kwargs) -> subproces
 
 
 @pytest.mark.slow
-def test_ddp_preset_on_two_cpu_processes_trains_and_resumes(tmp_path, cache_dir):
-    common = [
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "trainer.val_check_interval=4",
-        GRAD_NORMS,
-        "+callbacks.record._target_=tests.support.callbacks.RecordFirstBatch",
-    ]
-    done = cli(tmp_path, cache_dir, *common, "trainer.max_steps=4")
-    assert "LeafSpec" not in done.stdout + done.stderr  # Lightning's _pytree deprecation, in the ranks too
-    run = the_run(tmp_path)  # both processes wrote into rank 0's folder
-    assert last_step(run) == 4 and max(grad_norms(run)) <= 1.0 + 1e-6
-    first = [(run / f"first_batch_rank{r}.txt").read_text() for r in (0, 1)]
-    assert first[0] != first[1]  # each process draws its own windows
-    assert "global_batch_size: 16" in (run / "csv" / "hparams.yaml").read_text()  # 2 processes x 8 sequences
-    cli(tmp_path, cache_dir, *common, "trainer.max_steps=6", f"ckpt_path={run}")
-    assert the_run(tmp_path) == run and last_step(run) == 6  # the run continues in its own folder
-
-
-@pytest.mark.slow
 def test_fsdp_on_two_cpu_processes_shards_clips_checkpoints_and_resumes_bit_exactly(tmp_path, cache_dir, capsys):
     """Uninterrupted with one-file checkpoints; stopped at step 3 with sharded ones and resumed (with activation
     checkpointing on): the same weights and optimizer state bit for bit, each moment at its parameter."""
