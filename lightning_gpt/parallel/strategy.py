@@ -30,6 +30,17 @@ from lightning_gpt.parallel.checkpoint import (
 )
 from lightning_gpt.parallel.mesh import MeshSizes, build_mesh, data_mesh, mesh_sizes
 
+# A full checkpoint gathers 12 bytes per parameter with AdamW (weights and two moments in float32) on process 0:
+# 12 GB from here on, and over a minute per save (docs/benchmarks.md "Scale out": 158M parameters took 12.7 s).
+SHARDED_FROM_PARAMETERS = 1_000_000_000
+
+
+def saves_shards(setting: bool | Literal["auto"], model: Any) -> bool:
+    """save_distributed_checkpoint for this model: "auto" shards from SHARDED_FROM_PARAMETERS on."""
+    if setting != "auto":
+        return bool(setting)
+    return sum(p.numel() for p in model.parameters()) >= SHARDED_FROM_PARAMETERS  # tied ones once
+
 
 class FSDPStrategy(ModelParallelStrategy):
     """FSDP2 across data_parallel_shard processes, replicated data_parallel_replicate times (HSDP), each block's
@@ -38,7 +49,8 @@ class FSDPStrategy(ModelParallelStrategy):
     data_parallel_shard="auto" takes what the others leave of devices x nodes. `sequence_parallel` also splits
     the norms and residual stream along the sequence when tensor_parallel_size > 1. `activation_checkpointing`,
     `reshard_after_forward` and the precision are read by `parallelize`. With `save_distributed_checkpoint`,
-    each process writes its shards (no process gathers the whole model), atomically, with checksums.
+    each process writes its shards (no process gathers the whole model), atomically, with checksums; "auto"
+    shards models from SHARDED_FROM_PARAMETERS on, decided in `parallelize`, once the model is known.
     """
 
     def __init__(
@@ -50,7 +62,7 @@ class FSDPStrategy(ModelParallelStrategy):
         sequence_parallel: bool,
         activation_checkpointing: bool,
         reshard_after_forward: bool,
-        save_distributed_checkpoint: bool,
+        save_distributed_checkpoint: bool | Literal["auto"],
         **kwargs: Any,
     ):
         mesh_sizes(data_parallel_replicate * tensor_parallel_size, data_parallel_replicate, 1, tensor_parallel_size)
@@ -59,7 +71,7 @@ class FSDPStrategy(ModelParallelStrategy):
         super().__init__(
             data_parallel_size="auto",  # our mesh is built in setup_environment, once the world size is known
             tensor_parallel_size=tensor_parallel_size,
-            save_distributed_checkpoint=save_distributed_checkpoint,
+            save_distributed_checkpoint=False,  # ours decides (`lightning_module_state_dict`, `optimizer_state`)
             **kwargs,
         )
         self.data_parallel_replicate = data_parallel_replicate
@@ -116,6 +128,7 @@ class FSDPStrategy(ModelParallelStrategy):
         place, as this strategy is configured: for the LightningModule's `configure_model`."""
         from lightning_gpt.parallel.apply import parallelize
 
+        self.save_distributed_checkpoint = saves_shards(self.save_distributed_checkpoint, model)
         parallelize(
             model,
             self.device_mesh,
@@ -129,7 +142,7 @@ class FSDPStrategy(ModelParallelStrategy):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
         path = Path(self.broadcast(str(filepath)))
-        if not self.save_distributed_checkpoint:
+        if self.save_distributed_checkpoint is not True:
             if self.is_global_zero and (path.is_symlink() or path.is_dir()):
                 remove_checkpoint(path)  # a sharded checkpoint of an earlier run under the same name
             return super().save_checkpoint(checkpoint, path, storage_options)
@@ -137,18 +150,24 @@ class FSDPStrategy(ModelParallelStrategy):
             raise TypeError(f"{type(self).__name__} takes no storage_options for sharded checkpoints")
         self._sharded_writer.save(checkpoint, path)
 
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        """This process's shards (sharded saves), or the whole state gathered on process 0."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=self.save_distributed_checkpoint is not True, cpu_offload=True)
+        return get_model_state_dict(self.model, options=options)
+
     def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
         """This process's shards (sharded saves), or on process 0 the whole state keyed as torch keys it in
         one process: by position in the optimizer's groups (Lightning's strategy counts the model's order,
         so its files resume wrongly on one device or under DDP, and ours the other way round)."""
-        if self.save_distributed_checkpoint:
-            return super().optimizer_state(optimizer)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+        full = self.save_distributed_checkpoint is not True
         optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer's
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        options = StateDictOptions(full_state_dict=full, cpu_offload=True)
         state = get_optimizer_state_dict(self.model, optimizer, options=options)
-        return optimizer_state_by_index(state) if self.global_rank == 0 else state
+        return optimizer_state_by_index(state) if full and self.global_rank == 0 else state
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         path = Path(self.broadcast(str(checkpoint_path)))
