@@ -317,8 +317,9 @@ class EvalAppConfig:
 
 @dataclass
 class ExportAppConfig:
-    ckpt_path: str = MISSING
-    out_dir: str = MISSING
+    ckpt_path: str = MISSING  # a .ckpt file, a run folder (its last.ckpt) or a sharded checkpoint's folder
+    out_dir: str = MISSING  # a new folder (or an earlier export of the same format, replaced whole)
+    format: str = "hf"  # hf: a transformers folder; ckpt: one checkpoint file, out_dir/last.ckpt (from shards)
 
 
 @dataclass

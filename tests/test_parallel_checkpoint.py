@@ -242,10 +242,20 @@ def test_a_checkpoint_sharded_by_4_processes_reads_and_consolidates_in_one(saved
     # What lgpt-sample, lgpt-export and lgpt-eval read: the model alone, from the folder or a consolidated file.
     config, tokenizer, state = read_model(path)
     assert config == LLAMA and tokenizer == {"name": "byte"} and state.keys() == {k[6:] for k in weights}
-    out = consolidate(path, tmp_path / "consolidated.ckpt")
+    # One file from the folder: lgpt-export format=ckpt (through consolidate), a folder of its own, atomically.
+    from lightning_gpt.apps.export import main as export
+
+    assert export([f"ckpt_path={path}", f"out_dir={tmp_path / 'whole'}", "format=ckpt"]) == 0
+    out = tmp_path / "whole" / "last.ckpt"
     assert load_checkpoint(out)["global_step"] == 2  # its zip checksums verify
-    model, _ = lightning_gpt.load(out)
+    model, _ = lightning_gpt.load(tmp_path / "whole")  # the folder, as any tool's ckpt_path
     assert all(torch.equal(model.state_dict()[k[6:]], v) for k, v in weights.items())
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    assert export([f"ckpt_path={path}", f"out_dir={tmp_path / 'mine'}", "format=ckpt"]) == 2
+    assert export([f"ckpt_path={path}", f"out_dir={tmp_path / 'x'}", "format=onnx"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "whole"]
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import shlex
 import sys
 
 import pytest
+import torch
 
 from lightning_gpt.apps.evaluate import task_list
 
@@ -152,13 +153,17 @@ def test_the_cpu_commands_run_as_written_in_a_fresh_folder(tmp_path, cache_dir, 
     sampling = [c for c in commands if re.match(r"(echo .*\| )?lgpt-(sample|eval|export) ", c)]
     hub_tasks = [c for c in sampling if "tasks=" in c and "tasks_path=" not in c]  # the harness's: need the network
     sampling = [c for c in sampling if c not in hub_tasks]
-    assert len(sampling) == 7 and len(hub_tasks) == 2
+    assert len(sampling) == 9 and len(hub_tasks) == 2  # lgpt-export format=ckpt twice: Sample... and Scale out
     done = [run(as_written(command)) for command in sampling]
     for command, (_, err) in zip(sampling, done):
         if "lgpt-sample" in command:
             assert f"loaded outputs/train/runs/{stamp}/checkpoints/last.ckpt" in err
     assert "ROMEO: Nay, I'll go." in done[2][0]
     assert (clone / "my-gpt2" / "model.safetensors").is_file()
+    whole, last = (
+        torch.load(p, weights_only=True) for p in (clone / "whole" / "last.ckpt", run_dir / "checkpoints/last.ckpt")
+    )
+    assert whole["global_step"] == last["global_step"] and whole["state_dict"].keys() == last["state_dict"].keys()
     # One file per lgpt-eval launch, in the run folder, as the Evaluate section says.
     results = [json.loads(p.read_text()) for p in (run_dir / "eval").glob("*.json")]
     assert len(results) == 3 and sum("bpb" in r for r in results) == 2

@@ -1,7 +1,9 @@
-"""lgpt-export: a checkpoint as a Hugging Face transformers folder of its family (GPT-2, Llama).
+"""lgpt-export: a checkpoint as a Hugging Face transformers folder of its family (GPT-2, Llama), or as one
+checkpoint file (a sharded checkpoint gathered into what any tool and any number of processes read).
 
 lgpt-export ckpt_path=outputs/train/runs/<stamp> out_dir=my-gpt2
 python -c "from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained('my-gpt2')"
+lgpt-export ckpt_path=outputs/train/runs/<stamp> out_dir=whole format=ckpt   # whole/last.ckpt
 
 The folder holds config.json and model.safetensors, plus the tokenizer's files when transformers has an
 equivalent: vocab.json, merges.txt and configs for GPT-2's; tokenizer.json and tokenizer_config.json for a
@@ -9,6 +11,9 @@ trained BPE (char and byte tokenizers have none).
 """
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -29,12 +34,34 @@ def task(cfg: DictConfig) -> None:
             f"out_dir={cfg.out_dir} is inside the run folder {run}; an export goes into a folder of its own (a run "
             "folder must stay one: sample, eval and resume read it)"
         )
+    if cfg.format not in ("hf", "ckpt"):
+        raise UserError(f"format={cfg.format} is not a format of lgpt-export; use format=hf or format=ckpt")
     path = find_checkpoint(cfg.ckpt_path)
+    if cfg.format == "ckpt":
+        written = write_checkpoint_folder(path, cfg.out_dir)
+        print(f"exported {path} as one checkpoint file: {written}")
+        return
     model, tokenizer = load(path)
     files = export(model, tokenizer, cfg.out_dir)
     print(f"exported {path} as a transformers {model.config.family} folder: {', '.join(str(f) for f in files)}")
     if not has_hf_tokenizer(tokenizer):
         print(f"no tokenizer files: the {tokenizer.name} tokenizer has no Hugging Face equivalent")
+
+
+def write_checkpoint_folder(path: Path, out_dir: str) -> Path:
+    """out_dir/last.ckpt: the checkpoint as one file, written whole beside out_dir and renamed into place; a
+    sharded folder is gathered (torch.distributed.checkpoint reads it in this one process)."""
+    from lightning_gpt.io import write_folder
+    from lightning_gpt.parallel.checkpoint import consolidate, is_sharded
+
+    def fill(folder: Path) -> None:
+        if is_sharded(path):
+            consolidate(path, folder / "last.ckpt")
+        else:
+            shutil.copyfile(path, folder / "last.ckpt", follow_symlinks=True)
+
+    write_folder(Path(out_dir), "checkpoint export", fill)
+    return Path(out_dir).expanduser() / "last.ckpt"
 
 
 def main(argv: list[str] | None = None) -> int:
