@@ -22,6 +22,7 @@ from .support.config import ROOT, TINY, TINY_SHAKESPEARE
 from .support.eval_tasks import hellaswag_rows, write_jsonl
 from .support.processes import kill_group, run_app, start_app, wait_for_step
 from .support.runs import saved_step
+from .support.tiers import fast_first
 
 DATA = ["data=local", f"data.path={TINY_SHAKESPEARE}"]
 GRAD_NORMS = "+callbacks.grad_norms._target_=tests.support.callbacks.RecordGradNorm"
@@ -64,6 +65,14 @@ def the_run(root: Path) -> Path:
         ["experiment=nanogpt_baby"],
         ["experiment=nanogpt_shakespeare_char", "data.batch_size=8", "data.val_batches=2"],
         ["experiment=speedrun_baby", "model.n_kv_head=2"],  # Muon + AdamW, the stop at a target loss
+        # the same under FSDP2 (Muon's work shared out; one process here, several in test_parallel_muon)
+        [
+            "experiment=speedrun_baby",
+            "model.n_kv_head=2",
+            "trainer=fsdp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=1",
+        ],
         # GPT-2 BPE, accumulation, 2 loader workers; on one CPU process, a tiny model uncompiled
         [
             "experiment=gpt2_124m",
@@ -77,7 +86,7 @@ def the_run(root: Path) -> Path:
             "logger=[csv,tensorboard]",  # not W&B's seconds of start-up (test_loggers runs it)
         ],
     ],
-    ids=lambda p: p[0],
+    ids=lambda p: " ".join(o for o in p if o.startswith(("trainer=", "experiment="))),
 )
 @pytest.mark.slow
 def test_each_single_process_preset_trains_clips_and_resumes(preset, lgpt_train, tmp_path):
@@ -249,27 +258,33 @@ def test_a_resume_takes_this_launchs_optimizer_settings(trainer, lgpt_train, tmp
 
 @pytest.mark.parametrize(
     "overrides, message",
-    [
-        (["trainer=fsdp_tp", "trainer.devices=4"], "trainer.strategy.tensor_parallel_size=2 needs the llama family"),
-        (
-            ["model=llama_baby", "trainer=fsdp", "trainer.devices=4", "trainer.strategy.tensor_parallel_size=3"],
-            r"trainer.strategy.data_parallel_replicate \(1\) x trainer.strategy.tensor_parallel_size \(3\) = 3 "
-            r"must divide the number of processes \(4\)",
-        ),
-        (
-            ["model=llama_baby", "model.n_kv_head=1", "trainer=fsdp_tp", "trainer.devices=4"],
-            r"trainer.strategy.tensor_parallel_size=2 must divide the model's n_kv_head \(1\)",
-        ),
-        (
-            ["model=llama_baby", "model.block_size=31", "trainer=fsdp_tp", "trainer.devices=2"]
-            + ["trainer.strategy.sequence_parallel=true"],
-            r"trainer.strategy.tensor_parallel_size=2 processes, which must divide its 31 positions",
-        ),
-        (
-            ["model=llama_baby", "trainer=hsdp", "trainer.devices=3", "trainer.strategy.data_parallel_replicate=2"],
-            r"trainer.strategy.data_parallel_replicate \(2\) x trainer.strategy.tensor_parallel_size \(1\) = 2",
-        ),
-    ],
+    fast_first(
+        [
+            (
+                ["trainer=fsdp_tp", "trainer.devices=4"],
+                "trainer.strategy.tensor_parallel_size=2 needs the llama family",
+            ),
+            (
+                ["model=llama_baby", "trainer=fsdp", "trainer.devices=4", "trainer.strategy.tensor_parallel_size=3"],
+                r"trainer.strategy.data_parallel_replicate \(1\) x trainer.strategy.tensor_parallel_size \(3\) = 3 "
+                r"must divide the number of processes \(4\)",
+            ),
+            (
+                ["model=llama_baby", "model.n_kv_head=1", "trainer=fsdp_tp", "trainer.devices=4"],
+                r"trainer.strategy.tensor_parallel_size=2 must divide the model's n_kv_head \(1\)",
+            ),
+            (
+                ["model=llama_baby", "model.block_size=31", "trainer=fsdp_tp", "trainer.devices=2"]
+                + ["trainer.strategy.sequence_parallel=true"],
+                r"trainer.strategy.tensor_parallel_size=2 processes, which must divide its 31 positions",
+            ),
+            (
+                ["model=llama_baby", "trainer=hsdp", "trainer.devices=3", "trainer.strategy.data_parallel_replicate=2"],
+                r"trainer.strategy.data_parallel_replicate \(2\) x trainer.strategy.tensor_parallel_size \(1\) = 2",
+            ),
+        ],
+        keep=2,
+    ),
     ids=["gpt2", "devices", "kv-heads", "sequence", "hsdp"],
 )
 def test_a_mesh_that_cannot_fit_is_one_line_before_anything_is_made(overrides, message, lgpt_train, tmp_path, capsys):
@@ -439,15 +454,18 @@ def test_two_trainings_in_one_slurm_job_get_two_folders(tmp_path, cache_dir):
 
 @pytest.mark.parametrize(
     "override, message",
-    [
-        ("trainer.precision=garbage", "bad trainer setting: Precision 'garbage' is invalid"),
-        ("trainer.strategy=garbage", "bad trainer setting: You selected an invalid strategy name"),
-        ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps must be >= 1, got 0"),
-        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be >= 1, got 0"),
-        ("trainer.val_check_interval=0", r"trainer.val_check_interval must be > 0, got 0"),
-        ("trainer.val_check_interval=sometimes", "trainer.val_check_interval must be a positive number"),
-        ("data.block_size=64", r"data.block_size=64 is longer than the model's context \(model.block_size=32\)"),
-    ],
+    fast_first(
+        [
+            ("trainer.precision=garbage", "bad trainer setting: Precision 'garbage' is invalid"),
+            ("trainer.strategy=garbage", "bad trainer setting: You selected an invalid strategy name"),
+            ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps must be >= 1, got 0"),
+            ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be >= 1, got 0"),
+            ("trainer.val_check_interval=0", r"trainer.val_check_interval must be > 0, got 0"),
+            ("trainer.val_check_interval=sometimes", "trainer.val_check_interval must be a positive number"),
+            ("data.block_size=64", r"data.block_size=64 is longer than the model's context \(model.block_size=32\)"),
+        ],
+        keep=2,
+    ),
 )
 def test_bad_trainer_settings_are_one_line_errors(override, message, lgpt_train, capsys):
     lgpt_train(*TINY, *DATA, "trainer.max_steps=2", override, code=2)

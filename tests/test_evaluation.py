@@ -26,6 +26,7 @@ from lightning_gpt.tokenizers import build_tokenizer
 
 from .support.config import TINY_SHAKESPEARE
 from .support.eval_tasks import HELLASWAG_TASK, LAMBADA_TASK, hellaswag_rows, lambada_rows, questions, write_tasks
+from .support.tiers import fast_first
 
 # The harness is an optional dependency (pip install lm_eval); its HF model needs accelerate.
 needs_harness = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="lm_eval is not installed")
@@ -64,7 +65,7 @@ def tokenizers(shakespeare) -> dict:
 # --- bits per byte ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["char", "byte", "bpe", "gpt2", "cl100k_base"])
+@pytest.mark.parametrize("name", fast_first(["char", "gpt2", "byte", "bpe", "cl100k_base"], keep=2))
 def test_token_bytes_sum_to_the_texts_utf8_length(tokenizers, shakespeare, name):
     tokenizer = tokenizers[name]
     table = token_bytes(tokenizer)

@@ -26,6 +26,7 @@ from lightning_gpt.tokenizers import CharTokenizer, build_tokenizer
 
 from .support.config import TINY_SHAKESPEARE, compose
 from .support.runs import train_args, train_tiny
+from .support.tiers import fast_first
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PANELS = ["tokens", "embeddings", "attention", "lens", "next", "generated"]
@@ -134,15 +135,18 @@ def test_the_app_writes_the_page_into_the_run_folder(run, capsys):
 
 @pytest.mark.parametrize(
     "overrides, message",
-    [
-        (["ckpt_path=/no/such/run", "prompt=ROMEO:"], "checkpoint not found"),
-        (["prompt="], "the prompt is empty"),
-        (["prompt=" + "a" * 40], r"longer than the model's context \(block_size 32\)"),
-        (["prompt=" + "a" * 20, "max_prompt_tokens=10"], "at most max_prompt_tokens=10"),
-        (["prompt=ROMEO:", "top_p=2"], r"top_p must be in \(0, 1\]"),
-        (["prompt='\u2603'"], "not in the character vocabulary"),
-        (["prompt=ROMEO:", "out={tmp}/notes.txt/page.html"], r"cannot write .*page.html .*; choose another out="),
-    ],
+    fast_first(
+        [
+            (["ckpt_path=/no/such/run", "prompt=ROMEO:"], "checkpoint not found"),
+            (["prompt="], "the prompt is empty"),
+            (["prompt=" + "a" * 40], r"longer than the model's context \(block_size 32\)"),
+            (["prompt=" + "a" * 20, "max_prompt_tokens=10"], "at most max_prompt_tokens=10"),
+            (["prompt=ROMEO:", "top_p=2"], r"top_p must be in \(0, 1\]"),
+            (["prompt='\u2603'"], "not in the character vocabulary"),
+            (["prompt=ROMEO:", "out={tmp}/notes.txt/page.html"], r"cannot write .*page.html .*; choose another out="),
+        ],
+        keep=2,
+    ),
 )
 def test_bad_input_is_a_clear_error(run, tmp_path, capsys, overrides, message):
     (tmp_path / "notes.txt").write_text("a file, not a folder")

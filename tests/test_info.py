@@ -7,6 +7,7 @@ import pytest
 from lightning_gpt.apps.info import main, task
 
 from .support.config import compose
+from .support.tiers import fast_first
 
 EXACT = {
     "gpt2_small": 124_439_808,
@@ -21,7 +22,7 @@ def info(*overrides: str) -> dict:
     return task(compose("info", *overrides))
 
 
-@pytest.mark.parametrize("preset", EXACT)
+@pytest.mark.parametrize("preset", fast_first(EXACT))
 def test_presets_have_their_exact_parameter_counts(preset):
     assert info(f"model={preset}")["parameters"] == EXACT[preset]
 

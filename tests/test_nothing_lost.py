@@ -22,6 +22,7 @@ from lightning_gpt.runs import WRITTEN, WRITTEN_INSIDE
 from .support.config import ROOT, TINY_SHAKESPEARE, TINY_SHAKESPEARE_DATA
 from .support.processes import child_env, kill_group, start_app, wait_for_step
 from .support.runs import train, train_args
+from .support.tiers import fast_first
 
 
 def snapshot(folder: Path) -> dict[str, object]:
@@ -405,7 +406,7 @@ def test_ctrl_c_or_sigterm_while_lgpt_train_tokenizes_records_nothing(tmp_path, 
 # 6: links planted where a tool writes
 
 
-@pytest.mark.parametrize("name", [*WRITTEN, *WRITTEN_INSIDE])
+@pytest.mark.parametrize("name", fast_first([*WRITTEN, *WRITTEN_INSIDE], keep=3))
 def test_a_link_planted_where_a_run_writes_is_refused_and_its_target_untouched(tmp_path, cache_dir, capsys, name):
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -483,7 +484,8 @@ def test_a_link_planted_where_lgpt_prepare_writes_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "name", [".lock", "progress.json", "tokenizer.json", "shard_00000.bin", "docs_00000.idx", "manifest.json"]
+    "name",
+    fast_first([".lock", "progress.json", "tokenizer.json", "shard_00000.bin", "docs_00000.idx", "manifest.json"]),
 )
 def test_a_link_planted_in_an_interrupted_prepared_folder_is_never_followed(tmp_path, capsys, name):
     """An out_dir of ours (an interrupted lgpt-prepare's: its .lgpt-prepare marker, no manifest) with a link
@@ -539,17 +541,23 @@ def test_a_link_planted_in_the_token_cache_is_refused(tmp_path, planted):
 
 @pytest.mark.parametrize(
     "override, message",
-    [
-        ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val must be >= 0, got -1"),
-        ("optim.min_lr=0.01", "optim.min_lr=0.01 is above optim.lr=0.001"),
-        ("optim.min_lr=nan", "optim.min_lr must be a finite number, got nan"),
-        ("optim.eps=inf", "optim.eps must be a finite number, got inf"),
-        ("optim.weight_decay=nan", "optim.weight_decay must be a finite number, got nan"),
-        ("trainer.max_steps=-1", "trainer.max_steps must be >= 1, got -1"),
-        ("trainer.max_epochs=0", "trainer.max_epochs must be -1 (no limit: trainer.max_steps ends the run) or >= 1"),
-        ("data.val_fraction=1.5", "data.val_fraction must be in (0, 1), got 1.5"),
-        ("model.dropout=nan", "model.dropout must be in [0, 1), got nan"),
-    ],
+    fast_first(
+        [
+            ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val must be >= 0, got -1"),
+            ("optim.min_lr=0.01", "optim.min_lr=0.01 is above optim.lr=0.001"),
+            ("optim.min_lr=nan", "optim.min_lr must be a finite number, got nan"),
+            ("optim.eps=inf", "optim.eps must be a finite number, got inf"),
+            ("optim.weight_decay=nan", "optim.weight_decay must be a finite number, got nan"),
+            ("trainer.max_steps=-1", "trainer.max_steps must be >= 1, got -1"),
+            (
+                "trainer.max_epochs=0",
+                "trainer.max_epochs must be -1 (no limit: trainer.max_steps ends the run) or >= 1",
+            ),
+            ("data.val_fraction=1.5", "data.val_fraction must be in (0, 1), got 1.5"),
+            ("model.dropout=nan", "model.dropout must be in [0, 1), got nan"),
+        ],
+        keep=2,
+    ),
 )
 def test_values_that_would_train_wrong_are_refused_naming_the_key(tmp_path, cache_dir, capsys, override, message):
     assert message in refused(capsys, main, train_args(tmp_path, cache_dir, "run", override))

@@ -26,6 +26,7 @@ from lightning_gpt.errors import UserError
 from .support.config import ROOT, TINY_SHAKESPEARE, compose
 from .support.processes import child_env, kill_group, run_app, start_app, wait_for_step
 from .support.runs import read_metrics, saved_step, train, train_args, train_losses
+from .support.tiers import fast_first
 
 TRAIN = "lightning_gpt.apps.train"
 
@@ -287,7 +288,7 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(("overrides", "message"), BAD_INPUTS)
+@pytest.mark.parametrize(("overrides", "message"), fast_first(BAD_INPUTS, keep=3))
 def test_bad_input_is_one_clear_error(tmp_path, cache_dir, capsys, overrides, message):
     (tmp_path / "short.txt").write_text("to be or not to be\n")
     assert message in refused(capsys, train_args(tmp_path, cache_dir, "run", *overrides))

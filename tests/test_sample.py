@@ -17,6 +17,7 @@ from lightning_gpt.generation import generate
 
 from .support.config import compose
 from .support.runs import train_tiny
+from .support.tiers import fast_first
 
 
 @pytest.fixture(scope="module")
@@ -121,20 +122,23 @@ def test_load_strips_torch_compile_prefixes(run, tmp_path):
 
 @pytest.mark.parametrize(
     "overrides, message",
-    [
-        (["ckpt_path=/no/such/run"], "checkpoint not found"),
-        (["ckpt_path={tmp}/other.ckpt"], "not a lightning_gpt checkpoint"),
-        (["ckpt_path={tmp}/notes.txt"], "not a lightning_gpt checkpoint"),
-        (["prompt=@{tmp}/snowman.txt"], "not in the character vocabulary"),
-        (["prompt=@{tmp}/missing.txt"], "prompt file"),
-        (["max_new_tokens=0"], "max_new_tokens must be at least 1"),
-        (["top_p=0"], r"top_p must be in \(0, 1\]"),
-        (["top_p=1.5"], r"top_p must be in \(0, 1\]"),
-        (["temperature=-0.5"], "temperature must be a finite number >= 0"),
-        (["num_samples=0"], "num_samples must be at least 1"),
-        (["precision=8"], "unknown precision"),
-        (["device=gpu"], "unknown device"),
-    ],
+    fast_first(
+        [
+            (["ckpt_path=/no/such/run"], "checkpoint not found"),
+            (["ckpt_path={tmp}/other.ckpt"], "not a lightning_gpt checkpoint"),
+            (["ckpt_path={tmp}/notes.txt"], "not a lightning_gpt checkpoint"),
+            (["prompt=@{tmp}/snowman.txt"], "not in the character vocabulary"),
+            (["prompt=@{tmp}/missing.txt"], "prompt file"),
+            (["max_new_tokens=0"], "max_new_tokens must be at least 1"),
+            (["top_p=0"], r"top_p must be in \(0, 1\]"),
+            (["top_p=1.5"], r"top_p must be in \(0, 1\]"),
+            (["temperature=-0.5"], "temperature must be a finite number >= 0"),
+            (["num_samples=0"], "num_samples must be at least 1"),
+            (["precision=8"], "unknown precision"),
+            (["device=gpu"], "unknown device"),
+        ],
+        keep=3,
+    ),
 )
 def test_bad_input_is_a_clear_error(run, tmp_path, overrides, message):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
