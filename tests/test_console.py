@@ -154,7 +154,7 @@ def test_lgpt_eval_says_the_cpus_are_busy_in_a_plain_line(tmp_path, cache_dir, c
 
     from lightning_gpt.apps import console, evaluate
 
-    run = train(tmp_path, cache_dir)
+    run = train(tmp_path, cache_dir, "run", "trainer.max_steps=2", "trainer.val_check_interval=2")
     capsys.readouterr()
     monkeypatch.setattr(os, "getloadavg", lambda: (3.5, 3.5, 3.5))  # two cores, held by other processes
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
