@@ -176,7 +176,9 @@ def test_bad_gpt2_sources_are_clear_errors(tmp_path, gpt2_folder, cache_dir, mon
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(UserError, match="is a 'bert' model; we load gpt2"):
         import_config(str(tmp_path / "bert"))
-    with pytest.raises(UserError, match="longer than .* 64 positions"):
+    with pytest.raises(
+        ValueError, match="^block_size=128 is longer than .* 64 positions"
+    ):  # lgpt-train: model.block_size
         import_config(str(gpt2_folder), block_size=128)
     assert main([*train_args(tmp_path, cache_dir, "run", "model=pretrained", f"model.init_from={gpt2_folder}")]) == 2
     assert "needs GPT-2's tokenizer" in capsys.readouterr().err  # the char tokenizer

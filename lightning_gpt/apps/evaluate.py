@@ -113,6 +113,7 @@ def split_loader(
 
     from lightning_gpt.data import GPTDataModule
     from lightning_gpt.models.document_mask import check_doc_masking
+    from lightning_gpt.training.build import config_error
 
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data["block_size"] = data["block_size"] or model_config["block_size"]  # null: the checkpoint's context
@@ -123,7 +124,10 @@ def split_loader(
             f"use data.block_size={context} or less"
         )
     if data["doc_masking"]:
-        check_doc_masking(model_config.get("family") or "gpt2")
+        try:
+            check_doc_masking(model_config.get("family") or "gpt2")
+        except ValueError as e:
+            raise config_error(e, ["doc_masking"], "data.") from None
     # Tokenizers named by their name alone share training's token cache; a char vocabulary travels whole.
     tokenizer = tokenizer_spec if len(tokenizer_spec) > 1 else tokenizer_spec["name"]
     datamodule = GPTDataModule(tokenizer=tokenizer, **data)

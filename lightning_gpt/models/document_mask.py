@@ -20,19 +20,17 @@ from __future__ import annotations
 
 import torch
 
-from lightning_gpt.errors import UserError
-
 # Families whose every token-mixing layer is attention: document masking is exact for them.
 MASKABLE = ("gpt2", "llama")
 
 
 def check_doc_masking(family: str) -> None:
-    """Refuse data.doc_masking=true for a family that cannot keep documents apart (Mamba's scan carries its
-    state across the boundary: it has no attention to mask)."""
+    """Refuse doc_masking for a family that cannot keep documents apart (Mamba's scan carries its state across
+    the boundary: it has no attention to mask). A ValueError naming the setting; the caller adds its key."""
     if family not in MASKABLE:
-        raise UserError(
-            f"data.doc_masking=true keeps documents apart in attention, which the {family} family does not have "
-            f"(its recurrent state carries across documents); use data.doc_masking=false, or a family with "
+        raise ValueError(
+            f"doc_masking=true keeps documents apart in attention, which the {family} family does not have "
+            f"(its recurrent state carries across documents); use doc_masking=false, or a family with "
             f"attention: {', '.join(MASKABLE)}"
         )
 

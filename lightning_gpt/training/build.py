@@ -90,7 +90,10 @@ def build_model_config(cfg: DictConfig, tokenizer: Any) -> dict[str, Any]:
         from lightning_gpt.hf import import_config
         from lightning_gpt.hf.tokenizer import GPT2_TOKENIZERS
 
-        config = import_config(init_from, model.get("block_size"), model.get("dropout", 0.0))
+        try:
+            config = import_config(init_from, model.get("block_size"), model.get("dropout", 0.0))
+        except ValueError as e:
+            raise config_error(e, ["block_size"], "model.") from None
         if config.family == "gpt2" and tokenizer.name not in GPT2_TOKENIZERS:
             raise UserError(
                 f"model.init_from={init_from} needs GPT-2's tokenizer, not {tokenizer.name}; add tokenizer=gpt2"
@@ -190,7 +193,10 @@ def check_data(cfg: DictConfig) -> None:
         from lightning_gpt.hf import import_config
 
         family = import_config(cfg.model.init_from).family
-    check_doc_masking(family or "gpt2")
+    try:
+        check_doc_masking(family or "gpt2")
+    except ValueError as e:
+        raise config_error(e, ["doc_masking"], "data.") from None
 
 
 STRATEGY = "lightning_gpt.parallel.strategy.FSDPStrategy"

@@ -36,9 +36,9 @@ def config_from_hf(hf: dict[str, Any], source: str, block_size: int | None, drop
         raise UserError(f"{source!r} is not a GPT-2 model we can load: {'; '.join(problems)}")
     positions = hf.get("n_positions", 1024)
     if block_size is not None and block_size > positions:
-        raise UserError(
-            f"model.block_size={block_size} is longer than {source!r}'s {positions} positions; "
-            f"use model.block_size={positions} or less"
+        raise ValueError(  # a ValueError naming the setting: the caller adds its key (model.block_size)
+            f"block_size={block_size} is longer than {source!r}'s {positions} positions; "
+            f"use block_size={positions} or less"
         )
     return GPTConfig(
         block_size=block_size or positions,

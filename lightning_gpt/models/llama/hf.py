@@ -42,9 +42,9 @@ def config_from_hf(hf: dict[str, Any], source: str, block_size: int | None, drop
         raise UserError(f"{source!r} is not a Llama model we can load: {'; '.join(problems)}")
     positions = hf.get("max_position_embeddings", 2048)
     if block_size is not None and block_size > positions:
-        raise UserError(
-            f"model.block_size={block_size} is longer than {source!r}'s {positions} positions; "
-            f"use model.block_size={positions} or less"
+        raise ValueError(  # a ValueError naming the setting: the caller adds its key (model.block_size)
+            f"block_size={block_size} is longer than {source!r}'s {positions} positions; "
+            f"use block_size={positions} or less"
         )
     return LlamaConfig(
         block_size=block_size or positions,
@@ -75,9 +75,9 @@ def state_from_hf(
 
 def config_to_hf(c: LlamaConfig, eot: int | None) -> dict[str, Any]:
     if c.qk_norm:
-        raise UserError("a model.qk_norm=true model cannot be exported: transformers' Llama has no QK-norm")
+        raise UserError("a model with qk_norm=true cannot be exported: transformers' Llama has no QK-norm")
     if c.mlp != "swiglu":
-        raise UserError(f"a model.mlp={c.mlp} model cannot be exported: transformers' Llama has a SwiGLU MLP only")
+        raise UserError(f"a model with mlp={c.mlp} cannot be exported: transformers' Llama has a SwiGLU MLP only")
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
