@@ -1,8 +1,9 @@
 """Data: tokenization speed on the embedded corpus (about 4.8 MB of Shakespeare) and cached-load time.
 
 - tokenizer alone: `encode_documents` over every play, in memory (tiktoken uses one thread per core);
-- whole pipeline: `prepare_tokens` into a fresh cache folder, i.e. reading the corpus, `datasets.map` with
-  num_proc processes and writing the token file: what the first `lgpt-train` on a corpus pays;
+- whole pipeline: `prepare_tokens` into a fresh cache folder, i.e. reading the corpus, tokenizing it with
+  num_proc processes and writing the shards and manifest (lgpt-prepare's pipeline): what the first
+  `lgpt-train` on a corpus pays;
 - cached load: a new `GPTDataModule` finding that cache and producing its first batch.
 Each figure is the best of a few repeats.
 """
