@@ -238,6 +238,43 @@ def test_fsdp_tp_on_four_cpu_processes_trains_as_one_process_and_every_tool_read
     assert (tp / "checkpoints" / "last.ckpt").is_file() and last_step(tp) == 6
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", [2, 4])
+def test_an_fsdp_run_killed_mid_training_resumes_from_its_shards_as_if_never_stopped(devices, tmp_path, cache_dir):
+    """trainer=fsdp on 2 and 4 processes, sharded checkpoints every 2 steps, every process SIGKILLed mid-run:
+    resumed on the same count from the newest whole folder, it logs the uninterrupted run's losses bit for bit."""
+    from .support.runs import train_args, train_losses
+
+    common = [
+        "trainer=fsdp",
+        f"trainer.devices={devices}",
+        "trainer.precision=32-true",
+        "trainer.strategy.save_distributed_checkpoint=true",
+        "trainer.max_steps=10",
+        "trainer.log_every_n_steps=1",
+        "trainer.val_check_interval=10",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+    ]
+    whole = run_app("lightning_gpt.apps.train", *train_args(tmp_path, cache_dir, "whole", *common))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    slow = ["+callbacks.slow._target_=tests.support.callbacks.Slow", "+callbacks.slow.seconds=0.3"]
+    killed = start_app("lightning_gpt.apps.train", *train_args(tmp_path, cache_dir, "killed", *common, *slow))
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    wait_for_step(last, 4, killed)
+    kill_group(killed)  # every process at once, as a lost node
+    resumed_from = saved_step(last)
+    assert last.is_symlink() and 4 <= resumed_from < 10
+    resumed = run_app(
+        "lightning_gpt.apps.train",
+        *train_args(tmp_path, cache_dir, "killed", *common, f"ckpt_path={tmp_path / 'killed'}"),
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = train_losses(tmp_path / "whole"), train_losses(tmp_path / "killed")
+    assert max(got) == 9 and {s: got[s] for s in got if s >= resumed_from} == {
+        s: expected[s] for s in range(resumed_from, 10)
+    }
+
+
 @pytest.mark.parametrize("trainer", ["trainer=cpu", "trainer=fsdp"])
 @pytest.mark.slow
 def test_a_resume_takes_this_launchs_optimizer_settings(trainer, lgpt_train, tmp_path):

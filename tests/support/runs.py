@@ -53,8 +53,12 @@ def train_losses(run: Path) -> dict[int, float]:
 
 
 def saved_step(path: Path) -> int:
-    """The step of a checkpoint file; -1 when it is not (yet) there or not whole."""
+    """The step of a checkpoint file or sharded folder; -1 when it is not (yet) there or not whole."""
+    from lightning_gpt.parallel.checkpoint import is_sharded, read_meta
+
     try:
+        if is_sharded(path):  # a link swapped to a complete folder only once every process has written
+            return read_meta(path)["global_step"]
         return torch.load(path, weights_only=True, map_location="cpu", mmap=True)["global_step"]
     except (FileNotFoundError, RuntimeError, EOFError):
         return -1
