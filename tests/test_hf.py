@@ -182,3 +182,11 @@ def test_bad_gpt2_sources_are_clear_errors(tmp_path, gpt2_folder, cache_dir, mon
         import_config(str(gpt2_folder), block_size=128)
     assert main([*train_args(tmp_path, cache_dir, "run", "model=pretrained", f"model.init_from={gpt2_folder}")]) == 2
     assert "needs GPT-2's tokenizer" in capsys.readouterr().err  # the char tokenizer
+
+
+def test_a_transformers_folder_has_no_checkpoint_to_export_as_one_file(tmp_path, gpt2_folder, capsys):
+    from lightning_gpt.apps.export import main as export
+
+    assert export([f"ckpt_path={gpt2_folder}", f"out_dir={tmp_path / 'whole'}", "format=ckpt"]) == 2
+    assert "is a transformers folder, not a checkpoint of ours" in capsys.readouterr().err
+    assert not (tmp_path / "whole").exists()

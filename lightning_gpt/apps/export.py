@@ -23,6 +23,7 @@ from lightning_gpt.errors import UserError
 
 def task(cfg: DictConfig) -> None:
     from lightning_gpt import find_checkpoint, load
+    from lightning_gpt.checkpoints import is_hf_folder
     from lightning_gpt.hf import export
     from lightning_gpt.hf.tokenizer import has_hf_tokenizer
     from lightning_gpt.runs import run_folder_containing
@@ -38,6 +39,10 @@ def task(cfg: DictConfig) -> None:
         raise UserError(f"format={cfg.format} is not a format of lgpt-export; use format=hf or format=ckpt")
     path = find_checkpoint(cfg.ckpt_path)
     if cfg.format == "ckpt":
+        if is_hf_folder(path):
+            raise UserError(
+                f"{path} is a transformers folder, not a checkpoint of ours: format=ckpt has nothing to gather"
+            )
         written = write_checkpoint_folder(path, cfg.out_dir)
         print(f"exported {path} as one checkpoint file: {written}")
         return
