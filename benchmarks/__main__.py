@@ -54,11 +54,15 @@ def machine() -> dict[str, Any]:
 
 
 def met(r: dict[str, Any]) -> str:
-    """'yes'/'no' for a target such as '>= 0.97' or '<= 10', checked on the ratio if there is one, else the value."""
-    match = re.fullmatch(r"\s*([<>]=?)\s*([-\d.e]+)\s*", r.get("target") or "")
+    """'yes'/'no' for a target such as '>= 0.97', '<= 10' or '0.85 to 1.15', checked on the ratio if there is
+    one, else the value."""
+    target, actual = r.get("target") or "", r.get("ratio", r["value"])
+    if between := re.fullmatch(r"\s*([-\d.e]+) to ([-\d.e]+)\s*", target):
+        return "yes" if float(between[1]) <= actual <= float(between[2]) else "NO"
+    match = re.fullmatch(r"\s*([<>]=?)\s*([-\d.e]+)\s*", target)
     if not match:
         return ""
-    actual, (op, bound) = r.get("ratio", r["value"]), (match[1], float(match[2]))
+    op, bound = match[1], float(match[2])
     ok = {">=": actual >= bound, ">": actual > bound, "<=": actual <= bound, "<": actual < bound}[op]
     return "yes" if ok else "NO"
 

@@ -7,8 +7,8 @@
 For each preset: 20 optimizer steps on one GPU (and on all of them when there are several), validation at
 the end, then a resume for 5 more steps from the run folder's last.ckpt and a sample from it; the
 sharded-checkpoint, HSDP and 2-D (fsdp_tp, on an even number of GPUs) cases save sharded checkpoints, so this is
-their round trip. Then GPT-2 small (124M, block 1024, bf16-mixed) with and without `model.compile`: tokens/s,
-MFU and peak memory.
+their round trip; each case's peak memory is held against lgpt-info's plan for it (within 15%). Then GPT-2
+small (124M, block 1024, bf16-mixed) with and without `model.compile`: tokens/s, MFU and peak memory.
 Data: Tiny Shakespeare from ../shared (GPT-2 BPE for the GPT-2 runs), so no download is needed.
 On the CPU the runs use a tiny model and 2 processes: that checks the script, not the GPU.
 """
@@ -152,9 +152,25 @@ def check_preset(name: str, args: list[str], steps: int, root: Path, env: dict[s
         rows.append(
             row("gpu", name, "tokens/s (all devices)", statistics.median(first["train/items_per_sec"]), "tok/s")
         )
+    planned = planned_gib(run)
+    rows.append(row("gpu", name, "lgpt-info's plan (per process)", round(planned, 3), "GiB"))
     if "peak_memory_gib" in first:
-        rows.append(row("gpu", name, "peak memory (rank 0)", first["peak_memory_gib"][-1], "GiB"))
+        peak = first["peak_memory_gib"][-1]
+        ratio = round(peak / planned, 3)
+        rows.append(row("gpu", name, "peak memory (rank 0)", peak, "GiB", ratio, "0.85 to 1.15", "ratio: to the plan"))
     return rows
+
+
+def planned_gib(run: Path) -> float:
+    """What lgpt-info plans per process for the run as it was configured (its config.yaml, its model), to hold
+    against torch.cuda.max_memory_allocated: the planner's check on a GPU."""
+    from omegaconf import OmegaConf
+
+    from lightning_gpt.apps.info import plan_settings
+    from lightning_gpt.parallel.memory import GIB, plan
+
+    model = read_header(run / "checkpoints" / "last.ckpt")["hyper_parameters"]["model"]
+    return plan(model, **plan_settings(OmegaConf.load(run / "config.yaml"))).total / GIB
 
 
 def gpt2_speed(compile: bool, steps: int, root: Path, env: dict[str, str]) -> list[dict[str, Any]]:

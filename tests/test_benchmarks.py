@@ -68,3 +68,14 @@ def test_the_gpu_check_trains_resumes_and_samples_a_preset(tmp_path, monkeypatch
     rows = gpu.check_preset("trainer=gpu (CPU)", [*args, f"paths.cache_dir={cache_dir}"], 10, tmp_path, env)
     assert rows[0]["metric"] == "val/loss at the end" and 0 < rows[0]["value"] < 5, rows
     assert rows[0]["note"] == "trained, resumed, sampled"
+    [plan] = [r for r in rows if r["metric"] == "lgpt-info's plan (per process)"]
+    assert 0 < plan["value"] < 1  # a tiny model: what torch.cuda.max_memory_allocated is held against on a GPU
+
+
+def test_targets_are_checked_on_the_ratio_else_the_value():
+    from benchmarks.__main__ import met
+
+    assert met({"value": 5.0, "ratio": 0.98, "target": ">= 0.97"}) == "yes"
+    assert met({"value": 12.0, "target": "<= 10"}) == "NO"
+    assert [met({"value": 1.0, "ratio": r, "target": "0.85 to 1.15"}) for r in (0.8, 1.0, 1.2)] == ["NO", "yes", "NO"]
+    assert met({"value": 1.0}) == ""
