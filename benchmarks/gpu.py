@@ -192,6 +192,7 @@ def gpt2_speed(compile: bool, steps: int, root: Path, env: dict[str, str]) -> li
         f"hydra.run.dir={run}",
         "callbacks=none",
         "+callbacks.throughput._target_=lightning_gpt.training.callbacks.TokenThroughputMonitor",
+        "+callbacks.throughput.peak_flops=null",  # the card's dense bf16 peak, from Lightning's table
     ]
     if ON_CPU:
         args.append("trainer.accelerator=cpu")

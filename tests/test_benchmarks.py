@@ -70,6 +70,9 @@ def test_the_gpu_check_trains_resumes_and_samples_a_preset(tmp_path, monkeypatch
     assert rows[0]["note"] == "trained, resumed, sampled"
     [plan] = [r for r in rows if r["metric"] == "lgpt-info's plan (per process)"]
     assert 0 < plan["value"] < 1  # a tiny model: what torch.cuda.max_memory_allocated is held against on a GPU
+    # GPT-2 small's speed rows, the check's headline (GPT-2's tokenizer, a tiny shape on the CPU).
+    [speed] = gpu.gpt2_speed(False, 10, tmp_path, child_env(LGPT_CACHE_DIR=str(cache_dir)))  # logs at 5, 10
+    assert speed["metric"] == "tokens/s" and speed["value"] > 0, speed
 
 
 def test_targets_are_checked_on_the_ratio_else_the_value():
