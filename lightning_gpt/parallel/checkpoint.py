@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 
 from lightning_gpt.errors import UserError
+from lightning_gpt.io import create_new, fsync_folder, temporary_name
 from lightning_gpt.library_internals import read_whole_dcp
 
 META = "meta.pt"  # Lightning's name (lightning.fabric.utilities.load._METADATA_FILENAME)
@@ -262,35 +263,21 @@ def consolidate(folder: str | Path, out_file: str | Path) -> Path:
     out_file = Path(out_file)
     checkpoint = read_sharded(folder)
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_file.with_name(f"{out_file.name}.{secrets.token_hex(8)}.tmp")
+    partial = temporary_name(out_file)
     try:
-        with open(partial, "wb") as f:
+        with create_new(partial) as f:
             torch.save(checkpoint, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(partial, out_file)
     finally:
         partial.unlink(missing_ok=True)
-    _fsync_folder(out_file.parent)
+    fsync_folder(out_file.parent)
     return out_file
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Writing from every process
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in folder durable (best effort: not every filesystem allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _ranks() -> tuple[int, int]:
@@ -407,7 +394,7 @@ class ShardedCheckpointWriter:
         if rank == 0:
             old = path.parent / os.readlink(path) if path.is_symlink() else None
             _point(path, data)
-            _fsync_folder(path.parent)
+            fsync_folder(path.parent)
             if (
                 old is not None
                 and old != data
@@ -438,4 +425,4 @@ class ShardedCheckpointWriter:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(partial, data / MANIFEST)
-            _fsync_folder(data)
+            fsync_folder(data)

@@ -8,9 +8,7 @@ truncated checkpoint. `AtomicCheckpointIO` writes beside the target, syncs, then
 
 from __future__ import annotations
 
-import errno
 import os
-import secrets
 import signal
 import threading
 from pathlib import Path
@@ -23,10 +21,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_gpt.errors import UserError
+from lightning_gpt.io import DISK_FULL, create_new, fsync_folder, temporary_name
 
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-# Exclusive and never through a symlink: a name planted in a shared folder cannot redirect the write.
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 TEMPORARY = "*.ckpt.*.tmp"  # what a save killed midway leaves behind
 
 
@@ -63,7 +59,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         state = (checkpoint.get("global_step"), tuple(sorted(checkpoint)))
         if not self._link_previous(state, path):
             self._write(checkpoint, path)
-        _fsync_folder(path.parent)
+        fsync_folder(path.parent)
         self._previous = (state, path, path.stat().st_ino)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
@@ -76,10 +72,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
 
     def _write(self, checkpoint: dict[str, Any], path: Path) -> None:
-        partial = _temporary(path)
+        partial = temporary_name(path)
         writer = None
         try:
-            with os.fdopen(os.open(partial, _NEW_FILE, 0o666), "wb") as f:
+            with create_new(partial) as f:  # exclusive, never through a link planted at the name
                 writer = _Writer(f)
                 torch.save(checkpoint, writer)
                 f.flush()
@@ -89,7 +85,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if writer is not None:  # the file is ours: remove it (but never a name someone else created)
                 partial.unlink(missing_ok=True)
             error = writer.error if writer is not None and writer.error is not None else e
-            if isinstance(error, OSError) and error.errno in _DISK_FULL:
+            if isinstance(error, OSError) and error.errno in DISK_FULL:
                 raise UserError(
                     f"no space left to save {path} ({os.strerror(error.errno)}); the previous checkpoints are "
                     "intact: free space (or set paths.log_dir to a larger disk) and resume from them"
@@ -107,7 +103,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 return False  # replaced or removed since
             if path.exists() and path.samefile(previous):
                 return True
-            partial = _temporary(path)
+            partial = temporary_name(path)
             os.link(previous, partial)
         except OSError:
             return False
@@ -117,24 +113,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             partial.unlink(missing_ok=True)
             return False
         return True
-
-
-def _temporary(path: Path) -> Path:
-    return path.with_name(f"{path.name}.{secrets.token_hex(8)}.tmp")
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable (best effort: not every filesystem allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class LastCheckpoint(L.Callback):
