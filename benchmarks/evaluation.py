@@ -18,45 +18,25 @@ import math
 import statistics
 import sys
 import tempfile
-import time
 
 import lightning as L
 
-from benchmarks import TINY_SHAKESPEARE, child_env, lgpt_train, read_json_line, row, run_child
+from benchmarks import TINY_SHAKESPEARE, TimesSteps, child_env, lgpt_train, read_json_line, row, run_child
 from lightning_gpt.training.callbacks import DownstreamEval
 
 TAG = "DOWNSTREAM_TIMING "
 
 
-class TimedDownstream(DownstreamEval):
+class TimedDownstream(TimesSteps, DownstreamEval):
     """DownstreamEval that times itself and the training steps around it, and prints both with the last
     validation's metrics at the end."""
 
     def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.times: dict[str, list[float]] = {"eval": [], "steps": [], "eval_cpu": [], "steps_cpu": []}
-        self._start = (0.0, 0.0)
-
-    @staticmethod
-    def _now() -> tuple[float, float]:
-        return time.perf_counter(), time.process_time()
-
-    def _record(self, name: str) -> None:
-        wall, cpu = self._now()
-        self.times[name].append(wall - self._start[0])
-        self.times[f"{name}_cpu"].append(cpu - self._start[1])
-
-    def on_train_batch_start(self, *args, **kwargs) -> None:
-        self._start = self._now()
-
-    def on_train_batch_end(self, *args, **kwargs) -> None:
-        super().on_train_batch_end(*args, **kwargs)
-        self._record("steps")
+        super().__init__("eval", **kwargs)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = self._now()
-        super().on_validation_epoch_end(trainer, pl_module)
-        self._record("eval")
+        with self.timed("eval"):
+            super().on_validation_epoch_end(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "eval/"))}
