@@ -20,6 +20,7 @@ from lightning_gpt.apps.train import main
 from lightning_gpt.runs import WRITTEN, WRITTEN_INSIDE
 
 from .support.config import ROOT, TINY_SHAKESPEARE, TINY_SHAKESPEARE_DATA
+from .support.disks import small_disk
 from .support.processes import child_env, kill_group, start_app, wait_for_step
 from .support.runs import train, train_args
 from .support.tiers import fast_first
@@ -259,30 +260,18 @@ def test_a_full_disk_during_an_export_is_one_line_and_keeps_the_earlier_export(r
     assert sorted(p.name for p in tmp_path.iterdir()) == ["R", "hf"]  # no temporary left
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real full disk: a 200 KB tmpfs (mounting one needs root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs (a real full disk) needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)]).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=True)
-
-
-def test_a_really_full_disk_during_an_export_is_one_line_and_keeps_the_earlier_export(run, small_disk, capsys):
+def test_a_really_full_disk_during_an_export_is_one_line_and_keeps_the_earlier_export(run, tmp_path, capsys):
     """Issue 24, item 13: safetensors' SafetensorError (ENOSPC, 'os error 28') was a traceback, and config.json
-    stayed behind. The tiny model's export is about 120 KB: one fits on the disk, not a second beside it."""
-    out = small_disk / "hf"
-    assert export.main([f"ckpt_path={run}", f"out_dir={out}"]) == 0
-    capsys.readouterr()
-    before = snapshot(small_disk)
-    for target in (out, small_disk / "other"):  # a re-export (built beside the first), a new one
-        error = refused(capsys, export.main, [f"ckpt_path={run}", f"out_dir={target}"])
-        assert error.startswith(f"no space left to write out_dir {target}; nothing of it was written"), error
-        assert snapshot(small_disk) == before  # the earlier export whole, no temporary folder left
+    stayed behind. The tiny model's export is about 120 KB: one fits on a 200 KB disk, not a second beside it."""
+    with small_disk(tmp_path / "disk", "200k") as disk:
+        out = disk / "hf"
+        assert export.main([f"ckpt_path={run}", f"out_dir={out}"]) == 0
+        capsys.readouterr()
+        before = snapshot(disk)
+        for target in (out, disk / "other"):  # a re-export (built beside the first), a new one
+            error = refused(capsys, export.main, [f"ckpt_path={run}", f"out_dir={target}"])
+            assert error.startswith(f"no space left to write out_dir {target}; nothing of it was written"), error
+            assert snapshot(disk) == before  # the earlier export whole, no temporary folder left
 
 
 # ---------------------------------------------------------------------------------------------------

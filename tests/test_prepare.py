@@ -29,6 +29,7 @@ from lightning_gpt.schema import DataConfig, TrainConfig
 from lightning_gpt.tokenizers import build_tokenizer
 
 from .support.config import TINY, TINY_SHAKESPEARE
+from .support.disks import small_disk
 from .support.processes import run_app
 
 SHAKESPEARE = Source("local", path=str(TINY_SHAKESPEARE))
@@ -430,13 +431,7 @@ def test_ctrl_c_on_a_second_launch_waiting_for_the_folder_leaves_the_first_alone
 
 def test_a_full_disk_is_one_line_and_keeps_the_complete_shards(tmp_path):
     """A real full disk (a 1.5 MB tmpfs): ENOSPC has no file name, and escaped as a traceback."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs (a real full disk) needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(disk)]).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with small_disk(tmp_path / "disk", "1500k") as disk:
         source = Source("local", path=str(_big_corpus(tmp_path)))
         message = r"^no space left in out_dir .*/out while tokenizing \(No space left on device\); its complete shards"
         with pytest.raises(UserError, match=message):
@@ -445,8 +440,6 @@ def test_a_full_disk_is_one_line_and_keeps_the_complete_shards(tmp_path):
         assert len(progress["shards"]) >= 3
         assert damage(disk / "out", progress, checksums=True) is None  # the complete shards are whole
         assert not [p.name for p in (disk / "out").iterdir() if p.name.endswith((".partial", ".tmp"))]
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
 def test_an_unwritable_out_dir_names_out_dir(tmp_path, capsys):

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from lightning_gpt.data.sources import Source
 from lightning_gpt.errors import UserError
 
 from .support.config import ROOT, TINY_SHAKESPEARE, compose
+from .support.disks import small_disk
 from .support.processes import child_env, kill_group, run_app, start_app, wait_for_step
 from .support.runs import read_metrics, saved_step, train, train_args, train_losses
 from .support.tiers import fast_first
@@ -324,23 +323,6 @@ def test_an_unwritable_output_folder_is_a_clear_error(tmp_path, cache_dir, capsy
 
 # ---------------------------------------------------------------------------------------------------
 # Full disks, damaged files, files outside the run folder
-
-
-@contextmanager
-def small_disk(path: Path, size: str):
-    """A real filesystem of `size` bytes (tmpfs) at path: writes past it fail with ENOSPC as a full disk's do."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs (a real full disk) needs root")
-    path.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 @pytest.mark.slow
