@@ -130,8 +130,9 @@ def cli(tmp_path: Path, cache_dir: Path, *overrides: str, **kwargs) -> subproces
 
 @pytest.mark.slow
 def test_fsdp_on_two_cpu_processes_shards_clips_checkpoints_and_resumes_bit_exactly(tmp_path, cache_dir, capsys):
-    """Uninterrupted with one-file checkpoints; stopped at step 3 with sharded ones and resumed (with activation
-    checkpointing on): the same weights and optimizer state bit for bit, each moment at its parameter."""
+    """Uninterrupted with one-file checkpoints; SIGKILLed (every process) after a sharded checkpoint and resumed
+    on 2 processes (with activation checkpointing on): the same weights and optimizer state bit for bit, each
+    moment at its parameter. (4 processes: test_an_fsdp_run_killed_mid_training_resumes_...)"""
     from lightning_gpt.checkpoints import load_checkpoint
 
     common = [
@@ -153,9 +154,25 @@ def test_fsdp_on_two_cpu_processes_shards_clips_checkpoints_and_resumes_bit_exac
         "callbacks.downstream.batch_size=4",
     ]
     cli(tmp_path / "whole", cache_dir, *common, *downstream, "trainer.max_steps=6")
-    cli(tmp_path / "half", cache_dir, *common, "trainer.max_steps=3", sharded)
-    half = the_run(tmp_path / "half")
+    half = tmp_path / "half" / "outputs" / "run"
+    slow = ["+callbacks.slow._target_=tests.support.callbacks.Slow", "+callbacks.slow.seconds=0.3"]
+    killed = start_app(
+        "lightning_gpt.apps.train",
+        *TINY,
+        *DATA,
+        f"paths.root_dir={tmp_path / 'half'}",
+        f"paths.cache_dir={cache_dir}",
+        f"hydra.run.dir={half}",
+        *common,
+        "trainer.max_steps=6",
+        sharded,
+        "callbacks.model_checkpoint.every_n_train_steps=1",
+        *slow,
+    )
+    wait_for_step(half / "checkpoints" / "last.ckpt", 2, killed)
+    kill_group(killed)  # every process at once, as a lost node
     assert (half / "checkpoints" / "last.ckpt").is_symlink()  # a link to a folder of shards
+    assert 2 <= saved_step(half / "checkpoints" / "last.ckpt") < 6
     cli(
         tmp_path / "half",
         cache_dir,
@@ -239,10 +256,11 @@ def test_fsdp_tp_on_four_cpu_processes_trains_as_one_process_and_every_tool_read
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("devices", [2, 4])
-def test_an_fsdp_run_killed_mid_training_resumes_from_its_shards_as_if_never_stopped(devices, tmp_path, cache_dir):
-    """trainer=fsdp on 2 and 4 processes, sharded checkpoints every 2 steps, every process SIGKILLed mid-run:
-    resumed on the same count from the newest whole folder, it logs the uninterrupted run's losses bit for bit."""
+def test_an_fsdp_run_killed_mid_training_resumes_from_its_shards_as_if_never_stopped(tmp_path, cache_dir):
+    """trainer=fsdp on 4 processes, sharded checkpoints every 2 steps, every process SIGKILLed mid-run: resumed
+    on the same count from the newest whole folder, it logs the uninterrupted run's losses bit for bit. (2
+    processes: test_fsdp_on_two_cpu_processes_..., which also compares weights and moments.)"""
+    devices = 4
     from .support.runs import train_args, train_losses
 
     common = [
